@@ -1,0 +1,460 @@
+//! The ImagePosture custom resource (`imageposture.io/v1alpha1`): one cluster-scoped object per
+//! distinct image identity, recording what the operator concluded about its signatures.
+//!
+//! The resource is cluster-scoped because an image is shared by every namespace that runs it;
+//! `spec` is the identity (written once), `status` is the observation (written through the
+//! status subresource so identity and verdict have separate owners under server-side apply).
+//! `crds/imageposture.yaml` is generated from these types ([`crd_yaml`]); `tests/crd.rs` fails
+//! when the checked-in file drifts.
+
+use std::collections::BTreeMap;
+
+use kube::{CustomResource, CustomResourceExt};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::image::ImageId;
+use crate::posture::{
+    bound, Posture, Reason, SignatureRecord, SignerType, Verdict, MAX_MESSAGE, MAX_TEXT,
+};
+
+/// API group of every resource this operator owns.
+pub const GROUP: &str = "imageposture.io";
+/// `app.kubernetes.io/managed-by` value: lets `kubectl get ipost -l` and GC select our objects.
+pub const MANAGER: &str = "imageposture";
+/// Field manager for server-side apply; one name so our writes never fight each other.
+pub const FIELD_MANAGER: &str = "imageposture";
+
+pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+pub const LABEL_POSTURE: &str = "imageposture.io/posture";
+pub const LABEL_REGISTRY: &str = "imageposture.io/registry";
+
+/// Signature records kept in status. Registries can attach any number of artifacts; the CR
+/// must stay small (etcd object size, watch traffic), and the first few tell the story.
+pub const MAX_SIGNATURES_IN_STATUS: usize = 8;
+/// References (tags) kept in status.
+pub const MAX_REFERENCES_IN_STATUS: usize = 16;
+/// Namespaces listed in `status.usage.namespaces`; `namespaceCount` carries the true number.
+pub const MAX_NAMESPACES_IN_STATUS: usize = 16;
+/// Entries in `status.signatureDigests`.
+pub const MAX_SIGNATURE_DIGESTS: usize = 8;
+/// Longest reference string kept (the distribution grammar allows long names; we do not).
+pub const MAX_REFERENCE_TEXT: usize = 512;
+
+/// Identity of the image (`spec` is written once at creation and never changes).
+#[derive(CustomResource, Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "imageposture.io",
+    version = "v1alpha1",
+    kind = "ImagePosture",
+    plural = "imagepostures",
+    singular = "imageposture",
+    shortname = "ipost",
+    status = "ImagePostureStatus",
+    derive = "PartialEq",
+    doc = "The signing posture (signed, invalid-signature, not-signed, checking) of one image \
+           identity (registry/repository@digest) running in the cluster.",
+    printcolumn(name = "Image", type_ = "string", json_path = ".spec.image"),
+    printcolumn(name = "Posture", type_ = "string", json_path = ".status.posture"),
+    printcolumn(name = "Signer", type_ = "string", json_path = ".status.signer"),
+    printcolumn(name = "Issuer", type_ = "string", json_path = ".status.issuer", priority = "1"),
+    printcolumn(name = "Reason", type_ = "string", json_path = ".status.reason", priority = "1"),
+    printcolumn(name = "Pods", type_ = "integer", json_path = ".status.usage.pods"),
+    printcolumn(name = "Verified", type_ = "date", json_path = ".status.lastVerified"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ImagePostureSpec {
+    /// Normalized identity `registry/repository@digest` (Docker Hub as `docker.io/library/...`).
+    pub image: String,
+    /// `registry/repository`, for selecting every digest of one repository.
+    pub repository: String,
+    /// Manifest digest (`sha256:<hex>`), taken from the pod's `imageID`, never guessed.
+    pub digest: String,
+}
+
+/// What the operator concluded and why. Every field is optional: a fresh object has no status,
+/// and server-side apply of a partial status must not claim fields we did not mean to set.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ImagePostureStatus {
+    /// `signed` | `invalid-signature` | `not-signed` | `checking`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub posture: Option<Posture>,
+    /// Who signed (certificate SAN, or key name / `sha256:` key fingerprint). Only when signed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 257))]
+    pub signer: Option<String>,
+    /// OIDC issuer of a keyless signer. Only when signed keyless.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 257))]
+    pub issuer: Option<String>,
+    /// `keyless` | `key`. Only when signed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signer_type: Option<SignerType>,
+    /// Machine-readable CamelCase reason.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<Reason>,
+    /// Human-readable explanation (bounded; may quote registry text, stored as data).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[schemars(length(max = 513))]
+    pub message: String,
+    /// One record per signature artifact examined (bounded).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8))]
+    pub signatures: Vec<SignatureRecord>,
+    /// References (tags/refs as pods wrote them) that resolve to this image (bounded).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub references: Vec<String>,
+    /// Who runs this image right now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<ImageUsage>,
+    /// When verification last actually ran against the registry (RFC 3339). A cache hit or an
+    /// unchanged revalidation does not move it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("format" = "date-time"))]
+    pub last_verified: Option<String>,
+    /// While `checking`: since when (RFC 3339), so a stuck image is visible.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("format" = "date-time"))]
+    pub checking_since: Option<String>,
+    /// Digests of the signature artifacts seen at the last verification, keyed by artifact
+    /// (see [`DIGEST_SIG_TAG`], [`DIGEST_REFERRERS`], [`DIGEST_REFERRERS_TAG`]). Revalidation
+    /// compares them with cheap HEAD requests and skips re-downloading when nothing changed;
+    /// kept in the CR so the comparison survives a restart.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(length(max = 8))]
+    pub signature_digests: BTreeMap<String, String>,
+    /// Standard conditions; `Verified` mirrors the posture for generic tooling (`kubectl wait`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8))]
+    pub conditions: Vec<Condition>,
+}
+
+/// `signatureDigests` key: digest of the cosign `sha256-<hex>.sig` tag's manifest.
+pub const DIGEST_SIG_TAG: &str = "sigTag";
+/// `signatureDigests` key: digest of the OCI 1.1 referrers index (native API).
+pub const DIGEST_REFERRERS: &str = "referrers";
+/// `signatureDigests` key: digest of the referrers tag-schema fallback index (`sha256-<hex>`).
+pub const DIGEST_REFERRERS_TAG: &str = "referrersTag";
+
+/// How widely the image is used; the namespace list is bounded, the count is not.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageUsage {
+    /// Pods currently running this image.
+    #[serde(default)]
+    pub pods: u32,
+    /// Namespaces of those pods (sorted, first [`MAX_NAMESPACES_IN_STATUS`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub namespaces: Vec<String>,
+    /// Number of distinct namespaces (the list above may be cut).
+    #[serde(default)]
+    pub namespace_count: u32,
+}
+
+/// A status condition in the Kubernetes convention. Local rather than `meta/v1 Condition` so
+/// its timestamp is RFC 3339 text like the rest of this status and its message is bounded in
+/// the schema.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    /// Condition type, e.g. `Verified`.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// `True` | `False` | `Unknown`.
+    pub status: String,
+    /// CamelCase reason.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[schemars(length(max = 513))]
+    pub message: String,
+    /// When `status` last changed (RFC 3339).
+    #[schemars(extend("format" = "date-time"))]
+    pub last_transition_time: String,
+}
+
+/// The condition type mirroring the posture.
+pub const CONDITION_VERIFIED: &str = "Verified";
+
+impl Condition {
+    /// The `Verified` condition for a posture: `True` when signed, `False` for a resting
+    /// negative verdict, `Unknown` while checking (we do not know yet, and must not say no).
+    pub fn verified(
+        posture: Posture,
+        reason: Reason,
+        message: &str,
+        last_transition_time: &str,
+    ) -> Self {
+        let status = match posture {
+            Posture::Signed => "True",
+            Posture::InvalidSignature | Posture::NotSigned => "False",
+            Posture::Checking => "Unknown",
+        };
+        Condition {
+            type_: CONDITION_VERIFIED.to_string(),
+            status: status.to_string(),
+            reason: reason.as_str().to_string(),
+            message: bound(message, MAX_MESSAGE),
+            last_transition_time: last_transition_time.to_string(),
+        }
+    }
+}
+
+impl ImagePostureStatus {
+    /// The verdict part of a status (posture, signer, reason, signatures), bounded. Usage,
+    /// references and timestamps belong to the caller, which knows the inventory and the clock.
+    pub fn from_verdict(v: &Verdict) -> Self {
+        let mut s = ImagePostureStatus {
+            posture: Some(v.posture),
+            signer: v.signer.clone(),
+            issuer: v.issuer.clone(),
+            signer_type: v.signer_type,
+            reason: Some(v.reason),
+            message: v.message.clone(),
+            signatures: v.signatures.clone(),
+            ..Default::default()
+        };
+        s.enforce_bounds();
+        s
+    }
+
+    /// Cuts every list and text to its bound, so a hostile registry (thousands of signature
+    /// artifacts, megabyte SANs) cannot make the object unwritable or huge. Idempotent.
+    pub fn enforce_bounds(&mut self) {
+        let text = |t: &mut Option<String>| {
+            if let Some(s) = t {
+                *s = bound(s, MAX_TEXT);
+            }
+        };
+        text(&mut self.signer);
+        text(&mut self.issuer);
+        self.message = bound(&self.message, MAX_MESSAGE);
+        self.signatures.truncate(MAX_SIGNATURES_IN_STATUS);
+        for sig in &mut self.signatures {
+            text(&mut sig.signer);
+            text(&mut sig.issuer);
+            sig.message = bound(&sig.message, MAX_MESSAGE);
+        }
+        self.references.truncate(MAX_REFERENCES_IN_STATUS);
+        for r in &mut self.references {
+            *r = bound(r, MAX_REFERENCE_TEXT);
+        }
+        if let Some(u) = &mut self.usage {
+            u.namespaces.truncate(MAX_NAMESPACES_IN_STATUS);
+        }
+        while self.signature_digests.len() > MAX_SIGNATURE_DIGESTS {
+            self.signature_digests.pop_last();
+        }
+        self.conditions.truncate(8);
+        for c in &mut self.conditions {
+            c.message = bound(&c.message, MAX_MESSAGE);
+        }
+    }
+}
+
+impl ImageUsage {
+    /// Usage from a pod count and the (possibly unsorted, duplicated) namespaces of those pods.
+    pub fn new<'a>(pods: u32, namespaces: impl IntoIterator<Item = &'a str>) -> Self {
+        let mut all: Vec<String> = namespaces.into_iter().map(str::to_string).collect();
+        all.sort();
+        all.dedup();
+        let namespace_count = u32::try_from(all.len()).unwrap_or(u32::MAX);
+        all.truncate(MAX_NAMESPACES_IN_STATUS);
+        ImageUsage {
+            pods,
+            namespaces: all,
+            namespace_count,
+        }
+    }
+}
+
+/// Labels the operator sets on every ImagePosture: ownership (for GC and selection), the
+/// posture (`kubectl get ipost -l imageposture.io/posture=not-signed`) and the registry host.
+/// The posture label is omitted when no verdict exists yet.
+pub fn labels(id: &ImageId, posture: Option<Posture>) -> BTreeMap<String, String> {
+    let mut l = BTreeMap::new();
+    l.insert(LABEL_MANAGED_BY.to_string(), MANAGER.to_string());
+    if let Some(p) = posture {
+        l.insert(LABEL_POSTURE.to_string(), p.as_str().to_string());
+    }
+    let registry = label_value(&id.registry);
+    if !registry.is_empty() {
+        l.insert(LABEL_REGISTRY.to_string(), registry);
+    }
+    l
+}
+
+/// Turns arbitrary text (a registry host such as `127.0.0.1:5000`) into a valid label value:
+/// at most 63 characters of `[A-Za-z0-9._-]`, starting and ending alphanumeric; other characters
+/// become `-`. May return the empty string, which is a valid (if useless) label value.
+pub fn label_value(text: &str) -> String {
+    let mapped: String = text
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '_' || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(63)
+        .collect();
+    mapped
+        .trim_matches(|c: char| !c.is_ascii_alphanumeric())
+        .to_string()
+}
+
+/// A new ImagePosture for an image: deterministic name, identity spec and labels, no status
+/// (status is written separately through the status subresource).
+pub fn new_resource(id: &ImageId) -> ImagePosture {
+    let mut r = ImagePosture::new(
+        &id.resource_name(),
+        ImagePostureSpec {
+            image: id.key(),
+            repository: id.repo_path(),
+            digest: id.digest.clone(),
+        },
+    );
+    r.metadata.labels = Some(labels(id, None));
+    r
+}
+
+/// The CustomResourceDefinition as YAML; `crds/imageposture.yaml` holds exactly this text.
+pub fn crd_yaml() -> String {
+    serde_yaml::to_string(&ImagePosture::crd()).expect("a CRD always serializes to YAML")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image::ImageRef;
+    use crate::posture::{SignatureFormat, SignatureSource};
+    use kube::Resource;
+
+    const D: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    fn id(s: &str) -> ImageId {
+        ImageRef::parse(&format!("{s}@{D}")).unwrap().id().unwrap()
+    }
+
+    fn valid_label_value(v: &str) -> bool {
+        v.len() <= 63
+            && v.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+            && (v.is_empty()
+                || (v.starts_with(|c: char| c.is_ascii_alphanumeric())
+                    && v.ends_with(|c: char| c.is_ascii_alphanumeric())))
+    }
+
+    fn valid_label_key(k: &str) -> bool {
+        let (prefix, name) = k.rsplit_once('/').unwrap_or(("", k));
+        prefix.len() <= 253 && !name.is_empty() && valid_label_value(name)
+    }
+
+    #[test]
+    fn names_and_labels_are_valid() {
+        let long_host = format!("{}.example.com:5000", "h".repeat(80));
+        for s in [
+            "nginx",
+            "ghcr.io/org/app",
+            "127.0.0.1:5000/a/b",
+            &format!("{long_host}/deep/path/to/a/repository/with/many/segments"),
+        ] {
+            let id = id(s);
+            let r = new_resource(&id);
+            let name = r.metadata.name.clone().unwrap();
+            assert!(name.len() <= 63, "{name}");
+            assert_eq!(r.spec.image, id.key());
+            assert_eq!(r.spec.digest, D);
+            for posture in [None, Some(Posture::Signed), Some(Posture::InvalidSignature)] {
+                for (k, v) in labels(&id, posture) {
+                    assert!(valid_label_key(&k), "{k}");
+                    assert!(valid_label_value(&v), "{k}={v:?} for {s}");
+                }
+            }
+        }
+        let l = labels(&id("127.0.0.1:5000/a/b"), Some(Posture::NotSigned));
+        assert_eq!(l[LABEL_REGISTRY], "127.0.0.1-5000");
+        assert_eq!(l[LABEL_POSTURE], "not-signed");
+        assert_eq!(l[LABEL_MANAGED_BY], "imageposture");
+        assert!(!labels(&id("nginx"), None).contains_key(LABEL_POSTURE));
+        assert_eq!(label_value("-:-"), "");
+    }
+
+    #[test]
+    fn crd_is_cluster_scoped_with_printer_columns() {
+        let crd = ImagePosture::crd();
+        assert_eq!(crd.spec.scope, "Cluster");
+        assert_eq!(crd.spec.group, GROUP);
+        assert_eq!(crd.spec.names.short_names.as_deref(), Some(&["ipost".to_string()][..]));
+        let v = &crd.spec.versions[0];
+        assert_eq!(v.name, "v1alpha1");
+        assert!(v.subresources.as_ref().unwrap().status.is_some());
+        let cols = v.additional_printer_columns.as_ref().unwrap();
+        let find = |n: &str| cols.iter().find(|c| c.name == n).unwrap_or_else(|| panic!("{n}"));
+        assert_eq!(find("Image").json_path, ".spec.image");
+        assert_eq!(find("Posture").json_path, ".status.posture");
+        assert_eq!(find("Signer").json_path, ".status.signer");
+        assert_eq!(find("Issuer").json_path, ".status.issuer");
+        assert_eq!(find("Pods").type_, "integer");
+        assert_eq!(find("Verified").type_, "date");
+        assert_eq!(find("Verified").json_path, ".status.lastVerified");
+        assert_eq!(ImagePosture::url_path(&(), None), "/apis/imageposture.io/v1alpha1/imagepostures");
+    }
+
+    #[test]
+    fn schema_is_structural_enough() {
+        let yaml = crd_yaml();
+        // Enums come out as string enums, not `anyOf`/`$ref` (rejected by the API server).
+        assert!(!yaml.contains("$ref"), "{yaml}");
+        assert!(!yaml.contains("anyOf"), "{yaml}");
+        assert!(yaml.contains("invalid-signature"));
+        assert!(yaml.contains("BadTransparencyLogEntry"));
+    }
+
+    #[test]
+    fn status_is_bounded_and_camel_case() {
+        let rec = SignatureRecord {
+            source: SignatureSource::Tag,
+            format: SignatureFormat::Simplesigning,
+            verified: false,
+            signer: Some("x".repeat(10_000)),
+            issuer: None,
+            signer_type: None,
+            reason: Reason::BadSignature,
+            message: "m".repeat(10_000),
+            rekor_log_index: None,
+            integrated_time: None,
+        };
+        let v = Verdict::from_signatures(vec![rec; 100]);
+        let mut s = ImagePostureStatus::from_verdict(&v);
+        assert_eq!(s.signatures.len(), MAX_SIGNATURES_IN_STATUS);
+        assert!(s.signatures[0].signer.as_ref().unwrap().len() <= MAX_TEXT + 3);
+        s.references = (0..100).map(|i| format!("r{i}")).collect();
+        s.usage = Some(ImageUsage::new(40, (0..40).map(|i| if i % 2 == 0 { "a" } else { "b" })));
+        assert_eq!(s.usage.as_ref().unwrap().namespace_count, 2);
+        s.checking_since = Some("2025-01-01T00:00:00Z".into());
+        s.conditions.push(Condition::verified(
+            Posture::Checking,
+            Reason::Timeout,
+            "slow",
+            "2025-01-01T00:00:00Z",
+        ));
+        s.enforce_bounds();
+        assert_eq!(s.references.len(), MAX_REFERENCES_IN_STATUS);
+        assert_eq!(s.conditions[0].status, "Unknown");
+        let j = serde_json::to_value(&s).unwrap();
+        assert_eq!(j["posture"], "invalid-signature");
+        assert_eq!(j["reason"], "BadSignature");
+        assert_eq!(j["checkingSince"], "2025-01-01T00:00:00Z");
+        assert_eq!(j["usage"]["namespaceCount"], 2);
+        assert_eq!(j["conditions"][0]["type"], "Verified");
+        assert!(j.get("signer").is_none(), "absent fields are omitted for server-side apply");
+        let back: ImagePostureStatus = serde_json::from_value(j).unwrap();
+        assert_eq!(back, s);
+    }
+}

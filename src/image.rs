@@ -1,0 +1,267 @@
+//! Image references: parsing, normalization, identity and ImagePosture naming.
+//!
+//! Identity is `registry/repository@digest` with Docker Hub spelled `docker.io` and official
+//! images under `library/`, so `nginx`, `docker.io/nginx` and `index.docker.io/library/nginx`
+//! are one image. Parsing is delegated to `oci-spec`'s `Reference` (the distribution grammar).
+
+use std::fmt;
+use std::str::FromStr;
+
+use oci_client::Reference;
+use sha2::{Digest as _, Sha256};
+
+/// A parsed, normalized reference as a pod or a user wrote it (tag and/or digest).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ImageRef {
+    pub registry: String,
+    pub repository: String,
+    pub tag: Option<String>,
+    pub digest: Option<String>,
+}
+
+/// The identity of one image: repository plus manifest digest.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ImageId {
+    pub registry: String,
+    pub repository: String,
+    pub digest: String,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("invalid image reference {input:?}: {why}")]
+pub struct InvalidReference {
+    pub input: String,
+    pub why: String,
+}
+
+/// Longest reference we attempt to parse; anything longer is hostile or broken.
+const MAX_REFERENCE: usize = 512;
+
+impl ImageRef {
+    pub fn parse(input: &str) -> Result<Self, InvalidReference> {
+        let err = |why: String| InvalidReference {
+            input: crate::posture::bound(input, 128),
+            why,
+        };
+        let trimmed = input.trim();
+        if trimmed.is_empty() {
+            return Err(err("empty".into()));
+        }
+        if trimmed.len() > MAX_REFERENCE {
+            return Err(err(format!("longer than {MAX_REFERENCE} characters")));
+        }
+        let r = Reference::from_str(trimmed).map_err(|e| err(e.to_string()))?;
+        let registry = normalize_registry(r.registry());
+        let digest = match r.digest() {
+            Some(d) => Some(validate_digest(d).map_err(err)?),
+            None => None,
+        };
+        Ok(ImageRef {
+            registry,
+            repository: r.repository().to_string(),
+            tag: r.tag().map(str::to_string),
+            digest,
+        })
+    }
+
+    /// The identity, when the reference pins a digest.
+    pub fn id(&self) -> Option<ImageId> {
+        self.digest.as_ref().map(|d| ImageId {
+            registry: self.registry.clone(),
+            repository: self.repository.clone(),
+            digest: d.clone(),
+        })
+    }
+
+    /// `registry/repository`.
+    pub fn repo_path(&self) -> String {
+        format!("{}/{}", self.registry, self.repository)
+    }
+}
+
+impl fmt::Display for ImageRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.registry, self.repository)?;
+        if let Some(t) = &self.tag {
+            write!(f, ":{t}")?;
+        }
+        if let Some(d) = &self.digest {
+            write!(f, "@{d}")?;
+        }
+        Ok(())
+    }
+}
+
+impl ImageId {
+    /// `registry/repository@digest`: the cache key and the CR's `spec.image`.
+    pub fn key(&self) -> String {
+        format!("{}/{}@{}", self.registry, self.repository, self.digest)
+    }
+
+    pub fn repo_path(&self) -> String {
+        format!("{}/{}", self.registry, self.repository)
+    }
+
+    /// The host requests go to (Docker Hub's API host differs from its name).
+    pub fn api_host(&self) -> &str {
+        api_host(&self.registry)
+    }
+
+    /// Deterministic, readable, unique ImagePosture name of at most 63 characters: a slug of
+    /// the repository path and the first 10 hex characters of the identity's SHA-256.
+    pub fn resource_name(&self) -> String {
+        let hash = hex::encode(Sha256::digest(self.key().as_bytes()));
+        let mut slug = String::new();
+        let mut last_dash = true;
+        for c in self.repo_path().chars() {
+            let c = c.to_ascii_lowercase();
+            if c.is_ascii_alphanumeric() {
+                slug.push(c);
+                last_dash = false;
+            } else if !last_dash {
+                slug.push('-');
+                last_dash = true;
+            }
+        }
+        let slug = slug.trim_matches('-');
+        let max_slug = 63 - 11;
+        let slug = if slug.len() > max_slug {
+            // Keep the end: the image name is more telling than the registry host.
+            slug[slug.len() - max_slug..].trim_start_matches('-')
+        } else {
+            slug
+        };
+        if slug.is_empty() {
+            format!("img-{}", &hash[..10])
+        } else {
+            format!("{slug}-{}", &hash[..10])
+        }
+    }
+
+    /// The cosign legacy signature tag, `sha256-<hex>.sig`.
+    pub fn sig_tag(&self) -> String {
+        format!("{}.sig", self.referrers_tag())
+    }
+
+    /// The OCI referrers tag-schema fallback tag, `sha256-<hex>`.
+    pub fn referrers_tag(&self) -> String {
+        self.digest.replace(':', "-")
+    }
+
+    /// The hex part of the digest.
+    pub fn digest_hex(&self) -> &str {
+        self.digest.split_once(':').map(|(_, h)| h).unwrap_or("")
+    }
+}
+
+impl fmt::Display for ImageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.key())
+    }
+}
+
+/// Docker Hub's canonical name; every other host is kept as written (lowercased).
+pub fn normalize_registry(registry: &str) -> String {
+    match registry {
+        "index.docker.io" | "registry-1.docker.io" | "registry.hub.docker.com" => {
+            "docker.io".to_string()
+        }
+        other => other.to_ascii_lowercase(),
+    }
+}
+
+pub fn api_host(registry: &str) -> &str {
+    if registry == "docker.io" {
+        "registry-1.docker.io"
+    } else {
+        registry
+    }
+}
+
+fn validate_digest(d: &str) -> Result<String, String> {
+    let (alg, hex) = d
+        .split_once(':')
+        .ok_or_else(|| format!("digest {d:?} has no algorithm"))?;
+    let want = match alg {
+        "sha256" => 64,
+        "sha512" => 128,
+        _ => return Err(format!("unsupported digest algorithm {alg:?}")),
+    };
+    if hex.len() != want || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        return Err(format!("malformed {alg} digest"));
+    }
+    Ok(d.to_string())
+}
+
+/// The manifest digest recorded by the kubelet in `containerStatuses[].imageID`.
+///
+/// Runtimes write `docker-pullable://repo@sha256:…`, `repo@sha256:…` or a bare `sha256:…`.
+/// A bare digest is the image *config* ID on some runtimes, not the manifest digest, so it is
+/// never used: the image is then resolved through the registry instead of guessed.
+pub fn digest_from_image_id(image_id: &str) -> Option<String> {
+    let s = image_id
+        .trim()
+        .trim_start_matches("docker-pullable://")
+        .trim_start_matches("docker://");
+    let (_, digest) = s.rsplit_once('@')?;
+    validate_digest(digest).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const D: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn docker_hub_normalizes() {
+        for s in ["nginx", "docker.io/nginx", "index.docker.io/library/nginx", "library/nginx"] {
+            let r = ImageRef::parse(&format!("{s}@{D}")).unwrap();
+            assert_eq!(r.id().unwrap().key(), format!("docker.io/library/nginx@{D}"), "{s}");
+        }
+    }
+
+    #[test]
+    fn tag_only_has_no_identity() {
+        let r = ImageRef::parse("ghcr.io/org/app:v1").unwrap();
+        assert_eq!(r.tag.as_deref(), Some("v1"));
+        assert!(r.id().is_none());
+        let r = ImageRef::parse("ghcr.io/org/app").unwrap();
+        assert_eq!(r.tag.as_deref(), Some("latest"));
+    }
+
+    #[test]
+    fn local_registry_with_port() {
+        let r = ImageRef::parse(&format!("127.0.0.1:5000/a/b:t@{D}")).unwrap();
+        assert_eq!(r.registry, "127.0.0.1:5000");
+        assert_eq!(r.repository, "a/b");
+        assert_eq!(r.id().unwrap().sig_tag(), format!("sha256-{}.sig", &D[7..]));
+    }
+
+    #[test]
+    fn rejects_bad_input() {
+        for s in ["", "UPPER/case", "a@sha256:zz", "a@md5:00", &"a/".repeat(400)] {
+            assert!(ImageRef::parse(s).is_err(), "{s:?}");
+        }
+    }
+
+    #[test]
+    fn names_are_bounded_and_unique() {
+        let a = ImageRef::parse(&format!("{}/x@{D}", "very-long-host.example.com/deep/path/to/a/repository/with/many/segments")).unwrap().id().unwrap();
+        let n = a.resource_name();
+        assert!(n.len() <= 63, "{n}");
+        assert!(n.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'));
+        let b = ImageId { digest: D.replace('0', "1"), ..a.clone() };
+        assert_ne!(a.resource_name(), b.resource_name());
+        let nginx = ImageRef::parse(&format!("nginx@{D}")).unwrap().id().unwrap();
+        assert!(nginx.resource_name().starts_with("docker-io-library-nginx-"));
+    }
+
+    #[test]
+    fn image_id_forms() {
+        assert_eq!(digest_from_image_id(&format!("docker-pullable://nginx@{D}")).as_deref(), Some(D));
+        assert_eq!(digest_from_image_id(&format!("docker.io/library/nginx@{D}")).as_deref(), Some(D));
+        assert_eq!(digest_from_image_id(D), None);
+        assert_eq!(digest_from_image_id(""), None);
+    }
+}

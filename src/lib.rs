@@ -1,0 +1,9 @@
+//! imageposture: observes the signing posture of every image a cluster runs.
+//!
+//! Layers, bottom up: [`image`] (identity), [`posture`] (vocabulary), [`verify`] (registry I/O
+//! and signature classification), [`observer`] (cache), then the operator pieces.
+
+pub mod image;
+pub mod posture;
+pub mod verify;
+pub mod crd;

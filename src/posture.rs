@@ -1,0 +1,285 @@
+//! The vocabulary of a verdict: postures, reasons and what one observation of an image found.
+//!
+//! Everything here is plain data, shared by the CLI output, the observer cache and the CRD status.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Longest signer/issuer/message text we keep. Signer text is attacker-influenced (any SAN a
+/// CA was talked into issuing), so it is stored as bounded data and never interpreted.
+pub const MAX_TEXT: usize = 256;
+/// Longest human message kept (registry error bodies can be anything).
+pub const MAX_MESSAGE: usize = 512;
+
+/// The signing posture of one image.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Posture {
+    /// A signature verified against the trust root.
+    Signed,
+    /// Signature artifacts exist but none verifies. Louder than `NotSigned`.
+    InvalidSignature,
+    /// The registry said, definitively (404), that no signature artifact exists.
+    NotSigned,
+    /// Transient: we could not find out. Never cached, never a clean verdict.
+    Checking,
+}
+
+impl Posture {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Posture::Signed => "signed",
+            Posture::InvalidSignature => "invalid-signature",
+            Posture::NotSigned => "not-signed",
+            Posture::Checking => "checking",
+        }
+    }
+
+    /// A resting posture is a verdict that may be cached; `checking` is not.
+    pub fn is_resting(self) -> bool {
+        self != Posture::Checking
+    }
+
+    /// Order used to pick the strongest verdict among several artifacts.
+    fn strength(self) -> u8 {
+        match self {
+            Posture::Signed => 3,
+            Posture::InvalidSignature => 2,
+            Posture::Checking => 1,
+            Posture::NotSigned => 0,
+        }
+    }
+
+    pub fn stronger_than(self, other: Posture) -> bool {
+        self.strength() > other.strength()
+    }
+}
+
+impl std::fmt::Display for Posture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a posture was given: a CamelCase word, stable for machines.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+pub enum Reason {
+    // signed
+    Verified,
+    // not-signed
+    NoSignature,
+    // invalid-signature
+    DigestMismatch,
+    BadSignature,
+    UntrustedCertificate,
+    BadTransparencyLogEntry,
+    UnverifiableKey,
+    Malformed,
+    UnsupportedFormat,
+    // checking
+    RegistryUnreachable,
+    RegistryError,
+    Timeout,
+    Unauthorized,
+    RateLimited,
+    TrustRootUnavailable,
+    TooLarge,
+    InvalidReference,
+    DigestUnknown,
+    Deferred,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Verified => "Verified",
+            Reason::NoSignature => "NoSignature",
+            Reason::DigestMismatch => "DigestMismatch",
+            Reason::BadSignature => "BadSignature",
+            Reason::UntrustedCertificate => "UntrustedCertificate",
+            Reason::BadTransparencyLogEntry => "BadTransparencyLogEntry",
+            Reason::UnverifiableKey => "UnverifiableKey",
+            Reason::Malformed => "Malformed",
+            Reason::UnsupportedFormat => "UnsupportedFormat",
+            Reason::RegistryUnreachable => "RegistryUnreachable",
+            Reason::RegistryError => "RegistryError",
+            Reason::Timeout => "Timeout",
+            Reason::Unauthorized => "Unauthorized",
+            Reason::RateLimited => "RateLimited",
+            Reason::TrustRootUnavailable => "TrustRootUnavailable",
+            Reason::TooLarge => "TooLarge",
+            Reason::InvalidReference => "InvalidReference",
+            Reason::DigestUnknown => "DigestUnknown",
+            Reason::Deferred => "Deferred",
+        }
+    }
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Keyless (Fulcio certificate) or key-based signature.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum SignerType {
+    Keyless,
+    Key,
+}
+
+/// Where a signature artifact was discovered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum SignatureSource {
+    /// The cosign `sha256-<hex>.sig` tag.
+    Tag,
+    /// An OCI 1.1 referrer (native API or the referrers tag schema).
+    Referrer,
+}
+
+/// Format of a signature artifact.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum SignatureFormat {
+    /// Legacy cosign simple-signing layer with annotations.
+    Simplesigning,
+    /// Sigstore bundle (v0.1-v0.3).
+    Bundle,
+}
+
+/// The verdict on one signature artifact.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SignatureRecord {
+    pub source: SignatureSource,
+    pub format: SignatureFormat,
+    pub verified: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signer: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signer_type: Option<SignerType>,
+    pub reason: Reason,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rekor_log_index: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub integrated_time: Option<i64>,
+}
+
+/// What one observation of one image concluded.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Verdict {
+    pub posture: Posture,
+    pub reason: Reason,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signer: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signer_type: Option<SignerType>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub signatures: Vec<SignatureRecord>,
+}
+
+impl Verdict {
+    pub fn checking(reason: Reason, message: impl Into<String>) -> Self {
+        Verdict {
+            posture: Posture::Checking,
+            reason,
+            message: bound(&message.into(), MAX_MESSAGE),
+            signer: None,
+            issuer: None,
+            signer_type: None,
+            signatures: Vec::new(),
+        }
+    }
+
+    pub fn not_signed() -> Self {
+        Verdict {
+            posture: Posture::NotSigned,
+            reason: Reason::NoSignature,
+            message: "registry has no signature artifact for this digest".into(),
+            signer: None,
+            issuer: None,
+            signer_type: None,
+            signatures: Vec::new(),
+        }
+    }
+
+    /// Combines per-artifact verdicts: the strongest verified signature wins; with none
+    /// verified, any artifact makes it `invalid-signature`, carrying the first failure's reason.
+    pub fn from_signatures(signatures: Vec<SignatureRecord>) -> Self {
+        if let Some(best) = signatures.iter().find(|s| s.verified) {
+            return Verdict {
+                posture: Posture::Signed,
+                reason: Reason::Verified,
+                message: format!(
+                    "{} of {} signature artifact(s) verified",
+                    signatures.iter().filter(|s| s.verified).count(),
+                    signatures.len()
+                ),
+                signer: best.signer.clone(),
+                issuer: best.issuer.clone(),
+                signer_type: best.signer_type,
+                signatures,
+            };
+        }
+        let Some(first) = signatures.first() else {
+            return Verdict::not_signed();
+        };
+        Verdict {
+            posture: Posture::InvalidSignature,
+            reason: first.reason,
+            message: bound(&first.message, MAX_MESSAGE),
+            signer: None,
+            issuer: None,
+            signer_type: None,
+            signatures,
+        }
+    }
+}
+
+/// Cuts untrusted text to `max` bytes on a char boundary and strips control characters, so it
+/// can be shown in a terminal or stored in a CR without being interpreted.
+pub fn bound(text: &str, max: usize) -> String {
+    let mut out = String::with_capacity(text.len().min(max));
+    for c in text.chars() {
+        let c = if c.is_control() { ' ' } else { c };
+        if out.len() + c.len_utf8() > max {
+            out.push('…');
+            break;
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bound_cuts_and_neutralises() {
+        assert_eq!(bound("a\u{1b}[31mb", 64), "a [31mb");
+        let long = "é".repeat(400);
+        let b = bound(&long, 10);
+        assert!(b.len() <= 10 + '…'.len_utf8());
+        assert!(b.ends_with('…'));
+    }
+
+    #[test]
+    fn strongest_wins() {
+        assert!(Posture::Signed.stronger_than(Posture::InvalidSignature));
+        assert!(Posture::InvalidSignature.stronger_than(Posture::Checking));
+        assert!(Posture::Checking.stronger_than(Posture::NotSigned));
+        assert!(!Posture::Checking.is_resting());
+    }
+}

@@ -1,0 +1,461 @@
+//! The verifier: discovers every signature artifact of one image and classifies it.
+//!
+//! Discovery owns the registry I/O and its classification (sigstore-rs's cosign client drops
+//! failed fetches and failed layers, which would read as not-signed); the sigstore crate does
+//! the cryptography and parses the trust root.
+
+mod auth;
+mod bundle;
+mod cert;
+mod keys;
+mod legacy;
+mod registry;
+mod rekor;
+mod trust;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::future::join_all;
+use oci_client::manifest::{OciImageIndex, OciImageManifest};
+
+pub use self::auth::Credentials;
+pub use self::keys::KeyRing;
+use self::keys::Signer;
+pub use self::registry::{FetchError, RegistryClient, RequestHook};
+use self::registry::Repo;
+pub use self::trust::{TrustError, TrustMaterial};
+use crate::image::{ImageId, ImageRef};
+use crate::posture::{bound, Reason, SignatureFormat, SignatureRecord, SignatureSource, SignerType, Verdict, MAX_MESSAGE};
+
+/// Resource bounds for one observation.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Wall-clock budget for one image, all requests included.
+    pub budget: Duration,
+    pub max_manifest_bytes: usize,
+    pub max_blob_bytes: usize,
+    /// Signature artifacts examined per image; more is reported, not processed.
+    pub max_signatures: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            budget: Duration::from_secs(30),
+            max_manifest_bytes: 4 << 20,
+            max_blob_bytes: 4 << 20,
+            max_signatures: 16,
+        }
+    }
+}
+
+/// Where the Fulcio CAs and Rekor keys come from.
+#[derive(Clone, Debug)]
+pub enum TrustSource {
+    /// Sigstore public-good instance via TUF, cached in the directory if given.
+    PublicGood { cache_dir: Option<PathBuf> },
+    /// A Sigstore `trusted_root.json`.
+    File(PathBuf),
+}
+
+#[derive(Clone, Debug)]
+pub struct VerifierConfig {
+    pub trust: TrustSource,
+    /// `NAME=FILE` public keys (PEM) that name key-based signers.
+    pub trusted_keys: Vec<(String, PathBuf)>,
+    /// A docker `config.json` with registry credentials.
+    pub registry_config: Option<PathBuf>,
+    /// `host:port` registries spoken to over plain HTTP.
+    pub insecure_registries: Vec<String>,
+    pub limits: Limits,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("registry config {path}: {why}")]
+    RegistryConfig { path: PathBuf, why: String },
+    #[error("trusted key {name}: {why}")]
+    TrustedKey { name: String, why: String },
+    #[error(transparent)]
+    Trust(#[from] TrustError),
+    #[error("HTTP client: {0}")]
+    Http(String),
+}
+
+/// The trust root, loaded once; the TUF one is retried (at most once a minute) until it loads.
+struct TrustCell {
+    source: TrustSource,
+    state: tokio::sync::Mutex<(Option<Arc<TrustMaterial>>, Option<(Instant, String)>)>,
+}
+
+impl TrustCell {
+    async fn get(&self) -> Result<Arc<TrustMaterial>, String> {
+        let mut state = self.state.lock().await;
+        if let Some(t) = &state.0 {
+            return Ok(t.clone());
+        }
+        if let Some((at, why)) = &state.1 {
+            if at.elapsed() < Duration::from_secs(60) {
+                return Err(why.clone());
+            }
+        }
+        match TrustMaterial::load(&self.source).await {
+            Ok(t) => {
+                let t = Arc::new(t);
+                *state = (Some(t.clone()), None);
+                Ok(t)
+            }
+            Err(e) => {
+                state.1 = Some((Instant::now(), e.to_string()));
+                Err(e.to_string())
+            }
+        }
+    }
+}
+
+/// Everything one classification needs besides the artifact.
+pub(crate) struct Context<'a> {
+    pub trust: &'a TrustMaterial,
+    pub keys: &'a KeyRing,
+}
+
+/// Why an artifact did not verify.
+#[derive(Debug)]
+pub(crate) struct Failure {
+    reason: Reason,
+    message: String,
+}
+
+impl Failure {
+    pub fn new(reason: Reason, message: impl Into<String>) -> Self {
+        Failure {
+            reason,
+            message: message.into(),
+        }
+    }
+}
+
+/// A signature record under construction.
+pub(crate) struct Checked(SignatureRecord);
+
+impl Checked {
+    fn new(source: SignatureSource, format: SignatureFormat) -> Self {
+        Checked(SignatureRecord {
+            source,
+            format,
+            verified: false,
+            signer: None,
+            issuer: None,
+            signer_type: None,
+            reason: Reason::Malformed,
+            message: String::new(),
+            rekor_log_index: None,
+            integrated_time: None,
+        })
+    }
+
+    fn keyless(&mut self, signer: String, issuer: Option<String>) {
+        self.0.signer = Some(signer);
+        self.0.issuer = issuer;
+        self.0.signer_type = Some(SignerType::Keyless);
+    }
+
+    fn key(&mut self, name: String) {
+        self.0.signer = Some(name);
+        self.0.signer_type = Some(SignerType::Key);
+    }
+
+    fn finish(mut self, result: Result<(), Failure>) -> Checked {
+        match result {
+            Ok(()) => {
+                self.0.verified = true;
+                self.0.reason = Reason::Verified;
+            }
+            Err(f) => {
+                self.0.verified = false;
+                self.0.signer = None;
+                self.0.issuer = None;
+                self.0.signer_type = None;
+                self.0.reason = f.reason;
+                self.0.message = bound(&f.message, MAX_MESSAGE);
+            }
+        }
+        self
+    }
+
+    fn record(self) -> SignatureRecord {
+        self.0
+    }
+
+    fn failed(source: SignatureSource, format: SignatureFormat, failure: Failure) -> SignatureRecord {
+        Checked::new(source, format).finish(Err(failure)).record()
+    }
+}
+
+impl std::ops::Deref for Checked {
+    type Target = SignatureRecord;
+    fn deref(&self) -> &SignatureRecord {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Checked {
+    fn deref_mut(&mut self) -> &mut SignatureRecord {
+        &mut self.0
+    }
+}
+
+pub struct Verifier {
+    registry: RegistryClient,
+    trust: TrustCell,
+    keys: KeyRing,
+    limits: Limits,
+}
+
+impl Verifier {
+    pub async fn new(config: VerifierConfig) -> Result<Self, SetupError> {
+        Self::with_hook(config, None).await
+    }
+
+    /// Like [`Verifier::new`], with a hook told of every registry request (metrics).
+    pub async fn with_hook(config: VerifierConfig, hook: Option<RequestHook>) -> Result<Self, SetupError> {
+        let credentials = match &config.registry_config {
+            Some(path) => Credentials::from_docker_config(path).map_err(|why| SetupError::RegistryConfig {
+                path: path.clone(),
+                why,
+            })?,
+            None => Credentials::default(),
+        };
+        let keys = KeyRing::load(&config.trusted_keys)?;
+        let mut registry = RegistryClient::new(
+            config.insecure_registries.iter().cloned(),
+            credentials,
+            config.limits.budget,
+        )
+        .map_err(SetupError::Http)?;
+        if let Some(hook) = hook {
+            registry = registry.with_hook(hook);
+        }
+        let trust = TrustCell {
+            source: config.trust.clone(),
+            state: tokio::sync::Mutex::default(),
+        };
+        // A given file must be right at startup; the TUF root may come later.
+        match (&config.trust, trust.get().await) {
+            (TrustSource::File(_), Err(_)) => {
+                TrustMaterial::load(&config.trust).await?;
+            }
+            (_, Err(e)) => tracing::warn!(error = %e, "trust root unavailable; images stay `checking` until it loads"),
+            _ => {}
+        }
+        Ok(Verifier {
+            registry,
+            trust,
+            keys,
+            limits: config.limits,
+        })
+    }
+
+    /// The manifest digest a tag points at now (one HEAD request).
+    pub async fn resolve(&self, image: &ImageRef) -> Result<ImageId, Verdict> {
+        if let Some(id) = image.id() {
+            return Ok(id);
+        }
+        let tag = image.tag.as_deref().unwrap_or("latest");
+        let repo = Repo {
+            host: crate::image::api_host(&image.registry),
+            name: &image.repository,
+        };
+        let fut = self.registry.manifest_digest(repo, tag);
+        match tokio::time::timeout(self.limits.budget, fut).await {
+            Ok(Ok(digest)) => Ok(ImageId {
+                registry: image.registry.clone(),
+                repository: image.repository.clone(),
+                digest,
+            }),
+            Ok(Err(e)) => Err(e.checking("resolving the tag")),
+            Err(_) => Err(Verdict::checking(Reason::Timeout, "resolving the tag exceeded the time budget")),
+        }
+    }
+
+    /// The posture of one image. Never fails: anything that is not a verdict is `checking`.
+    pub async fn observe(&self, image: &ImageId) -> Verdict {
+        match tokio::time::timeout(self.limits.budget, self.observe_within_budget(image)).await {
+            Ok(v) => v,
+            Err(_) => Verdict::checking(
+                Reason::Timeout,
+                format!("verification exceeded the {}s time budget", self.limits.budget.as_secs_f32()),
+            ),
+        }
+    }
+
+    async fn observe_within_budget(&self, image: &ImageId) -> Verdict {
+        let trust = match self.trust.get().await {
+            Ok(t) => t,
+            Err(e) => return Verdict::checking(Reason::TrustRootUnavailable, e),
+        };
+        let ctx = Context {
+            trust: &trust,
+            keys: &self.keys,
+        };
+        let repo = Repo {
+            host: image.api_host(),
+            name: &image.repository,
+        };
+        let max = self.limits.max_manifest_bytes;
+        let sig_tag = image.sig_tag();
+        let (sig, referrers) = tokio::join!(
+            self.registry.manifest(repo, &sig_tag, max),
+            self.registry.referrers(repo, &image.digest, max)
+        );
+        let sig = match sig {
+            Ok(m) => Some(m),
+            Err(FetchError::NotFound) => None,
+            Err(e) => return e.checking("signature tag"),
+        };
+        let referrers = match referrers {
+            Ok(r) => r,
+            Err(e) => return e.checking("referrers"),
+        };
+
+        let mut records = Vec::new();
+        let mut skipped = 0usize;
+        if let Some(sig) = sig {
+            match self.legacy_signatures(repo, image, &sig.body, &ctx, &mut skipped).await {
+                Ok(mut r) => records.append(&mut r),
+                Err(v) => return v,
+            }
+        }
+        if let Some(index) = referrers {
+            match self.bundle_signatures(repo, image, &index.body, &ctx, &mut skipped).await {
+                Ok(mut r) => records.append(&mut r),
+                Err(v) => return v,
+            }
+        }
+        let mut verdict = Verdict::from_signatures(records);
+        if skipped > 0 {
+            verdict.message = bound(
+                &format!("{}; {skipped} more artifact(s) over the limit were not examined", verdict.message),
+                MAX_MESSAGE,
+            );
+        }
+        verdict
+    }
+
+    async fn legacy_signatures(
+        &self,
+        repo: Repo<'_>,
+        image: &ImageId,
+        manifest: &[u8],
+        ctx: &Context<'_>,
+        skipped: &mut usize,
+    ) -> Result<Vec<SignatureRecord>, Verdict> {
+        let (src, fmt) = (SignatureSource::Tag, SignatureFormat::Simplesigning);
+        let manifest: OciImageManifest = match serde_json::from_slice(manifest) {
+            Ok(m) => m,
+            Err(e) => {
+                return Ok(vec![Checked::failed(src, fmt, Failure::new(Reason::Malformed, format!("signature manifest: {e}")))]);
+            }
+        };
+        let layers: Vec<_> = manifest
+            .layers
+            .iter()
+            .filter(|l| l.media_type == legacy::SIMPLESIGNING_MEDIA_TYPE)
+            .collect();
+        if layers.is_empty() {
+            return Ok(vec![Checked::failed(src, fmt, Failure::new(Reason::Malformed, "signature manifest has no simple-signing layer"))]);
+        }
+        *skipped += layers.len().saturating_sub(self.limits.max_signatures);
+        let layers = &layers[..layers.len().min(self.limits.max_signatures)];
+        let blobs = join_all(layers.iter().map(|l| async move {
+            if l.size < 0 || l.size as usize > self.limits.max_blob_bytes {
+                return Ok(None);
+            }
+            self.registry.blob(repo, &l.digest, self.limits.max_blob_bytes).await.map(Some)
+        }))
+        .await;
+        let mut out = Vec::new();
+        for (layer, blob) in layers.iter().zip(blobs) {
+            let record = match blob {
+                Ok(Some(payload)) => {
+                    let annotations = layer.annotations.clone().unwrap_or_default().into_iter().collect();
+                    legacy::classify(&annotations, &payload, &image.digest, ctx).record()
+                }
+                Ok(None) => Checked::failed(src, fmt, Failure::new(Reason::Malformed, format!("signature layer of {} bytes is over the limit", layer.size))),
+                Err(e) => return Err(e.checking("signature payload")),
+            };
+            out.push(record);
+        }
+        Ok(out)
+    }
+
+    async fn bundle_signatures(
+        &self,
+        repo: Repo<'_>,
+        image: &ImageId,
+        index: &[u8],
+        ctx: &Context<'_>,
+        skipped: &mut usize,
+    ) -> Result<Vec<SignatureRecord>, Verdict> {
+        let (src, fmt) = (SignatureSource::Referrer, SignatureFormat::Bundle);
+        let index: OciImageIndex = match serde_json::from_slice(index) {
+            Ok(i) => i,
+            Err(e) => {
+                return Ok(vec![Checked::failed(src, fmt, Failure::new(Reason::Malformed, format!("referrers index: {e}")))]);
+            }
+        };
+        let candidates: Vec<_> = index
+            .manifests
+            .iter()
+            .filter(|m| m.artifact_type.as_deref().is_some_and(bundle::is_bundle_type))
+            .filter(|m| {
+                // Attestations are bundles too; only the cosign signing predicate is a signature.
+                m.annotations
+                    .as_ref()
+                    .and_then(|a| a.get(bundle::PREDICATE_ANNOTATION))
+                    .is_none_or(|p| p == bundle::SIGN_PREDICATE)
+            })
+            .collect();
+        *skipped += candidates.len().saturating_sub(self.limits.max_signatures);
+        let candidates = &candidates[..candidates.len().min(self.limits.max_signatures)];
+        let fetched = join_all(candidates.iter().map(|entry| self.bundle_blob(repo, &entry.digest))).await;
+        let mut out = Vec::new();
+        for result in fetched {
+            match result {
+                Ok(Ok(raw)) => {
+                    let checked = bundle::classify(&raw, &image.digest, ctx);
+                    // A bundle that turns out to be an attestation is not a signature artifact.
+                    if checked.reason == Reason::UnsupportedFormat && checked.message.starts_with("predicate ") {
+                        continue;
+                    }
+                    out.push(checked.record());
+                }
+                Ok(Err(failure)) => out.push(Checked::failed(src, fmt, failure)),
+                Err(e) => return Err(e.checking("referrer")),
+            }
+        }
+        Ok(out)
+    }
+
+    /// The bundle blob of one referrer manifest. Outer error: could not fetch (checking);
+    /// inner error: the artifact itself is broken (invalid-signature).
+    async fn bundle_blob(&self, repo: Repo<'_>, digest: &str) -> Result<Result<bytes::Bytes, Failure>, FetchError> {
+        let manifest = self.registry.manifest(repo, digest, self.limits.max_manifest_bytes).await?;
+        let manifest: OciImageManifest = match serde_json::from_slice(&manifest.body) {
+            Ok(m) => m,
+            Err(e) => return Ok(Err(Failure::new(Reason::Malformed, format!("referrer manifest: {e}")))),
+        };
+        let Some(layer) = manifest.layers.iter().find(|l| bundle::is_bundle_type(&l.media_type)) else {
+            return Ok(Err(Failure::new(Reason::Malformed, "referrer manifest has no bundle layer")));
+        };
+        if layer.size < 0 || layer.size as usize > self.limits.max_blob_bytes {
+            return Ok(Err(Failure::new(Reason::Malformed, format!("bundle of {} bytes is over the limit", layer.size))));
+        }
+        self.registry
+            .blob(repo, &layer.digest, self.limits.max_blob_bytes)
+            .await
+            .map(Ok)
+    }
+}

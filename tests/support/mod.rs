@@ -1,0 +1,82 @@
+//! Integration-test harness: a real CNCF Distribution registry, a counting and fault-injecting
+//! proxy in front of it, a test Fulcio/Rekor PKI and a pusher of real cosign-format artifacts.
+//!
+//! Included from each test file with `mod support;`. Not every test binary uses every helper.
+#![allow(dead_code)]
+
+pub mod cosign;
+pub mod pki;
+pub mod proxy;
+pub mod registry;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use imageposture::image::ImageId;
+use imageposture::verify::{Limits, TrustSource, Verifier, VerifierConfig};
+
+/// Unique repository name, so tests sharing one registry never see each other's artifacts.
+pub fn unique_repo(prefix: &str) -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!(
+        "test/{prefix}-{}-{}-{nanos}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Per-test world: the shared registry, a fresh PKI and a `trusted_root.json` naming it.
+pub struct TestEnv {
+    pub registry: &'static registry::Registry,
+    pub oci: cosign::Oci,
+    pub pki: pki::Pki,
+    pub trusted_root: PathBuf,
+    /// Owns the trust-root and key files; removed when the test ends.
+    pub dir: tempfile::TempDir,
+}
+
+impl TestEnv {
+    pub fn new() -> Self {
+        let registry = registry::shared();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pki = pki::Pki::new(dir.path());
+        let trusted_root = pki.write_trusted_root(dir.path());
+        TestEnv {
+            registry,
+            oci: cosign::Oci::new(&registry.host),
+            pki,
+            trusted_root,
+            dir,
+        }
+    }
+
+    /// The verifier configuration the tests use: the test trust root through the production
+    /// `TrustSource::File` path, plain HTTP to the registry and to any extra `hosts` (proxies).
+    pub fn config(&self, hosts: &[&str]) -> VerifierConfig {
+        let mut insecure = vec![self.registry.host.clone()];
+        insecure.extend(hosts.iter().map(|h| h.to_string()));
+        VerifierConfig {
+            trust: TrustSource::File(self.trusted_root.clone()),
+            trusted_keys: vec![],
+            registry_config: None,
+            insecure_registries: insecure,
+            limits: Limits::default(),
+        }
+    }
+
+    pub async fn verifier(&self, config: VerifierConfig) -> Verifier {
+        Verifier::new(config).await.expect("verifier setup")
+    }
+}
+
+/// The same image seen through another host (a proxy, or an address where nothing listens).
+pub fn via(id: &ImageId, host: &str) -> ImageId {
+    ImageId {
+        registry: host.to_string(),
+        ..id.clone()
+    }
+}

@@ -1,0 +1,306 @@
+//! A counting, fault-injecting HTTP/1.1 proxy in front of the registry.
+//!
+//! Requests are counted here, outside the verifier, so the registry-traffic budget is measured
+//! independently of the code under test. Each request is parsed (keep-alive aware), recorded,
+//! then either answered with an injected fault or forwarded to the upstream with reqwest and
+//! the response relayed with an explicit `Content-Length`.
+
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+/// What the proxy does with a request that the path filter selects.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Forward unchanged.
+    Pass,
+    /// Answer with this status and a small OCI error body, without contacting the registry.
+    Status(u16),
+    /// Hold the request this long, then forward it.
+    Delay(Duration),
+}
+
+/// One request as the proxy received it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Seen {
+    pub method: String,
+    /// Request target: path and query.
+    pub path: String,
+}
+
+impl std::fmt::Display for Seen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.method, self.path)
+    }
+}
+
+struct State {
+    upstream: String,
+    mode: Mutex<(Mode, Option<String>)>,
+    seen: Mutex<Vec<Seen>>,
+    client: reqwest::Client,
+}
+
+pub struct Proxy {
+    /// `127.0.0.1:PORT`, to be used as the image's registry.
+    pub host: String,
+    state: Arc<State>,
+    task: JoinHandle<()>,
+}
+
+impl Proxy {
+    /// Starts a proxy to `upstream` (`host:port`, plain HTTP) on the current tokio runtime.
+    pub async fn start(upstream: &str) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let host = listener.local_addr().unwrap().to_string();
+        let state = Arc::new(State {
+            upstream: upstream.to_string(),
+            mode: Mutex::new((Mode::Pass, None)),
+            seen: Mutex::new(Vec::new()),
+            client: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .no_proxy()
+                .build()
+                .unwrap(),
+        });
+        let st = state.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((sock, _)) = listener.accept().await {
+                tokio::spawn(serve_connection(sock, st.clone()));
+            }
+        });
+        Proxy { host, state, task }
+    }
+
+    /// Applies `mode` to every request.
+    pub fn set_mode(&self, mode: Mode) {
+        *self.state.mode.lock().unwrap() = (mode, None);
+    }
+
+    /// Applies `mode` only to requests whose target contains `needle`; others pass.
+    pub fn set_mode_for(&self, mode: Mode, needle: &str) {
+        *self.state.mode.lock().unwrap() = (mode, Some(needle.to_string()));
+    }
+
+    /// Every request received so far, in arrival order.
+    pub fn requests(&self) -> Vec<Seen> {
+        self.state.seen.lock().unwrap().clone()
+    }
+
+    pub fn reset_requests(&self) {
+        self.state.seen.lock().unwrap().clear();
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// An address where nothing listens: bound to get a free port, then released.
+pub fn refused_address() -> SocketAddr {
+    let l = StdListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().unwrap()
+}
+
+struct Request {
+    method: String,
+    target: String,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+async fn serve_connection(sock: TcpStream, state: Arc<State>) {
+    let (r, mut w) = sock.into_split();
+    let mut reader = BufReader::new(r);
+    loop {
+        let req = match read_request(&mut reader).await {
+            Ok(Some(req)) => req,
+            _ => return,
+        };
+        state.seen.lock().unwrap().push(Seen {
+            method: req.method.clone(),
+            path: req.target.clone(),
+        });
+        let close = header(&req.headers, "connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
+        let (mode, filter) = state.mode.lock().unwrap().clone();
+        let mode = match filter {
+            Some(needle) if !req.target.contains(&needle) => Mode::Pass,
+            _ => mode,
+        };
+        let response = match mode {
+            Mode::Pass => forward(&state, req).await,
+            Mode::Delay(d) => {
+                tokio::time::sleep(d).await;
+                forward(&state, req).await
+            }
+            Mode::Status(code) => fault(code, &req.method),
+        };
+        if w.write_all(&response).await.is_err() || w.flush().await.is_err() || close {
+            return;
+        }
+    }
+}
+
+/// Reads one request (head and body); `None` at a clean end of the connection.
+async fn read_request<R: tokio::io::AsyncBufRead + Unpin>(r: &mut R) -> std::io::Result<Option<Request>> {
+    let mut line = String::new();
+    if r.read_line(&mut line).await? == 0 {
+        return Ok(None);
+    }
+    let mut parts = line.split_whitespace();
+    let (Some(method), Some(target)) = (parts.next(), parts.next()) else {
+        return Err(std::io::Error::other(format!("bad request line {line:?}")));
+    };
+    let (method, target) = (method.to_string(), target.to_string());
+    let mut headers = Vec::new();
+    loop {
+        let mut h = String::new();
+        if r.read_line(&mut h).await? == 0 {
+            return Ok(None);
+        }
+        let h = h.trim_end_matches(['\r', '\n']);
+        if h.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = h.split_once(':') {
+            headers.push((k.trim().to_string(), v.trim().to_string()));
+        }
+    }
+    let chunked = header(&headers, "transfer-encoding").is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
+    let body = if chunked {
+        read_chunked(r).await?
+    } else {
+        let len: usize = header(&headers, "content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
+        let mut body = vec![0; len];
+        r.read_exact(&mut body).await?;
+        body
+    };
+    Ok(Some(Request { method, target, headers, body }))
+}
+
+async fn read_chunked<R: tokio::io::AsyncBufRead + Unpin>(r: &mut R) -> std::io::Result<Vec<u8>> {
+    let mut body = Vec::new();
+    loop {
+        let mut size = String::new();
+        r.read_line(&mut size).await?;
+        let size = size.trim().split(';').next().unwrap_or("");
+        let n = usize::from_str_radix(size, 16).map_err(std::io::Error::other)?;
+        if n == 0 {
+            // Trailers until the empty line.
+            loop {
+                let mut t = String::new();
+                if r.read_line(&mut t).await? == 0 || t.trim().is_empty() {
+                    return Ok(body);
+                }
+            }
+        }
+        let start = body.len();
+        body.resize(start + n, 0);
+        r.read_exact(&mut body[start..]).await?;
+        let mut crlf = [0u8; 2];
+        r.read_exact(&mut crlf).await?;
+    }
+}
+
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+}
+
+const HOP_BY_HOP: &[&str] = &[
+    "host",
+    "connection",
+    "keep-alive",
+    "transfer-encoding",
+    "content-length",
+    "proxy-connection",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "upgrade",
+];
+
+/// Forwards to the upstream and serializes the response (502 when the upstream fails).
+async fn forward(state: &State, req: Request) -> Vec<u8> {
+    let url = format!("http://{}{}", state.upstream, req.target);
+    let Ok(method) = reqwest::Method::from_bytes(req.method.as_bytes()) else {
+        return fault(400, &req.method);
+    };
+    let is_head = method == reqwest::Method::HEAD;
+    let mut rb = state.client.request(method, url);
+    for (k, v) in &req.headers {
+        if !HOP_BY_HOP.contains(&k.to_ascii_lowercase().as_str()) {
+            rb = rb.header(k, v);
+        }
+    }
+    if !req.body.is_empty() || matches!(req.method.as_str(), "PUT" | "POST" | "PATCH") {
+        rb = rb.body(req.body);
+    }
+    let resp = match rb.send().await {
+        Ok(r) => r,
+        Err(_) => return fault(502, &req.method),
+    };
+    let status = resp.status();
+    let mut head = format!(
+        "HTTP/1.1 {} {}\r\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("")
+    );
+    let mut upstream_len = None;
+    for (k, v) in resp.headers() {
+        let name = k.as_str();
+        if name == "content-length" {
+            upstream_len = v.to_str().ok().map(str::to_string);
+        }
+        if HOP_BY_HOP.contains(&name) {
+            continue;
+        }
+        head.push_str(&format!("{}: {}\r\n", name, String::from_utf8_lossy(v.as_bytes())));
+    }
+    let body = resp.bytes().await.map(|b| b.to_vec()).unwrap_or_default();
+    // A HEAD answer keeps the upstream's length (it describes the GET body) and has no body.
+    let len = if is_head {
+        upstream_len.unwrap_or_else(|| "0".into())
+    } else {
+        body.len().to_string()
+    };
+    head.push_str(&format!("content-length: {len}\r\n\r\n"));
+    let mut out = head.into_bytes();
+    if !is_head {
+        out.extend_from_slice(&body);
+    }
+    out
+}
+
+/// An injected fault: the status, an OCI error body, and the headers clients key on.
+fn fault(code: u16, method: &str) -> Vec<u8> {
+    let (oci_code, extra) = match code {
+        401 => ("UNAUTHORIZED", "www-authenticate: Basic realm=\"test\"\r\n"),
+        429 => ("TOOMANYREQUESTS", "retry-after: 1\r\n"),
+        _ => ("UNKNOWN", ""),
+    };
+    let body = format!(
+        r#"{{"errors":[{{"code":"{oci_code}","message":"injected fault {code}","detail":null}}]}}"#
+    );
+    let reason = reqwest::StatusCode::from_u16(code)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("Fault");
+    let mut out = format!(
+        "HTTP/1.1 {code} {reason}\r\ncontent-type: application/json\r\n{extra}content-length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    if method != "HEAD" {
+        out.extend_from_slice(body.as_bytes());
+    }
+    out
+}
