@@ -77,6 +77,7 @@ pub struct ImagePostureSpec {
 /// and server-side apply of a partial status must not claim fields we did not mean to set.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(transform = drop_null_from_enums)]
 pub struct ImagePostureStatus {
     /// `signed` | `invalid-signature` | `not-signed` | `checking`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -119,10 +120,10 @@ pub struct ImagePostureStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(extend("format" = "date-time"))]
     pub checking_since: Option<String>,
-    /// Digests of the signature artifacts seen at the last verification, keyed by artifact
-    /// (see [`DIGEST_SIG_TAG`], [`DIGEST_REFERRERS`], [`DIGEST_REFERRERS_TAG`]). Revalidation
-    /// compares them with cheap HEAD requests and skips re-downloading when nothing changed;
-    /// kept in the CR so the comparison survives a restart.
+    /// Digests of the signature artifacts seen at the last verification, keyed by artifact:
+    /// `sigTag` (cosign `.sig` manifest), `referrers` (OCI referrers index), `referrersTag`
+    /// (tag-schema fallback index). Revalidation compares them with cheap HEAD requests and
+    /// skips downloading when nothing changed; kept here so that survives a restart.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schemars(length(max = 8))]
     pub signature_digests: BTreeMap<String, String>,
@@ -130,6 +131,27 @@ pub struct ImagePostureStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 8))]
     pub conditions: Vec<Condition>,
+}
+
+/// schemars renders `Option<SimpleEnum>` as `enum: [..., null]`; `nullable: true` (which kube
+/// derives from the same schema) already admits null, so the literal is dropped to keep the
+/// published schema to the values a user can actually see.
+fn drop_null_from_enums(schema: &mut schemars::Schema) {
+    fn walk(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(map) => {
+                if let Some(serde_json::Value::Array(values)) = map.get_mut("enum") {
+                    values.retain(|e| !e.is_null());
+                }
+                map.values_mut().for_each(walk);
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(walk),
+            _ => {}
+        }
+    }
+    if let Some(map) = schema.as_object_mut() {
+        map.values_mut().for_each(walk);
+    }
 }
 
 /// `signatureDigests` key: digest of the cosign `sha256-<hex>.sig` tag's manifest.
@@ -146,7 +168,7 @@ pub struct ImageUsage {
     /// Pods currently running this image.
     #[serde(default)]
     pub pods: u32,
-    /// Namespaces of those pods (sorted, first [`MAX_NAMESPACES_IN_STATUS`]).
+    /// Namespaces of those pods (sorted; the first 16).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16))]
     pub namespaces: Vec<String>,
@@ -412,6 +434,7 @@ mod tests {
         // Enums come out as string enums, not `anyOf`/`$ref` (rejected by the API server).
         assert!(!yaml.contains("$ref"), "{yaml}");
         assert!(!yaml.contains("anyOf"), "{yaml}");
+        assert!(!yaml.contains("- null"), "{yaml}");
         assert!(yaml.contains("invalid-signature"));
         assert!(yaml.contains("BadTransparencyLogEntry"));
     }

@@ -7,3 +7,6 @@ pub mod image;
 pub mod posture;
 pub mod verify;
 pub mod crd;
+pub mod cli;
+pub mod output;
+pub mod scan;

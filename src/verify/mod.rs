@@ -275,6 +275,10 @@ impl Verifier {
                 repository: image.repository.clone(),
                 digest,
             }),
+            Ok(Err(FetchError::NotFound)) => Err(Verdict::checking(
+                Reason::DigestUnknown,
+                format!("tag {tag:?} not found in the registry"),
+            )),
             Ok(Err(e)) => Err(e.checking("resolving the tag")),
             Err(_) => Err(Verdict::checking(Reason::Timeout, "resolving the tag exceeded the time budget")),
         }

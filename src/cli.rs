@@ -1,0 +1,175 @@
+//! Command-line interface: `observe`, `scan`, `run` and `crd`. Every flag has an env var.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::verify::{Limits, TrustSource, VerifierConfig};
+
+#[derive(Parser, Debug)]
+#[command(name = "imageposture", version, about = "Who signed the images your cluster runs")]
+pub struct Cli {
+    /// Log format.
+    #[arg(long, global = true, env = "IMAGEPOSTURE_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Print the signing posture of images (no cluster needed).
+    Observe(ObserveArgs),
+    /// Read `kubectl get pods -A -o json` and print the ImagePosture objects the operator would write.
+    Scan(ScanArgs),
+    /// Print the ImagePosture CustomResourceDefinition.
+    Crd,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutputFormat {
+    Table,
+    Json,
+    Yaml,
+}
+
+#[derive(Args, Debug)]
+pub struct ObserveArgs {
+    /// Images to observe: `repo@sha256:…` or `repo:tag` (a tag is resolved with one HEAD).
+    #[arg(required = true)]
+    pub images: Vec<String>,
+    #[arg(short = 'o', long, env = "IMAGEPOSTURE_OUTPUT", value_enum, default_value = "table")]
+    pub output: OutputFormat,
+    #[command(flatten)]
+    pub verify: VerifyArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct ScanArgs {
+    /// `kubectl get pods -A -o json` output; `-` reads standard input.
+    #[arg(short = 'f', long = "filename", env = "IMAGEPOSTURE_SCAN_FILE")]
+    pub file: PathBuf,
+    #[arg(short = 'o', long, env = "IMAGEPOSTURE_OUTPUT", value_enum, default_value = "yaml")]
+    pub output: OutputFormat,
+    #[command(flatten)]
+    pub verify: VerifyArgs,
+}
+
+/// How images are verified; shared by every command that verifies.
+#[derive(Args, Debug, Clone)]
+pub struct VerifyArgs {
+    /// Sigstore `trusted_root.json` (air-gapped or private Sigstore). Default: the public-good
+    /// instance via TUF.
+    #[arg(long, env = "IMAGEPOSTURE_TRUSTED_ROOT")]
+    pub trusted_root: Option<PathBuf>,
+    /// Directory caching the TUF trust root (public-good only).
+    #[arg(long, env = "IMAGEPOSTURE_TUF_CACHE")]
+    pub tuf_cache: Option<PathBuf>,
+    /// A PEM public key naming key-based signers, `NAME=FILE`; repeatable.
+    #[arg(long = "trusted-key", env = "IMAGEPOSTURE_TRUSTED_KEYS", value_delimiter = ',', value_parser = parse_named_key)]
+    pub trusted_keys: Vec<(String, PathBuf)>,
+    /// Docker `config.json` with registry credentials (anonymous otherwise).
+    #[arg(long, env = "IMAGEPOSTURE_REGISTRY_CONFIG")]
+    pub registry_config: Option<PathBuf>,
+    /// `HOST:PORT` of a registry spoken to over plain HTTP; repeatable.
+    #[arg(long = "insecure-registry", env = "IMAGEPOSTURE_INSECURE_REGISTRIES", value_delimiter = ',')]
+    pub insecure_registries: Vec<String>,
+    /// Time budget per image (e.g. `30s`, `2m`, `500ms`).
+    #[arg(long, env = "IMAGEPOSTURE_IMAGE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub image_timeout: Duration,
+    /// Largest manifest or referrers index accepted, in bytes.
+    #[arg(long, env = "IMAGEPOSTURE_MAX_MANIFEST_BYTES", default_value_t = 4 << 20)]
+    pub max_manifest_bytes: usize,
+    /// Largest signature payload or bundle accepted, in bytes.
+    #[arg(long, env = "IMAGEPOSTURE_MAX_BLOB_BYTES", default_value_t = 4 << 20)]
+    pub max_blob_bytes: usize,
+    /// Signature artifacts examined per image.
+    #[arg(long, env = "IMAGEPOSTURE_MAX_SIGNATURES", default_value_t = 16)]
+    pub max_signatures: usize,
+    /// Images verified at once.
+    #[arg(long, env = "IMAGEPOSTURE_CONCURRENCY", default_value_t = 8)]
+    pub concurrency: usize,
+}
+
+impl VerifyArgs {
+    pub fn config(&self) -> VerifierConfig {
+        VerifierConfig {
+            trust: match &self.trusted_root {
+                Some(path) => TrustSource::File(path.clone()),
+                None => TrustSource::PublicGood {
+                    cache_dir: self.tuf_cache.clone(),
+                },
+            },
+            trusted_keys: self.trusted_keys.clone(),
+            registry_config: self.registry_config.clone(),
+            insecure_registries: self.insecure_registries.clone(),
+            limits: Limits {
+                budget: self.image_timeout,
+                max_manifest_bytes: self.max_manifest_bytes,
+                max_blob_bytes: self.max_blob_bytes,
+                max_signatures: self.max_signatures.max(1),
+            },
+        }
+    }
+}
+
+fn parse_named_key(s: &str) -> Result<(String, PathBuf), String> {
+    let (name, file) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not NAME=FILE"))?;
+    if name.is_empty() || file.is_empty() {
+        return Err(format!("{s:?} is not NAME=FILE"));
+    }
+    Ok((name.to_string(), PathBuf::from(file)))
+}
+
+/// `500ms`, `30s`, `2m`, `1h`, or bare seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a duration like 30s"))?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "" | "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n * 60),
+        "h" => Duration::from_secs(n * 3600),
+        _ => return Err(format!("{s:?}: unit must be ms, s, m or h")),
+    };
+    if d.is_zero() {
+        return Err("duration must be positive".into());
+    }
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("5 parsecs").is_err());
+    }
+
+    #[test]
+    fn named_keys() {
+        assert_eq!(parse_named_key("rel=/k.pem").unwrap().0, "rel");
+        assert!(parse_named_key("nokey").is_err());
+    }
+}

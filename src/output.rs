@@ -1,0 +1,88 @@
+//! Rendering observations for people (a table) and machines (JSON/YAML).
+
+use serde::Serialize;
+
+use crate::cli::OutputFormat;
+use crate::posture::{SignatureRecord, Verdict};
+
+/// One observed image, as printed by `imageposture observe`.
+#[derive(Serialize, Debug, Clone)]
+#[serde(rename_all = "camelCase")]
+pub struct Row {
+    /// The reference as given.
+    pub image: String,
+    /// `registry/repository` once parsed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub repository: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    #[serde(flatten)]
+    pub verdict: Verdict,
+}
+
+pub fn render(rows: &[Row], format: OutputFormat) -> String {
+    match format {
+        OutputFormat::Json => serde_json::to_string_pretty(rows).expect("rows serialize") + "\n",
+        OutputFormat::Yaml => serde_yaml::to_string(rows).expect("rows serialize"),
+        OutputFormat::Table => table(rows),
+    }
+}
+
+fn table(rows: &[Row]) -> String {
+    let header = ["IMAGE", "DIGEST", "POSTURE", "SIGNER", "ISSUER", "REASON"];
+    let cells: Vec<[String; 6]> = rows
+        .iter()
+        .map(|r| {
+            [
+                r.image.clone(),
+                r.digest.as_deref().map(short_digest).unwrap_or_else(|| "-".into()),
+                r.verdict.posture.to_string(),
+                r.verdict.signer.clone().unwrap_or_else(|| "-".into()),
+                r.verdict.issuer.clone().unwrap_or_else(|| "-".into()),
+                r.verdict.reason.to_string(),
+            ]
+        })
+        .collect();
+    let mut widths = header.map(str::len);
+    for row in &cells {
+        for (w, c) in widths.iter_mut().zip(row) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cols: &[String]| {
+        let mut l = String::new();
+        for (i, c) in cols.iter().enumerate() {
+            if i + 1 == cols.len() {
+                l.push_str(c);
+            } else {
+                l.push_str(&format!("{c:<w$}  ", w = widths[i]));
+            }
+        }
+        out.push_str(l.trim_end());
+        out.push('\n');
+    };
+    line(&header.map(String::from));
+    for row in &cells {
+        line(row);
+    }
+    out
+}
+
+/// `sha256:0123456789ab` — enough to tell images apart in a terminal.
+fn short_digest(d: &str) -> String {
+    d.chars().take(19).collect()
+}
+
+/// One line per failed signature, for the table's footer.
+pub fn failures(rows: &[Row]) -> Vec<String> {
+    rows.iter()
+        .flat_map(|r| {
+            r.verdict
+                .signatures
+                .iter()
+                .filter(|s: &&SignatureRecord| !s.verified)
+                .map(move |s| format!("{}: {} {}", r.image, s.reason, s.message))
+        })
+        .collect()
+}
