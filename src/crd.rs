@@ -57,11 +57,25 @@ pub const MAX_REFERENCE_TEXT: usize = 512;
     printcolumn(name = "Image", type_ = "string", json_path = ".spec.image"),
     printcolumn(name = "Posture", type_ = "string", json_path = ".status.posture"),
     printcolumn(name = "Signer", type_ = "string", json_path = ".status.signer"),
-    printcolumn(name = "Issuer", type_ = "string", json_path = ".status.issuer", priority = "1"),
-    printcolumn(name = "Reason", type_ = "string", json_path = ".status.reason", priority = "1"),
+    printcolumn(
+        name = "Issuer",
+        type_ = "string",
+        json_path = ".status.issuer",
+        priority = "1"
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = ".status.reason",
+        priority = "1"
+    ),
     printcolumn(name = "Pods", type_ = "integer", json_path = ".status.usage.pods"),
     printcolumn(name = "Verified", type_ = "date", json_path = ".status.lastVerified"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ImagePostureSpec {
@@ -412,12 +426,19 @@ mod tests {
         let crd = ImagePosture::crd();
         assert_eq!(crd.spec.scope, "Cluster");
         assert_eq!(crd.spec.group, GROUP);
-        assert_eq!(crd.spec.names.short_names.as_deref(), Some(&["ipost".to_string()][..]));
+        assert_eq!(
+            crd.spec.names.short_names.as_deref(),
+            Some(&["ipost".to_string()][..])
+        );
         let v = &crd.spec.versions[0];
         assert_eq!(v.name, "v1alpha1");
         assert!(v.subresources.as_ref().unwrap().status.is_some());
         let cols = v.additional_printer_columns.as_ref().unwrap();
-        let find = |n: &str| cols.iter().find(|c| c.name == n).unwrap_or_else(|| panic!("{n}"));
+        let find = |n: &str| {
+            cols.iter()
+                .find(|c| c.name == n)
+                .unwrap_or_else(|| panic!("{n}"))
+        };
         assert_eq!(find("Image").json_path, ".spec.image");
         assert_eq!(find("Posture").json_path, ".status.posture");
         assert_eq!(find("Signer").json_path, ".status.signer");
@@ -425,7 +446,10 @@ mod tests {
         assert_eq!(find("Pods").type_, "integer");
         assert_eq!(find("Verified").type_, "date");
         assert_eq!(find("Verified").json_path, ".status.lastVerified");
-        assert_eq!(ImagePosture::url_path(&(), None), "/apis/imageposture.io/v1alpha1/imagepostures");
+        assert_eq!(
+            ImagePosture::url_path(&(), None),
+            "/apis/imageposture.io/v1alpha1/imagepostures"
+        );
     }
 
     #[test]
@@ -458,7 +482,10 @@ mod tests {
         assert_eq!(s.signatures.len(), MAX_SIGNATURES_IN_STATUS);
         assert!(s.signatures[0].signer.as_ref().unwrap().len() <= MAX_TEXT + 3);
         s.references = (0..100).map(|i| format!("r{i}")).collect();
-        s.usage = Some(ImageUsage::new(40, (0..40).map(|i| if i % 2 == 0 { "a" } else { "b" })));
+        s.usage = Some(ImageUsage::new(
+            40,
+            (0..40).map(|i| if i % 2 == 0 { "a" } else { "b" }),
+        ));
         assert_eq!(s.usage.as_ref().unwrap().namespace_count, 2);
         s.checking_since = Some("2025-01-01T00:00:00Z".into());
         s.conditions.push(Condition::verified(
@@ -476,7 +503,10 @@ mod tests {
         assert_eq!(j["checkingSince"], "2025-01-01T00:00:00Z");
         assert_eq!(j["usage"]["namespaceCount"], 2);
         assert_eq!(j["conditions"][0]["type"], "Verified");
-        assert!(j.get("signer").is_none(), "absent fields are omitted for server-side apply");
+        assert!(
+            j.get("signer").is_none(),
+            "absent fields are omitted for server-side apply"
+        );
         let back: ImagePostureStatus = serde_json::from_value(j).unwrap();
         assert_eq!(back, s);
     }

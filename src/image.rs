@@ -11,7 +11,7 @@ use oci_client::Reference;
 use sha2::{Digest as _, Sha256};
 
 /// A parsed, normalized reference as a pod or a user wrote it (tag and/or digest).
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ImageRef {
     pub registry: String,
     pub repository: String,

@@ -187,6 +187,9 @@ pub struct Verdict {
     pub signer_type: Option<SignerType>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub signatures: Vec<SignatureRecord>,
+    /// The registry's `Retry-After` advice, for the observer's backoff (not stored).
+    #[serde(skip)]
+    pub retry_after: Option<std::time::Duration>,
 }
 
 impl Verdict {
@@ -199,6 +202,7 @@ impl Verdict {
             issuer: None,
             signer_type: None,
             signatures: Vec::new(),
+            retry_after: None,
         }
     }
 
@@ -211,6 +215,7 @@ impl Verdict {
             issuer: None,
             signer_type: None,
             signatures: Vec::new(),
+            retry_after: None,
         }
     }
 
@@ -230,6 +235,7 @@ impl Verdict {
                 issuer: best.issuer.clone(),
                 signer_type: best.signer_type,
                 signatures,
+                retry_after: None,
             };
         }
         let Some(first) = signatures.first() else {
@@ -243,6 +249,7 @@ impl Verdict {
             issuer: None,
             signer_type: None,
             signatures,
+            retry_after: None,
         }
     }
 }

@@ -86,17 +86,33 @@ fn config_parses_and_kustomizations_resolve() {
     let objs = config_objects();
     let mut kustomizations = 0;
     for (file, doc) in &objs {
-        assert!(doc["kind"].is_string(), "{}: document without kind", file.display());
-        assert!(doc["apiVersion"].is_string(), "{}: document without apiVersion", file.display());
+        assert!(
+            doc["kind"].is_string(),
+            "{}: document without kind",
+            file.display()
+        );
+        assert!(
+            doc["apiVersion"].is_string(),
+            "{}: document without apiVersion",
+            file.display()
+        );
         if doc["kind"] != "Kustomization" {
-            assert!(doc["metadata"]["name"].is_string(), "{}: unnamed object", file.display());
+            assert!(
+                doc["metadata"]["name"].is_string(),
+                "{}: unnamed object",
+                file.display()
+            );
             continue;
         }
         kustomizations += 1;
         let dir = file.parent().unwrap();
         for r in doc["resources"].as_array().expect("resources") {
             let target = dir.join(r.as_str().unwrap());
-            assert!(target.exists(), "{}: resource {r} does not exist", file.display());
+            assert!(
+                target.exists(),
+                "{}: resource {r} does not exist",
+                file.display()
+            );
             // kustomize's default load restrictor: files must live under the kustomization root.
             if target.is_file() {
                 let canon = target.canonicalize().unwrap();
@@ -108,7 +124,10 @@ fn config_parses_and_kustomizations_resolve() {
             }
         }
     }
-    assert!(kustomizations >= 4, "config/{{crd,rbac,manager,default}}/kustomization.yaml");
+    assert!(
+        kustomizations >= 4,
+        "config/{{crd,rbac,manager,default}}/kustomization.yaml"
+    );
     let default = documents(&root().join("config/default/kustomization.yaml"));
     assert_eq!(default[0]["namespace"], "imageposture-system");
 }
@@ -128,7 +147,11 @@ fn deployment_is_locked_down() {
         assert_eq!(sc["readOnlyRootFilesystem"], true, "{c}");
         assert_eq!(sc["runAsNonRoot"], true, "{c}");
         assert_eq!(sc["allowPrivilegeEscalation"], false, "{c}");
-        assert_eq!(sc["capabilities"]["drop"], serde_json::json!(["ALL"]), "{c}");
+        assert_eq!(
+            sc["capabilities"]["drop"],
+            serde_json::json!(["ALL"]),
+            "{c}"
+        );
         assert!(c["resources"]["limits"]["memory"].is_string(), "{c}");
     }
     let main = &containers[0];
@@ -165,9 +188,15 @@ fn rbac_is_least_privilege() {
             };
             let (groups, resources, verbs) = (list("apiGroups"), list("resources"), list("verbs"));
             assert!(!verbs.iter().any(|v| v == "*"), "wildcard verb in {rule}");
-            assert!(!resources.iter().any(|r| r == "*"), "wildcard resource in {rule}");
+            assert!(
+                !resources.iter().any(|r| r == "*"),
+                "wildcard resource in {rule}"
+            );
             assert!(!groups.iter().any(|g| g == "*"), "wildcard group in {rule}");
-            assert!(!resources.iter().any(|r| r == "secrets"), "secrets access in {rule}");
+            assert!(
+                !resources.iter().any(|r| r == "secrets"),
+                "secrets access in {rule}"
+            );
             assert!(rule.get("nonResourceURLs").is_none(), "{rule}");
             for g in &groups {
                 for r in &resources {
@@ -190,7 +219,10 @@ fn rbac_is_least_privilege() {
         "events.k8s.io/events/patch",
         "coordination.k8s.io/leases/update",
     ] {
-        assert!(granted.contains(need), "RBAC lacks {need}; granted: {granted:?}");
+        assert!(
+            granted.contains(need),
+            "RBAC lacks {need}; granted: {granted:?}"
+        );
     }
     assert!(!granted.contains("/pods/delete"));
 }

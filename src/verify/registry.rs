@@ -61,7 +61,9 @@ impl FetchError {
             FetchError::Unreachable(_) => Reason::RegistryUnreachable,
             FetchError::TooLarge(_) => Reason::TooLarge,
         };
-        Verdict::checking(reason, format!("{what}: {self}"))
+        let mut v = Verdict::checking(reason, format!("{what}: {self}"));
+        v.retry_after = self.retry_after();
+        v
     }
 
     /// `Retry-After` advice for the per-registry backoff.

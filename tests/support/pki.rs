@@ -33,11 +33,10 @@ pub fn unix_now() -> i64 {
 /// `date_time_ymd`, so the tests need no direct dependency on the `time` crate.
 fn validity(from: i64, to: i64) -> CertificateParams {
     let epoch = rcgen::date_time_ymd(1970, 1, 1);
-    CertificateParams {
-        not_before: epoch + Duration::from_secs(from as u64),
-        not_after: epoch + Duration::from_secs(to as u64),
-        ..CertificateParams::default()
-    }
+    let mut p = CertificateParams::default();
+    p.not_before = epoch + Duration::from_secs(from as u64);
+    p.not_after = epoch + Duration::from_secs(to as u64);
+    p
 }
 
 fn p256() -> KeyPair {

@@ -1,0 +1,18 @@
+# syntax=docker/dockerfile:1
+# Build: docker build -t ghcr.io/imageposture/imageposture:latest .
+
+FROM rust:1-bookworm AS builder
+WORKDIR /src
+COPY . .
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/src/target \
+    cargo build --release --locked --bin imageposture \
+    && cp target/release/imageposture /imageposture
+
+# distroless/cc: glibc + libgcc for the Rust binary, CA certificates, no shell, non-root user.
+FROM gcr.io/distroless/cc-debian12:nonroot
+COPY --from=builder /imageposture /imageposture
+USER 65532:65532
+EXPOSE 8080
+ENTRYPOINT ["/imageposture"]
+CMD ["run"]

@@ -1,0 +1,218 @@
+//! Inventory: pods → the distinct images they run, with who runs them.
+//!
+//! Every container kind counts (containers, init containers, ephemeral containers). The digest
+//! comes from the kubelet's `imageID` (what actually ran) or from a digest-pinned spec; a
+//! tag-only image that has not been pulled yet is listed as unresolved, never guessed.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
+
+use crate::image::{digest_from_image_id, ImageId, ImageRef};
+
+/// Who uses one image.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// References as pods wrote them (`nginx:1.27`, `ghcr.io/x/y@sha256:…`).
+    pub references: BTreeSet<String>,
+    /// `namespace/name` of each pod.
+    pub pods: BTreeSet<String>,
+    pub namespaces: BTreeSet<String>,
+}
+
+impl Usage {
+    fn add(&mut self, reference: &str, namespace: &str, pod: &str) {
+        self.references.insert(reference.to_string());
+        self.pods.insert(format!("{namespace}/{pod}"));
+        self.namespaces.insert(namespace.to_string());
+    }
+
+    pub fn merge(&mut self, other: Usage) {
+        self.references.extend(other.references);
+        self.pods.extend(other.pods);
+        self.namespaces.extend(other.namespaces);
+    }
+}
+
+/// Which namespaces are swept. Empty `include` means all.
+#[derive(Clone, Debug, Default)]
+pub struct NamespaceFilter {
+    pub include: Vec<String>,
+    pub exclude: Vec<String>,
+}
+
+impl NamespaceFilter {
+    pub fn admits(&self, namespace: &str) -> bool {
+        (self.include.is_empty() || self.include.iter().any(|n| n == namespace))
+            && !self.exclude.iter().any(|n| n == namespace)
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Inventory {
+    /// Images with a known digest.
+    pub images: BTreeMap<ImageId, Usage>,
+    /// Tag-only images not pulled yet: resolve through the registry, or wait.
+    pub unresolved: BTreeMap<ImageRef, Usage>,
+    /// References that do not parse, with why (reported, never verified).
+    pub invalid: BTreeMap<String, String>,
+}
+
+impl Inventory {
+    pub fn from_pods<'a>(pods: impl IntoIterator<Item = &'a Pod>, filter: &NamespaceFilter) -> Self {
+        let mut inv = Inventory::default();
+        for pod in pods {
+            let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
+            if !filter.admits(namespace) || is_finished(pod) {
+                continue;
+            }
+            let name = pod.metadata.name.as_deref().unwrap_or("");
+            let (Some(spec), status) = (pod.spec.as_ref(), pod.status.as_ref()) else {
+                continue;
+            };
+            let statuses = |list: Option<&Vec<ContainerStatus>>| list.cloned().unwrap_or_default();
+            let groups = [
+                (
+                    spec.containers.iter().map(|c| (c.name.as_str(), c.image.as_deref())).collect::<Vec<_>>(),
+                    statuses(status.and_then(|s| s.container_statuses.as_ref())),
+                ),
+                (
+                    spec.init_containers.iter().flatten().map(|c| (c.name.as_str(), c.image.as_deref())).collect(),
+                    statuses(status.and_then(|s| s.init_container_statuses.as_ref())),
+                ),
+                (
+                    spec.ephemeral_containers.iter().flatten().map(|c| (c.name.as_str(), c.image.as_deref())).collect(),
+                    statuses(status.and_then(|s| s.ephemeral_container_statuses.as_ref())),
+                ),
+            ];
+            for (containers, statuses) in groups {
+                for (container, image) in containers {
+                    let Some(image) = image.filter(|i| !i.is_empty()) else {
+                        continue;
+                    };
+                    let image_id = statuses
+                        .iter()
+                        .find(|s| s.name == container)
+                        .map(|s| s.image_id.as_str());
+                    inv.add(image, image_id, namespace, name);
+                }
+            }
+        }
+        inv
+    }
+
+    fn add(&mut self, reference: &str, image_id: Option<&str>, namespace: &str, pod: &str) {
+        let parsed = match ImageRef::parse(reference) {
+            Ok(r) => r,
+            Err(e) => {
+                self.invalid.insert(reference.to_string(), e.why);
+                return;
+            }
+        };
+        let digest = image_id.and_then(digest_from_image_id).or_else(|| parsed.digest.clone());
+        match digest {
+            Some(digest) => {
+                let id = ImageId {
+                    registry: parsed.registry.clone(),
+                    repository: parsed.repository.clone(),
+                    digest,
+                };
+                self.images.entry(id).or_default().add(reference, namespace, pod);
+            }
+            None => self.unresolved.entry(parsed).or_default().add(reference, namespace, pod),
+        }
+    }
+
+    /// Folds a resolved tag into the images it points at.
+    pub fn resolve(&mut self, reference: &ImageRef, id: ImageId) {
+        if let Some(usage) = self.unresolved.remove(reference) {
+            self.images.entry(id).or_default().merge(usage);
+        }
+    }
+
+    /// Images ordered most-used first (the order the max-images cap admits them in).
+    pub fn by_usage(&self) -> Vec<ImageId> {
+        let mut ids: Vec<_> = self.images.iter().collect();
+        ids.sort_by(|a, b| b.1.pods.len().cmp(&a.1.pods.len()).then_with(|| a.0.cmp(b.0)));
+        ids.into_iter().map(|(id, _)| id.clone()).collect()
+    }
+}
+
+/// A pod that ran to completion runs no image any more.
+fn is_finished(pod: &Pod) -> bool {
+    matches!(
+        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Succeeded") | Some("Failed")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const D: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    const E: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
+
+    fn pod(ns: &str, name: &str, spec: serde_json::Value, status: serde_json::Value) -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"namespace": ns, "name": name},
+            "spec": spec,
+            "status": status,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn every_container_kind_and_dedup() {
+        let pods = vec![
+            pod(
+                "a",
+                "p1",
+                json!({"containers": [{"name": "c", "image": "nginx:1.27"}],
+                       "initContainers": [{"name": "i", "image": format!("busybox@{E}")}],
+                       "ephemeralContainers": [{"name": "dbg", "image": "alpine"}]}),
+                json!({"phase": "Running",
+                       "containerStatuses": [{"name": "c", "image": "", "imageID": format!("docker.io/library/nginx@{D}"), "ready": true, "restartCount": 0}]}),
+            ),
+            pod(
+                "b",
+                "p2",
+                json!({"containers": [{"name": "c", "image": format!("docker.io/library/nginx@{D}")}]}),
+                json!({"phase": "Pending"}),
+            ),
+            pod(
+                "c",
+                "done",
+                json!({"containers": [{"name": "c", "image": "old:1"}]}),
+                json!({"phase": "Succeeded"}),
+            ),
+            pod("d", "bad", json!({"containers": [{"name": "c", "image": "UPPER:case"}]}), json!({})),
+        ];
+        let inv = Inventory::from_pods(&pods, &NamespaceFilter::default());
+        assert_eq!(inv.images.len(), 2, "{:?}", inv.images.keys());
+        let nginx = ImageRef::parse(&format!("nginx@{D}")).unwrap().id().unwrap();
+        let u = &inv.images[&nginx];
+        assert_eq!(u.pods.len(), 2);
+        assert_eq!(u.references.len(), 2, "tag and digest refs of one digest are one image");
+        assert_eq!(inv.by_usage()[0], nginx);
+        assert_eq!(inv.unresolved.len(), 1, "the ephemeral alpine has no digest yet");
+        assert!(inv.invalid.contains_key("UPPER:case"));
+        assert!(!inv.images.keys().any(|i| i.repository.contains("old")));
+    }
+
+    #[test]
+    fn namespace_filter() {
+        let pods = vec![
+            pod("kube-system", "p", json!({"containers": [{"name": "c", "image": format!("x@{D}")}]}), json!({})),
+            pod("app", "p", json!({"containers": [{"name": "c", "image": format!("y@{D}")}]}), json!({})),
+        ];
+        let f = NamespaceFilter {
+            include: vec![],
+            exclude: vec!["kube-system".into()],
+        };
+        let inv = Inventory::from_pods(&pods, &f);
+        assert_eq!(inv.images.len(), 1);
+        assert_eq!(inv.images.keys().next().unwrap().repository, "library/y");
+    }
+}

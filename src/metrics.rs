@@ -1,0 +1,305 @@
+//! The operator's Prometheus metrics, in one place.
+//!
+//! One [`Metrics`] owns its own [`Registry`] (no global state), so tests and several operators in
+//! one process never share counters. Every metric is an atomic handle: recording is lock-free
+//! for plain metrics and takes a short read lock for labelled families, so the hot paths
+//! (verification, registry I/O) can record without coordinating with the `/metrics` scrape.
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::posture::Posture;
+
+/// Every posture, so a gauge family always exports all four series (a missing series reads as
+/// "no data" in PromQL, not as zero).
+const POSTURES: [Posture; 4] = [
+    Posture::Signed,
+    Posture::InvalidSignature,
+    Posture::NotSigned,
+    Posture::Checking,
+];
+
+/// Longest registry host kept as a label value. Hosts come from image references the cluster
+/// runs, so they are bounded data, not something to trust with unbounded label size.
+const MAX_HOST_LABEL: usize = 253;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PostureLabels {
+    posture: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RegistryLabels {
+    registry: String,
+    code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: String,
+}
+
+/// The operator's metrics and the registry that exports them (prefix `imageposture_`).
+///
+/// `Send + Sync`; share it as `Arc<Metrics>`.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    images: Family<PostureLabels, Gauge>,
+    verifications: Family<ResultLabels, Counter>,
+    registry_requests: Family<RegistryLabels, Counter>,
+    cache_hits: Counter,
+    cache_misses: Counter,
+    sweep_duration: Histogram,
+    deferred: Gauge,
+    api_writes: Family<KindLabels, Counter>,
+    leader: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// A fresh registry with every metric registered (and zero).
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("imageposture");
+        let images = Family::<PostureLabels, Gauge>::default();
+        let verifications = Family::<ResultLabels, Counter>::default();
+        let registry_requests = Family::<RegistryLabels, Counter>::default();
+        let cache_hits = Counter::default();
+        let cache_misses = Counter::default();
+        // 5ms .. ~82s: a sweep is one cache pass over every running image, mostly cache hits.
+        let sweep_duration = Histogram::new(exponential_buckets(0.005, 2.0, 15));
+        let deferred = Gauge::default();
+        let api_writes = Family::<KindLabels, Counter>::default();
+        let leader = Gauge::default();
+
+        // Counter names omit `_total`: the encoder appends it.
+        registry.register(
+            "images",
+            "Running images by signing posture",
+            images.clone(),
+        );
+        registry.register(
+            "verifications",
+            "Image verifications by resulting posture",
+            verifications.clone(),
+        );
+        registry.register(
+            "registry_requests",
+            "Registry HTTP requests by registry host and status code (\"error\": no response)",
+            registry_requests.clone(),
+        );
+        registry.register(
+            "cache_hits",
+            "Observer cache hits",
+            cache_hits.clone(),
+        );
+        registry.register(
+            "cache_misses",
+            "Observer cache misses",
+            cache_misses.clone(),
+        );
+        registry.register_with_unit(
+            "sweep_duration",
+            "Duration of one sweep over the running images",
+            Unit::Seconds,
+            sweep_duration.clone(),
+        );
+        registry.register(
+            "images_deferred",
+            "Images held back from verification by the max-images cap",
+            deferred.clone(),
+        );
+        registry.register(
+            "api_writes",
+            "Kubernetes API writes by kind (apply, status, delete, event)",
+            api_writes.clone(),
+        );
+        registry.register(
+            "leader",
+            "1 while this replica holds the leader lease, else 0",
+            leader.clone(),
+        );
+
+        let metrics = Metrics {
+            registry,
+            images,
+            verifications,
+            registry_requests,
+            cache_hits,
+            cache_misses,
+            sweep_duration,
+            deferred,
+            api_writes,
+            leader,
+        };
+        metrics.set_images(&[]);
+        metrics
+    }
+
+    /// Sets the per-posture image counts; postures not listed are set to 0. Repeated postures add.
+    pub fn set_images(&self, counts: &[(Posture, i64)]) {
+        for posture in POSTURES {
+            let n = counts
+                .iter()
+                .filter(|(p, _)| *p == posture)
+                .map(|(_, n)| *n)
+                .sum();
+            self.images
+                .get_or_create(&PostureLabels {
+                    posture: posture.as_str(),
+                })
+                .set(n);
+        }
+    }
+
+    /// Records one verification that ended in `posture`.
+    pub fn verification(&self, posture: Posture) {
+        self.verifications
+            .get_or_create(&ResultLabels {
+                result: posture.as_str(),
+            })
+            .inc();
+    }
+
+    /// Records one registry request; `code` 0 means no HTTP response (labelled `error`).
+    pub fn registry_request(&self, host: &str, code: u16) {
+        let code = if code == 0 {
+            "error".to_owned()
+        } else {
+            code.to_string()
+        };
+        let registry = host.chars().take(MAX_HOST_LABEL).collect();
+        self.registry_requests
+            .get_or_create(&RegistryLabels { registry, code })
+            .inc();
+    }
+
+    pub fn cache_hit(&self) {
+        self.cache_hits.inc();
+    }
+
+    pub fn cache_miss(&self) {
+        self.cache_misses.inc();
+    }
+
+    /// Records how long one sweep took.
+    pub fn sweep_duration(&self, secs: f64) {
+        self.sweep_duration.observe(secs);
+    }
+
+    /// Sets how many images the max-images cap is currently holding back.
+    pub fn set_deferred(&self, n: i64) {
+        self.deferred.set(n);
+    }
+
+    /// Records one Kubernetes API write of `kind` (`apply`, `status`, `delete`, `event`).
+    pub fn api_write(&self, kind: &str) {
+        self.api_writes
+            .get_or_create(&KindLabels {
+                kind: kind.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn set_leader(&self, leader: bool) {
+        self.leader.set(i64::from(leader));
+    }
+
+    /// The OpenMetrics text exposition (ends with `# EOF`).
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail; an Err could only come from a metric's own encoder.
+        if let Err(e) = encode(&mut out, &self.registry) {
+            tracing::error!(error = %e, "encoding metrics failed");
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fresh_registry_exports_every_posture_as_zero() {
+        let text = Metrics::new().encode();
+        for p in POSTURES {
+            let line = format!("imageposture_images{{posture=\"{}\"}} 0\n", p.as_str());
+            assert!(text.contains(&line), "missing {line:?} in\n{text}");
+        }
+        assert!(text.contains("imageposture_leader 0\n"));
+        assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn encode_reports_recorded_values() {
+        let m = Metrics::new();
+        m.set_images(&[(Posture::Signed, 3), (Posture::NotSigned, 2)]);
+        m.set_images(&[(Posture::Signed, 5), (Posture::Checking, 1)]);
+        m.verification(Posture::Signed);
+        m.verification(Posture::Signed);
+        m.verification(Posture::InvalidSignature);
+        m.registry_request("ghcr.io", 200);
+        m.registry_request("ghcr.io", 0);
+        m.registry_request("ghcr.io", 0);
+        m.cache_hit();
+        m.cache_hit();
+        m.cache_miss();
+        m.sweep_duration(0.004);
+        m.sweep_duration(1.0);
+        m.set_deferred(7);
+        m.api_write("apply");
+        m.api_write("status");
+        m.api_write("apply");
+        m.set_leader(true);
+        let text = m.encode();
+
+        for line in [
+            "imageposture_images{posture=\"signed\"} 5\n",
+            "imageposture_images{posture=\"not-signed\"} 0\n",
+            "imageposture_images{posture=\"checking\"} 1\n",
+            "imageposture_images{posture=\"invalid-signature\"} 0\n",
+            "# TYPE imageposture_verifications counter\n",
+            "imageposture_verifications_total{result=\"signed\"} 2\n",
+            "imageposture_verifications_total{result=\"invalid-signature\"} 1\n",
+            "imageposture_registry_requests_total{registry=\"ghcr.io\",code=\"200\"} 1\n",
+            "imageposture_registry_requests_total{registry=\"ghcr.io\",code=\"error\"} 2\n",
+            "imageposture_cache_hits_total 2\n",
+            "imageposture_cache_misses_total 1\n",
+            "# UNIT imageposture_sweep_duration_seconds seconds\n",
+            "imageposture_sweep_duration_seconds_count 2\n",
+            "imageposture_sweep_duration_seconds_bucket{le=\"0.005\"} 1\n",
+            "imageposture_sweep_duration_seconds_bucket{le=\"+Inf\"} 2\n",
+            "imageposture_images_deferred 7\n",
+            "imageposture_api_writes_total{kind=\"apply\"} 2\n",
+            "imageposture_api_writes_total{kind=\"status\"} 1\n",
+            "imageposture_leader 1\n",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn long_registry_hosts_are_bounded() {
+        let m = Metrics::new();
+        m.registry_request(&"a".repeat(1000), 404);
+        let text = m.encode();
+        assert!(text.contains(&format!("registry=\"{}\"", "a".repeat(MAX_HOST_LABEL))));
+        assert!(!text.contains(&"a".repeat(MAX_HOST_LABEL + 1)));
+    }
+}
