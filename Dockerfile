@@ -2,6 +2,9 @@
 # Build: docker build -t ghcr.io/imageposture/imageposture:latest .
 
 FROM rust:1-bookworm AS builder
+# cmake: aws-lc-sys falls back to it on some targets; cheap insurance for the TLS crypto build.
+RUN apt-get update && apt-get install -y --no-install-recommends cmake \
+    && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \

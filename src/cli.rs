@@ -23,6 +23,8 @@ pub enum Command {
     Observe(ObserveArgs),
     /// Read `kubectl get pods -A -o json` and print the ImagePosture objects the operator would write.
     Scan(ScanArgs),
+    /// Run the operator: sweep pods into ImagePosture resources.
+    Run(Box<crate::run::RunArgs>),
     /// Print the ImagePosture CustomResourceDefinition.
     Crd,
 }

@@ -42,6 +42,8 @@ pub const MAX_SIGNATURE_DIGESTS: usize = 8;
 pub const MAX_REFERENCE_TEXT: usize = 512;
 
 /// Identity of the image (`spec` is written once at creation and never changes).
+// clippy reads the repeated `type_ = "string"` inside `printcolumn(...)` as duplicated attributes.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[kube(
     group = "imageposture.io",

@@ -86,7 +86,12 @@ pub struct LeaderElector {
 impl LeaderElector {
     /// `api` is namespaced (the operator's namespace); `identity` must be unique per replica
     /// (the pod name). `lease_duration` is whole seconds, at least one (the Lease field's unit).
-    pub fn new(api: Api<Lease>, name: impl Into<String>, identity: impl Into<String>, lease_duration: Duration) -> Self {
+    pub fn new(
+        api: Api<Lease>,
+        name: impl Into<String>,
+        identity: impl Into<String>,
+        lease_duration: Duration,
+    ) -> Self {
         LeaderElector {
             api,
             name: name.into(),
@@ -98,7 +103,9 @@ impl LeaderElector {
 
     /// The lease duration as written to the Lease, and as used to judge our own expiry.
     fn lease_seconds(&self) -> i32 {
-        i32::try_from(self.lease_duration.as_secs()).unwrap_or(i32::MAX).max(1)
+        i32::try_from(self.lease_duration.as_secs())
+            .unwrap_or(i32::MAX)
+            .max(1)
     }
 
     /// One election round: `Ok(true)` if we hold the lease now (created, renewed or taken over),
@@ -116,7 +123,11 @@ impl LeaderElector {
         }
         let now = now_micros();
         let empty = LeaseSpec::default();
-        let decision = decide(current.as_ref().map(|l| l.spec.as_ref().unwrap_or(&empty)), &self.identity, now);
+        let decision = decide(
+            current.as_ref().map(|l| l.spec.as_ref().unwrap_or(&empty)),
+            &self.identity,
+            now,
+        );
         let result = match (decision, current) {
             (Decision::Wait, _) => return Ok(false),
             (Decision::Create, _) | (_, None) => {
@@ -143,7 +154,9 @@ impl LeaderElector {
                 if spec.acquire_time.is_none() {
                     spec.acquire_time = Some(MicroTime(now));
                 }
-                self.api.replace(&self.name, &PostParams::default(), &lease).await
+                self.api
+                    .replace(&self.name, &PostParams::default(), &lease)
+                    .await
             }
             (Decision::TakeOver, Some(mut lease)) => {
                 let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
@@ -156,9 +169,12 @@ impl LeaderElector {
                 spec.lease_duration_seconds = Some(self.lease_seconds());
                 spec.acquire_time = Some(MicroTime(now));
                 spec.renew_time = Some(MicroTime(now));
-                spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0).saturating_add(1));
+                spec.lease_transitions =
+                    Some(spec.lease_transitions.unwrap_or(0).saturating_add(1));
                 // The Lease object's resourceVersion (kept from the read) makes this conditional.
-                self.api.replace(&self.name, &PostParams::default(), &lease).await
+                self.api
+                    .replace(&self.name, &PostParams::default(), &lease)
+                    .await
             }
         };
         match result {
@@ -191,7 +207,8 @@ impl LeaderElector {
                     Some(until) => renew_every.min(until.saturating_duration_since(started)),
                     None => renew_every,
                 };
-                let leading = match tokio::time::timeout(budget, self.try_acquire_or_renew()).await {
+                let leading = match tokio::time::timeout(budget, self.try_acquire_or_renew()).await
+                {
                     Ok(Ok(true)) => {
                         valid_until = Some(started + lease);
                         true
@@ -245,14 +262,18 @@ impl LeaderElector {
             }
             spec.holder_identity = None;
             spec.renew_time = Some(MicroTime(now_micros()));
-            self.api.replace(&self.name, &PostParams::default(), &lease).await?;
+            self.api
+                .replace(&self.name, &PostParams::default(), &lease)
+                .await?;
             Ok::<_, kube::Error>(true)
         }
         .await;
         match result {
             Ok(true) => tracing::info!(lease = %self.name, "released leader lease"),
             Ok(false) => {}
-            Err(error) => tracing::warn!(lease = %self.name, %error, "could not release leader lease"),
+            Err(error) => {
+                tracing::warn!(lease = %self.name, %error, "could not release leader lease")
+            }
         }
     }
 
@@ -310,9 +331,18 @@ mod tests {
 
     #[test]
     fn our_lease_is_renewed_fresh_or_expired() {
-        assert_eq!(decide(Some(&held(Some(ME), Some(0), Some(15))), ME, at(1)), Decision::Renew);
-        assert_eq!(decide(Some(&held(Some(ME), Some(0), Some(15))), ME, at(100)), Decision::Renew);
-        assert_eq!(decide(Some(&held(Some(ME), None, None)), ME, at(0)), Decision::Renew);
+        assert_eq!(
+            decide(Some(&held(Some(ME), Some(0), Some(15))), ME, at(1)),
+            Decision::Renew
+        );
+        assert_eq!(
+            decide(Some(&held(Some(ME), Some(0), Some(15))), ME, at(100)),
+            Decision::Renew
+        );
+        assert_eq!(
+            decide(Some(&held(Some(ME), None, None)), ME, at(0)),
+            Decision::Renew
+        );
     }
 
     #[test]
@@ -330,15 +360,26 @@ mod tests {
     fn expired_foreign_lease_is_taken_over() {
         let spec = held(Some(OTHER), Some(0), Some(15));
         assert_eq!(decide(Some(&spec), ME, at(16)), Decision::TakeOver);
-        let just_after = at(15).checked_add(k8s_openapi::jiff::SignedDuration::from_millis(1)).unwrap();
+        let just_after = at(15)
+            .checked_add(k8s_openapi::jiff::SignedDuration::from_millis(1))
+            .unwrap();
         assert_eq!(decide(Some(&spec), ME, just_after), Decision::TakeOver);
     }
 
     #[test]
     fn released_lease_is_taken_over() {
-        assert_eq!(decide(Some(&held(None, Some(0), Some(15))), ME, at(1)), Decision::TakeOver);
-        assert_eq!(decide(Some(&held(Some(""), Some(0), Some(15))), ME, at(1)), Decision::TakeOver);
-        assert_eq!(decide(Some(&LeaseSpec::default()), ME, at(0)), Decision::TakeOver);
+        assert_eq!(
+            decide(Some(&held(None, Some(0), Some(15))), ME, at(1)),
+            Decision::TakeOver
+        );
+        assert_eq!(
+            decide(Some(&held(Some(""), Some(0), Some(15))), ME, at(1)),
+            Decision::TakeOver
+        );
+        assert_eq!(
+            decide(Some(&LeaseSpec::default()), ME, at(0)),
+            Decision::TakeOver
+        );
     }
 
     #[test]
@@ -349,7 +390,10 @@ mod tests {
         assert_eq!(decide(Some(&spec), ME, at(10)), Decision::Wait);
         assert_eq!(decide(Some(&spec), ME, at(16)), Decision::TakeOver);
         // Neither time: the lease asserts nothing.
-        assert_eq!(decide(Some(&held(Some(OTHER), None, Some(15))), ME, at(0)), Decision::TakeOver);
+        assert_eq!(
+            decide(Some(&held(Some(OTHER), None, Some(15))), ME, at(0)),
+            Decision::TakeOver
+        );
     }
 
     #[test]

@@ -16,3 +16,4 @@ pub mod sweep;
 pub mod metrics;
 pub mod server;
 pub mod leader;
+pub mod run;

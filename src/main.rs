@@ -16,6 +16,7 @@ async fn main() -> ExitCode {
     let result = match cli.command {
         Command::Observe(args) => observe(args).await,
         Command::Scan(args) => imageposture::scan::run(args).await,
+        Command::Run(args) => imageposture::run::run(*args).await,
         Command::Crd => {
             print!("{}", imageposture::crd::crd_yaml());
             Ok(())

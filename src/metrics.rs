@@ -103,11 +103,7 @@ impl Metrics {
             "Registry HTTP requests by registry host and status code (\"error\": no response)",
             registry_requests.clone(),
         );
-        registry.register(
-            "cache_hits",
-            "Observer cache hits",
-            cache_hits.clone(),
-        );
+        registry.register("cache_hits", "Observer cache hits", cache_hits.clone());
         registry.register(
             "cache_misses",
             "Observer cache misses",

@@ -18,6 +18,7 @@ use tokio::sync::Semaphore;
 
 use crate::image::{ImageId, ImageRef};
 use crate::posture::{Posture, Reason, Verdict};
+use crate::metrics::Metrics;
 use crate::verify::Verifier;
 
 #[derive(Clone, Debug)]
@@ -86,6 +87,7 @@ pub struct Observer {
     backoff: Mutex<HashMap<String, Backoff>>,
     slots: Mutex<HashMap<String, Arc<Semaphore>>>,
     stats: Mutex<ObserverStats>,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl Observer {
@@ -98,7 +100,14 @@ impl Observer {
             backoff: Mutex::default(),
             slots: Mutex::default(),
             stats: Mutex::default(),
+            metrics: None,
         }
+    }
+
+    /// Exports cache hits/misses and verification results.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     pub fn stats(&self) -> ObserverStats {
@@ -107,11 +116,6 @@ impl Observer {
 
     pub fn cached(&self) -> usize {
         self.cache.lock().unwrap().len()
-    }
-
-    fn fresh_entry(&self, id: &ImageId, now: DateTime<Utc>) -> Option<Entry> {
-        let cache = self.cache.lock().unwrap();
-        cache.get(id).filter(|e| !self.expired(e.verified_at, now)).cloned()
     }
 
     fn expired(&self, verified_at: DateTime<Utc>, now: DateTime<Utc>) -> bool {
@@ -169,6 +173,9 @@ impl Observer {
                 match cache.get(id) {
                     Some(e) if !self.expired(e.verified_at, now) => {
                         stats.hits += 1;
+                        if let Some(m) = &self.metrics {
+                            m.cache_hit();
+                        }
                         out.insert(
                             id.clone(),
                             Observed {
@@ -241,6 +248,10 @@ impl Observer {
         }
         self.stats.lock().unwrap().misses += 1;
         let verdict = self.verifier.observe(id).await;
+        if let Some(m) = &self.metrics {
+            m.cache_miss();
+            m.verification(verdict.posture);
+        }
         if verdict.posture.is_resting() {
             self.backoff.lock().unwrap().remove(&id.registry);
             let mut cache = self.cache.lock().unwrap();

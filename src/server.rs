@@ -22,7 +22,8 @@ use tokio::sync::Semaphore;
 use crate::metrics::Metrics;
 
 /// Content type of the OpenMetrics text exposition that [`Metrics::encode`] produces.
-pub const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub const OPENMETRICS_CONTENT_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Connections served at once; further clients wait in the kernel's accept backlog.
 const MAX_CONNECTIONS: usize = 32;
@@ -59,7 +60,11 @@ impl Health {
 ///
 /// Failed accepts are logged and retried, so this returns only if the listener itself is
 /// unusable; stop it by dropping the future (e.g. in a `select!` with the shutdown signal).
-pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, health: Health) -> std::io::Result<()> {
+pub async fn serve(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    health: Health,
+) -> std::io::Result<()> {
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "serving /metrics, /healthz, /readyz");
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
@@ -141,7 +146,12 @@ fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
 mod tests {
     use super::*;
 
-    async fn start() -> (String, Arc<Metrics>, Health, tokio::task::JoinHandle<std::io::Result<()>>) {
+    async fn start() -> (
+        String,
+        Arc<Metrics>,
+        Health,
+        tokio::task::JoinHandle<std::io::Result<()>>,
+    ) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let metrics = Arc::new(Metrics::new());
@@ -182,7 +192,12 @@ mod tests {
 
         let r = http.get(format!("{base}/nope")).send().await.unwrap();
         assert_eq!(r.status(), 404);
-        let r = http.post(format!("{base}/metrics")).body("x").send().await.unwrap();
+        let r = http
+            .post(format!("{base}/metrics"))
+            .body("x")
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 405);
         let r = http.head(format!("{base}/healthz")).send().await.unwrap();
         assert_eq!(r.status(), 200);

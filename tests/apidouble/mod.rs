@@ -772,40 +772,36 @@ fn check_identity(
     name: Option<&str>,
     body: &Value,
     require_type: bool,
-) -> Result<(), Response<Body>> {
+) -> Result<(), String> {
     if !body.is_object() {
-        return Err(bad_request("the body must be a JSON object"));
+        return Err("the body must be a JSON object".into());
     }
     for (field, want) in [
         ("apiVersion", rt.api_version()),
         ("kind", rt.kind.to_string()),
     ] {
         match body.get(field).and_then(Value::as_str) {
-            Some(v) if v != want => {
-                return Err(bad_request(format!(
-                    "{field} {v:?} does not match {want:?}"
-                )))
-            }
+            Some(v) if v != want => return Err(format!("{field} {v:?} does not match {want:?}")),
             None if require_type => {
-                return Err(bad_request(format!(
+                return Err(format!(
                     "{field} must be set in an apply patch (Object 'Kind' is missing)"
-                )))
+                ))
             }
             _ => {}
         }
     }
     if let (Some(url_name), Some(body_name)) = (name, body["metadata"]["name"].as_str()) {
         if url_name != body_name {
-            return Err(bad_request(format!(
+            return Err(format!(
                 "the name of the object ({body_name}) does not match the name on the URL ({url_name})"
-            )));
+            ));
         }
     }
     if let Some(body_ns) = body["metadata"]["namespace"].as_str() {
         if body_ns != ns {
-            return Err(bad_request(format!(
+            return Err(format!(
                 "the namespace of the object ({body_ns}) does not match the namespace on the request ({ns})"
-            )));
+            ));
         }
     }
     Ok(())
@@ -827,7 +823,7 @@ fn create(
 ) -> Response<Body> {
     let rt = RESOURCES[r];
     if let Err(e) = check_identity(&rt, ns, url_name, &body, false) {
-        return e;
+        return bad_request(e);
     }
     let obj = body.as_object_mut().unwrap();
     obj.insert("apiVersion".into(), json!(rt.api_version()));
@@ -936,7 +932,7 @@ fn update(
 ) -> Response<Body> {
     let rt = RESOURCES[r];
     if let Err(e) = check_identity(&rt, ns, Some(name), &body, false) {
-        return e;
+        return bad_request(e);
     }
     let key = (r, ns.to_string(), name.to_string());
     let Some(old) = s.objects.get(&key).cloned() else {
@@ -999,7 +995,7 @@ fn patch(
                 );
             }
             if let Err(e) = check_identity(&rt, ns, Some(name), &body, true) {
-                return e;
+                return bad_request(e);
             }
             let Some(old) = old else {
                 if status_ep {
