@@ -51,6 +51,13 @@ impl ImageRef {
             return Err(err(format!("longer than {MAX_REFERENCE} characters")));
         }
         let r = Reference::from_str(trimmed).map_err(|e| err(e.to_string()))?;
+        if !r
+            .repository()
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-/".contains(&b))
+        {
+            return Err(err("repository must be lowercase [a-z0-9._-/]".into()));
+        }
         let registry = normalize_registry(r.registry());
         let digest = match r.digest() {
             Some(d) => Some(validate_digest(d).map_err(err)?),

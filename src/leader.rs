@@ -211,7 +211,8 @@ impl LeaderElector {
                 {
                     Ok(Ok(true)) => {
                         valid_until = Some(started + lease);
-                        true
+                        // A round slower than the lease itself won nothing usable.
+                        Instant::now() < started + lease
                     }
                     Ok(Ok(false)) => {
                         valid_until = None;
@@ -226,13 +227,19 @@ impl LeaderElector {
                         valid_until.is_some_and(|until| Instant::now() < until)
                     }
                 };
+                if !leading {
+                    valid_until = None;
+                }
                 report(&tx, leading, &self.name);
 
                 let next = started + renew_every;
                 if let Some(until) = valid_until.filter(|until| leading && *until < next) {
                     tokio::select! {
                         _ = tx.closed() => return,
-                        _ = tokio::time::sleep_until(until) => report(&tx, false, &self.name),
+                        _ = tokio::time::sleep_until(until) => {
+                            valid_until = None;
+                            report(&tx, false, &self.name);
+                        }
                     }
                 }
                 tokio::select! {

@@ -154,4 +154,8 @@ async fn failing_renewals_step_down_within_the_lease() {
         "claimed leadership past the lease: {:?}",
         failing_since.elapsed()
     );
+
+    // Once the API answers again, the loop wins the lease back.
+    double.reset_counters();
+    wait_for(&mut rx, true, Duration::from_secs(5)).await;
 }
