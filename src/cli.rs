@@ -8,10 +8,20 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::verify::{Limits, TrustSource, VerifierConfig};
 
 #[derive(Parser, Debug)]
-#[command(name = "imageposture", version, about = "Who signed the images your cluster runs")]
+#[command(
+    name = "imageposture",
+    version,
+    about = "Who signed the images your cluster runs"
+)]
 pub struct Cli {
     /// Log format.
-    #[arg(long, global = true, env = "IMAGEPOSTURE_LOG_FORMAT", value_enum, default_value = "text")]
+    #[arg(
+        long,
+        global = true,
+        env = "IMAGEPOSTURE_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
     pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
@@ -47,7 +57,13 @@ pub struct ObserveArgs {
     /// Images to observe: `repo@sha256:…` or `repo:tag` (a tag is resolved with one HEAD).
     #[arg(required = true)]
     pub images: Vec<String>,
-    #[arg(short = 'o', long, env = "IMAGEPOSTURE_OUTPUT", value_enum, default_value = "table")]
+    #[arg(
+        short = 'o',
+        long,
+        env = "IMAGEPOSTURE_OUTPUT",
+        value_enum,
+        default_value = "table"
+    )]
     pub output: OutputFormat,
     #[command(flatten)]
     pub verify: VerifyArgs,
@@ -58,7 +74,13 @@ pub struct ScanArgs {
     /// `kubectl get pods -A -o json` output; `-` reads standard input.
     #[arg(short = 'f', long = "filename", env = "IMAGEPOSTURE_SCAN_FILE")]
     pub file: PathBuf,
-    #[arg(short = 'o', long, env = "IMAGEPOSTURE_OUTPUT", value_enum, default_value = "yaml")]
+    #[arg(
+        short = 'o',
+        long,
+        env = "IMAGEPOSTURE_OUTPUT",
+        value_enum,
+        default_value = "yaml"
+    )]
     pub output: OutputFormat,
     #[command(flatten)]
     pub verify: VerifyArgs,
@@ -81,7 +103,11 @@ pub struct VerifyArgs {
     #[arg(long, env = "IMAGEPOSTURE_REGISTRY_CONFIG")]
     pub registry_config: Option<PathBuf>,
     /// `HOST:PORT` of a registry spoken to over plain HTTP; repeatable.
-    #[arg(long = "insecure-registry", env = "IMAGEPOSTURE_INSECURE_REGISTRIES", value_delimiter = ',')]
+    #[arg(
+        long = "insecure-registry",
+        env = "IMAGEPOSTURE_INSECURE_REGISTRIES",
+        value_delimiter = ','
+    )]
     pub insecure_registries: Vec<String>,
     /// Time budget per image (e.g. `30s`, `2m`, `500ms`).
     #[arg(long, env = "IMAGEPOSTURE_IMAGE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
@@ -137,7 +163,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a duration like 30s"))?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 30s"))?;
     let d = match unit {
         "ms" => Duration::from_millis(n),
         "" | "s" => Duration::from_secs(n),

@@ -194,7 +194,11 @@ fn validate_digest(d: &str) -> Result<String, String> {
         "sha512" => 128,
         _ => return Err(format!("unsupported digest algorithm {alg:?}")),
     };
-    if hex.len() != want || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+    if hex.len() != want
+        || !hex
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
         return Err(format!("malformed {alg} digest"));
     }
     Ok(d.to_string())
@@ -222,9 +226,18 @@ mod tests {
 
     #[test]
     fn docker_hub_normalizes() {
-        for s in ["nginx", "docker.io/nginx", "index.docker.io/library/nginx", "library/nginx"] {
+        for s in [
+            "nginx",
+            "docker.io/nginx",
+            "index.docker.io/library/nginx",
+            "library/nginx",
+        ] {
             let r = ImageRef::parse(&format!("{s}@{D}")).unwrap();
-            assert_eq!(r.id().unwrap().key(), format!("docker.io/library/nginx@{D}"), "{s}");
+            assert_eq!(
+                r.id().unwrap().key(),
+                format!("docker.io/library/nginx@{D}"),
+                "{s}"
+            );
         }
     }
 
@@ -247,27 +260,55 @@ mod tests {
 
     #[test]
     fn rejects_bad_input() {
-        for s in ["", "UPPER/case", "a@sha256:zz", "a@md5:00", &"a/".repeat(400)] {
+        for s in [
+            "",
+            "UPPER/case",
+            "a@sha256:zz",
+            "a@md5:00",
+            &"a/".repeat(400),
+        ] {
             assert!(ImageRef::parse(s).is_err(), "{s:?}");
         }
     }
 
     #[test]
     fn names_are_bounded_and_unique() {
-        let a = ImageRef::parse(&format!("{}/x@{D}", "very-long-host.example.com/deep/path/to/a/repository/with/many/segments")).unwrap().id().unwrap();
+        let a = ImageRef::parse(&format!(
+            "{}/x@{D}",
+            "very-long-host.example.com/deep/path/to/a/repository/with/many/segments"
+        ))
+        .unwrap()
+        .id()
+        .unwrap();
         let n = a.resource_name();
         assert!(n.len() <= 63, "{n}");
-        assert!(n.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'));
-        let b = ImageId { digest: D.replace('0', "1"), ..a.clone() };
+        assert!(n
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'));
+        let b = ImageId {
+            digest: D.replace('0', "1"),
+            ..a.clone()
+        };
         assert_ne!(a.resource_name(), b.resource_name());
-        let nginx = ImageRef::parse(&format!("nginx@{D}")).unwrap().id().unwrap();
-        assert!(nginx.resource_name().starts_with("docker-io-library-nginx-"));
+        let nginx = ImageRef::parse(&format!("nginx@{D}"))
+            .unwrap()
+            .id()
+            .unwrap();
+        assert!(nginx
+            .resource_name()
+            .starts_with("docker-io-library-nginx-"));
     }
 
     #[test]
     fn image_id_forms() {
-        assert_eq!(digest_from_image_id(&format!("docker-pullable://nginx@{D}")).as_deref(), Some(D));
-        assert_eq!(digest_from_image_id(&format!("docker.io/library/nginx@{D}")).as_deref(), Some(D));
+        assert_eq!(
+            digest_from_image_id(&format!("docker-pullable://nginx@{D}")).as_deref(),
+            Some(D)
+        );
+        assert_eq!(
+            digest_from_image_id(&format!("docker.io/library/nginx@{D}")).as_deref(),
+            Some(D)
+        );
         assert_eq!(digest_from_image_id(D), None);
         assert_eq!(digest_from_image_id(""), None);
     }

@@ -59,7 +59,10 @@ pub struct Inventory {
 }
 
 impl Inventory {
-    pub fn from_pods<'a>(pods: impl IntoIterator<Item = &'a Pod>, filter: &NamespaceFilter) -> Self {
+    pub fn from_pods<'a>(
+        pods: impl IntoIterator<Item = &'a Pod>,
+        filter: &NamespaceFilter,
+    ) -> Self {
         let mut inv = Inventory::default();
         for pod in pods {
             let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
@@ -73,15 +76,26 @@ impl Inventory {
             let statuses = |list: Option<&Vec<ContainerStatus>>| list.cloned().unwrap_or_default();
             let groups = [
                 (
-                    spec.containers.iter().map(|c| (c.name.as_str(), c.image.as_deref())).collect::<Vec<_>>(),
+                    spec.containers
+                        .iter()
+                        .map(|c| (c.name.as_str(), c.image.as_deref()))
+                        .collect::<Vec<_>>(),
                     statuses(status.and_then(|s| s.container_statuses.as_ref())),
                 ),
                 (
-                    spec.init_containers.iter().flatten().map(|c| (c.name.as_str(), c.image.as_deref())).collect(),
+                    spec.init_containers
+                        .iter()
+                        .flatten()
+                        .map(|c| (c.name.as_str(), c.image.as_deref()))
+                        .collect(),
                     statuses(status.and_then(|s| s.init_container_statuses.as_ref())),
                 ),
                 (
-                    spec.ephemeral_containers.iter().flatten().map(|c| (c.name.as_str(), c.image.as_deref())).collect(),
+                    spec.ephemeral_containers
+                        .iter()
+                        .flatten()
+                        .map(|c| (c.name.as_str(), c.image.as_deref()))
+                        .collect(),
                     statuses(status.and_then(|s| s.ephemeral_container_statuses.as_ref())),
                 ),
             ];
@@ -109,7 +123,9 @@ impl Inventory {
                 return;
             }
         };
-        let digest = image_id.and_then(digest_from_image_id).or_else(|| parsed.digest.clone());
+        let digest = image_id
+            .and_then(digest_from_image_id)
+            .or_else(|| parsed.digest.clone());
         match digest {
             Some(digest) => {
                 let id = ImageId {
@@ -117,9 +133,16 @@ impl Inventory {
                     repository: parsed.repository.clone(),
                     digest,
                 };
-                self.images.entry(id).or_default().add(reference, namespace, pod);
+                self.images
+                    .entry(id)
+                    .or_default()
+                    .add(reference, namespace, pod);
             }
-            None => self.unresolved.entry(parsed).or_default().add(reference, namespace, pod),
+            None => self
+                .unresolved
+                .entry(parsed)
+                .or_default()
+                .add(reference, namespace, pod),
         }
     }
 
@@ -133,7 +156,12 @@ impl Inventory {
     /// Images ordered most-used first (the order the max-images cap admits them in).
     pub fn by_usage(&self) -> Vec<ImageId> {
         let mut ids: Vec<_> = self.images.iter().collect();
-        ids.sort_by(|a, b| b.1.pods.len().cmp(&a.1.pods.len()).then_with(|| a.0.cmp(b.0)));
+        ids.sort_by(|a, b| {
+            b.1.pods
+                .len()
+                .cmp(&a.1.pods.len())
+                .then_with(|| a.0.cmp(b.0))
+        });
         ids.into_iter().map(|(id, _)| id.clone()).collect()
     }
 }
@@ -187,16 +215,32 @@ mod tests {
                 json!({"containers": [{"name": "c", "image": "old:1"}]}),
                 json!({"phase": "Succeeded"}),
             ),
-            pod("d", "bad", json!({"containers": [{"name": "c", "image": "UPPER:case"}]}), json!({})),
+            pod(
+                "d",
+                "bad",
+                json!({"containers": [{"name": "c", "image": "UPPER:case"}]}),
+                json!({}),
+            ),
         ];
         let inv = Inventory::from_pods(&pods, &NamespaceFilter::default());
         assert_eq!(inv.images.len(), 2, "{:?}", inv.images.keys());
-        let nginx = ImageRef::parse(&format!("nginx@{D}")).unwrap().id().unwrap();
+        let nginx = ImageRef::parse(&format!("nginx@{D}"))
+            .unwrap()
+            .id()
+            .unwrap();
         let u = &inv.images[&nginx];
         assert_eq!(u.pods.len(), 2);
-        assert_eq!(u.references.len(), 2, "tag and digest refs of one digest are one image");
+        assert_eq!(
+            u.references.len(),
+            2,
+            "tag and digest refs of one digest are one image"
+        );
         assert_eq!(inv.by_usage()[0], nginx);
-        assert_eq!(inv.unresolved.len(), 1, "the ephemeral alpine has no digest yet");
+        assert_eq!(
+            inv.unresolved.len(),
+            1,
+            "the ephemeral alpine has no digest yet"
+        );
         assert!(inv.invalid.contains_key("UPPER:case"));
         assert!(!inv.images.keys().any(|i| i.repository.contains("old")));
     }
@@ -204,8 +248,18 @@ mod tests {
     #[test]
     fn namespace_filter() {
         let pods = vec![
-            pod("kube-system", "p", json!({"containers": [{"name": "c", "image": format!("x@{D}")}]}), json!({})),
-            pod("app", "p", json!({"containers": [{"name": "c", "image": format!("y@{D}")}]}), json!({})),
+            pod(
+                "kube-system",
+                "p",
+                json!({"containers": [{"name": "c", "image": format!("x@{D}")}]}),
+                json!({}),
+            ),
+            pod(
+                "app",
+                "p",
+                json!({"containers": [{"name": "c", "image": format!("y@{D}")}]}),
+                json!({}),
+            ),
         ];
         let f = NamespaceFilter {
             include: vec![],

@@ -17,8 +17,8 @@ use futures::stream::{self, StreamExt};
 use tokio::sync::Semaphore;
 
 use crate::image::{ImageId, ImageRef};
-use crate::posture::{Posture, Reason, Verdict};
 use crate::metrics::Metrics;
+use crate::posture::{Posture, Reason, Verdict};
 use crate::verify::Verifier;
 
 #[derive(Clone, Debug)]
@@ -124,13 +124,25 @@ impl Observer {
     }
 
     /// Warm start: adopt a resting verdict recorded in a CR, if still within the TTL.
-    pub fn seed(&self, id: ImageId, verdict: Verdict, verified_at: DateTime<Utc>, now: DateTime<Utc>) {
+    pub fn seed(
+        &self,
+        id: ImageId,
+        verdict: Verdict,
+        verified_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) {
         if !verdict.posture.is_resting() || self.expired(verified_at, now) {
             return;
         }
         let mut cache = self.cache.lock().unwrap();
         if cache.len() < self.config.max_images || cache.contains_key(&id) {
-            cache.insert(id, Entry { verdict, verified_at });
+            cache.insert(
+                id,
+                Entry {
+                    verdict,
+                    verified_at,
+                },
+            );
         }
     }
 
@@ -140,7 +152,11 @@ impl Observer {
     }
 
     /// The current digest of a tag, cached for the TTL.
-    pub async fn resolve(&self, reference: &ImageRef, now: DateTime<Utc>) -> Result<ImageId, Verdict> {
+    pub async fn resolve(
+        &self,
+        reference: &ImageRef,
+        now: DateTime<Utc>,
+    ) -> Result<ImageId, Verdict> {
         if let Some((id, at)) = self.tags.lock().unwrap().get(reference) {
             if !self.expired(*at, now) {
                 return Ok(id.clone());
@@ -152,7 +168,10 @@ impl Observer {
         let result = self.verifier.resolve(reference).await;
         match &result {
             Ok(id) => {
-                self.tags.lock().unwrap().insert(reference.clone(), (id.clone(), now));
+                self.tags
+                    .lock()
+                    .unwrap()
+                    .insert(reference.clone(), (id.clone(), now));
             }
             Err(v) => self.note_failure(&reference.registry, v, now),
         }
@@ -161,7 +180,11 @@ impl Observer {
 
     /// Observes images, most important first: cache hits cost nothing; misses are verified
     /// with bounded concurrency (overall and per registry) while the cap allows.
-    pub async fn observe_all(&self, ids: &[ImageId], now: DateTime<Utc>) -> HashMap<ImageId, Observed> {
+    pub async fn observe_all(
+        &self,
+        ids: &[ImageId],
+        now: DateTime<Utc>,
+    ) -> HashMap<ImageId, Observed> {
         let mut out = HashMap::with_capacity(ids.len());
         let mut admitted = Vec::new();
         {
@@ -294,7 +317,11 @@ impl Observer {
         if verdict.posture != Posture::Checking
             || !matches!(
                 verdict.reason,
-                Reason::RateLimited | Reason::RegistryError | Reason::RegistryUnreachable | Reason::Timeout | Reason::Unauthorized
+                Reason::RateLimited
+                    | Reason::RegistryError
+                    | Reason::RegistryUnreachable
+                    | Reason::Timeout
+                    | Reason::Unauthorized
             )
         {
             return;
@@ -306,10 +333,7 @@ impl Observer {
             .backoff
             .saturating_mul(1 << (failures - 1).min(16))
             .min(self.config.max_backoff);
-        let wait = verdict
-            .retry_after
-            .map(|r| r.max(exp))
-            .unwrap_or(exp);
+        let wait = verdict.retry_after.map(|r| r.max(exp)).unwrap_or(exp);
         let until = now + chrono::Duration::from_std(wait).unwrap_or_default();
         map.insert(
             registry.to_string(),

@@ -35,7 +35,10 @@ fn table(rows: &[Row]) -> String {
         .map(|r| {
             [
                 r.image.clone(),
-                r.digest.as_deref().map(short_digest).unwrap_or_else(|| "-".into()),
+                r.digest
+                    .as_deref()
+                    .map(short_digest)
+                    .unwrap_or_else(|| "-".into()),
                 r.verdict.posture.to_string(),
                 r.verdict.signer.clone().unwrap_or_else(|| "-".into()),
                 r.verdict.issuer.clone().unwrap_or_else(|| "-".into()),

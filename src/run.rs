@@ -47,13 +47,25 @@ pub struct RunArgs {
     #[arg(long, env = "IMAGEPOSTURE_DEBOUNCE", default_value = "5s", value_parser = parse_duration)]
     pub debounce: Duration,
     /// Only sweep these namespaces (repeatable; default all).
-    #[arg(long = "include-namespace", env = "IMAGEPOSTURE_INCLUDE_NAMESPACES", value_delimiter = ',')]
+    #[arg(
+        long = "include-namespace",
+        env = "IMAGEPOSTURE_INCLUDE_NAMESPACES",
+        value_delimiter = ','
+    )]
     pub include_namespaces: Vec<String>,
     /// Never sweep these namespaces (repeatable).
-    #[arg(long = "exclude-namespace", env = "IMAGEPOSTURE_EXCLUDE_NAMESPACES", value_delimiter = ',')]
+    #[arg(
+        long = "exclude-namespace",
+        env = "IMAGEPOSTURE_EXCLUDE_NAMESPACES",
+        value_delimiter = ','
+    )]
     pub exclude_namespaces: Vec<String>,
     /// Address of /metrics, /healthz and /readyz.
-    #[arg(long, env = "IMAGEPOSTURE_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    #[arg(
+        long,
+        env = "IMAGEPOSTURE_METRICS_ADDR",
+        default_value = "0.0.0.0:8080"
+    )]
     pub metrics_addr: std::net::SocketAddr,
     /// Elect a leader through a Lease so replicas never both write.
     #[arg(long, env = "IMAGEPOSTURE_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
@@ -82,7 +94,9 @@ pub async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
     let hook_metrics = metrics.clone();
     let verifier = Verifier::with_hook(
         args.verify.config(),
-        Some(Box::new(move |host: &str, code: u16| hook_metrics.registry_request(host, code))),
+        Some(Box::new(move |host: &str, code: u16| {
+            hook_metrics.registry_request(host, code)
+        })),
     )
     .await?;
     let observer = Arc::new(
@@ -142,7 +156,11 @@ pub async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
     pods.wait_until_ready().await?;
     postures.wait_until_ready().await?;
     health.set_ready(true);
-    tracing::info!(pods = pods.len(), imagepostures = postures.len(), "caches synced");
+    tracing::info!(
+        pods = pods.len(),
+        imagepostures = postures.len(),
+        "caches synced"
+    );
 
     let mut leader = if args.leader_election {
         let elector = LeaderElector::new(
@@ -165,7 +183,10 @@ pub async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
         if is_leader {
             if !was_leader {
                 let seeded = sweeper.warm_start(&postures.state(), chrono::Utc::now());
-                tracing::info!(seeded, "leading: cache warm-started from ImagePosture status");
+                tracing::info!(
+                    seeded,
+                    "leading: cache warm-started from ImagePosture status"
+                );
             }
             sweep_once(&sweeper, &pods, &postures, &metrics).await;
         }
@@ -187,7 +208,12 @@ pub async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-async fn sweep_once(sweeper: &Sweeper, pods: &Store<Pod>, postures: &Store<ImagePosture>, metrics: &Metrics) {
+async fn sweep_once(
+    sweeper: &Sweeper,
+    pods: &Store<Pod>,
+    postures: &Store<ImagePosture>,
+    metrics: &Metrics,
+) {
     let started = std::time::Instant::now();
     let report: SweepReport = sweeper
         .sweep(&pods.state(), &postures.state(), chrono::Utc::now())
@@ -256,7 +282,11 @@ fn trim_pod(pod: &mut Pod) {
         spec.volumes = None;
         spec.affinity = None;
         spec.tolerations = None;
-        for c in spec.containers.iter_mut().chain(spec.init_containers.iter_mut().flatten()) {
+        for c in spec
+            .containers
+            .iter_mut()
+            .chain(spec.init_containers.iter_mut().flatten())
+        {
             c.env = None;
             c.env_from = None;
             c.volume_mounts = None;

@@ -52,7 +52,10 @@ pub async fn scan(pods: &[Pod], observer: &Observer) -> Vec<ImagePosture> {
     for tag in inv.unresolved.keys().cloned().collect::<Vec<_>>() {
         match observer.resolve(&tag, now).await {
             Ok(id) => inv.resolve(&tag, id),
-            Err(v) => eprintln!("imageposture: {tag} has no digest yet ({}: {})", v.reason, v.message),
+            Err(v) => eprintln!(
+                "imageposture: {tag} has no digest yet ({}: {})",
+                v.reason, v.message
+            ),
         }
     }
     let order = inv.by_usage();
@@ -108,7 +111,12 @@ mod tests {
     fn parses_lists_and_rejects_garbage() {
         let list = br#"{"apiVersion":"v1","kind":"List","items":[{"apiVersion":"v1","kind":"Pod","metadata":{"name":"a"}}]}"#;
         assert_eq!(parse_pods(list).unwrap().len(), 1);
-        assert_eq!(parse_pods(br#"{"kind":"Pod","metadata":{"name":"a"}}"#).unwrap().len(), 1);
+        assert_eq!(
+            parse_pods(br#"{"kind":"Pod","metadata":{"name":"a"}}"#)
+                .unwrap()
+                .len(),
+            1
+        );
         assert!(parse_pods(b"nope").is_err());
         assert!(parse_pods(br#"{"kind":"Service"}"#).is_err());
         assert!(parse_pods(br#"{"items":[{"spec":{"containers":7}}]}"#).is_err());

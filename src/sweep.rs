@@ -18,7 +18,10 @@ use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 
-use crate::crd::{self, Condition, ImagePosture, ImagePostureStatus, ImageUsage, CONDITION_VERIFIED, FIELD_MANAGER};
+use crate::crd::{
+    self, Condition, ImagePosture, ImagePostureStatus, ImageUsage, CONDITION_VERIFIED,
+    FIELD_MANAGER,
+};
 use crate::image::ImageId;
 use crate::inventory::{Inventory, NamespaceFilter, Usage};
 use crate::observer::{Observed, Observer};
@@ -75,7 +78,12 @@ pub struct Sweeper {
 const CONFLICT_RETRIES: u32 = 4;
 
 impl Sweeper {
-    pub fn new(api: Api<ImagePosture>, recorder: Recorder, observer: Arc<Observer>, config: SweepConfig) -> Self {
+    pub fn new(
+        api: Api<ImagePosture>,
+        recorder: Recorder,
+        observer: Arc<Observer>,
+        config: SweepConfig,
+    ) -> Self {
         Sweeper {
             api,
             recorder,
@@ -103,9 +111,15 @@ impl Sweeper {
         seeded
     }
 
-    pub async fn sweep(&self, pods: &[Arc<Pod>], existing: &[Arc<ImagePosture>], now: DateTime<Utc>) -> SweepReport {
+    pub async fn sweep(
+        &self,
+        pods: &[Arc<Pod>],
+        existing: &[Arc<ImagePosture>],
+        now: DateTime<Utc>,
+    ) -> SweepReport {
         let mut report = SweepReport::default();
-        let mut inv = Inventory::from_pods(pods.iter().map(|p| p.as_ref()), &self.config.namespaces);
+        let mut inv =
+            Inventory::from_pods(pods.iter().map(|p| p.as_ref()), &self.config.namespaces);
         report.invalid = inv.invalid.len();
         for (reference, why) in &inv.invalid {
             tracing::warn!(%reference, %why, "pod image reference does not parse");
@@ -114,7 +128,9 @@ impl Sweeper {
         for tag in tags {
             match self.observer.resolve(&tag, now).await {
                 Ok(id) => inv.resolve(&tag, id),
-                Err(v) => tracing::info!(image = %tag, reason = %v.reason, "tag not resolved yet; retried next pass"),
+                Err(v) => {
+                    tracing::info!(image = %tag, reason = %v.reason, "tag not resolved yet; retried next pass")
+                }
             }
         }
         report.unresolved = inv.unresolved.len();
@@ -137,18 +153,27 @@ impl Sweeper {
             }
             let name = id.resource_name();
             let current = existing.get(name.as_str()).copied();
-            if let Err(e) = self.materialize(id, &inv.images[id], o, current, now, &mut report).await {
+            if let Err(e) = self
+                .materialize(id, &inv.images[id], o, current, now, &mut report)
+                .await
+            {
                 report.errors += 1;
                 tracing::warn!(image = %id, error = %e, "writing ImagePosture failed; retried next pass");
             }
         }
-        report.by_posture = [Posture::Signed, Posture::InvalidSignature, Posture::NotSigned, Posture::Checking]
-            .into_iter()
-            .map(|p| (p, counts.get(&p).copied().unwrap_or(0)))
-            .collect();
+        report.by_posture = [
+            Posture::Signed,
+            Posture::InvalidSignature,
+            Posture::NotSigned,
+            Posture::Checking,
+        ]
+        .into_iter()
+        .map(|p| (p, counts.get(&p).copied().unwrap_or(0)))
+        .collect();
 
         let live: HashSet<String> = order.iter().map(ImageId::resource_name).collect();
-        self.collect_garbage(&existing, &live, now, &mut report).await;
+        self.collect_garbage(&existing, &live, now, &mut report)
+            .await;
         report
     }
 
@@ -193,19 +218,33 @@ impl Sweeper {
             report.status_writes += 1;
             let old = old_status.and_then(|s| s.posture);
             if let Some(old) = old.filter(|old| *old != observed.verdict.posture) {
-                self.posture_changed(&written, old, &observed.verdict, report).await;
+                self.posture_changed(&written, old, &observed.verdict, report)
+                    .await;
             }
         }
         Ok(())
     }
 
-    async fn posture_changed(&self, cr: &ImagePosture, old: Posture, new: &Verdict, report: &mut SweepReport) {
+    async fn posture_changed(
+        &self,
+        cr: &ImagePosture,
+        old: Posture,
+        new: &Verdict,
+        report: &mut SweepReport,
+    ) {
         let type_ = match new.posture {
             Posture::Signed | Posture::NotSigned => EventType::Normal,
             Posture::InvalidSignature | Posture::Checking => EventType::Warning,
         };
-        let who = new.signer.as_deref().map(|s| format!(" by {s}")).unwrap_or_default();
-        let note = format!("{old} -> {}{who} ({}: {})", new.posture, new.reason, new.message);
+        let who = new
+            .signer
+            .as_deref()
+            .map(|s| format!(" by {s}"))
+            .unwrap_or_default();
+        let note = format!(
+            "{old} -> {}{who} ({}: {})",
+            new.posture, new.reason, new.message
+        );
         let event = Event {
             type_,
             reason: "PostureChanged".into(),
@@ -232,7 +271,8 @@ impl Sweeper {
         let due: Vec<String> = {
             let mut unused = self.unused_since.lock().unwrap();
             unused.retain(|name, _| existing.contains_key(name.as_str()) && !live.contains(name));
-            let grace = chrono::Duration::from_std(self.config.grace).unwrap_or(chrono::Duration::MAX);
+            let grace =
+                chrono::Duration::from_std(self.config.grace).unwrap_or(chrono::Duration::MAX);
             existing
                 .keys()
                 .filter(|name| !live.contains(**name))
@@ -245,7 +285,11 @@ impl Sweeper {
         };
         for name in due {
             let result = self.api.delete(&name, &DeleteParams::default()).await;
-            match result.as_ref().map(|_| ()).or_else(|e| if is_not_found(e) { Ok(()) } else { Err(e) }) {
+            match result
+                .as_ref()
+                .map(|_| ())
+                .or_else(|e| if is_not_found(e) { Ok(()) } else { Err(e) })
+            {
                 Ok(()) => {
                     report.deleted += 1;
                     self.unused_since.lock().unwrap().remove(&name);
@@ -293,7 +337,9 @@ fn rfc3339(t: DateTime<Utc>) -> String {
 }
 
 fn parse_time(s: &str) -> Option<DateTime<Utc>> {
-    DateTime::parse_from_rfc3339(s).ok().map(|t| t.with_timezone(&Utc))
+    DateTime::parse_from_rfc3339(s)
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
 }
 
 /// The status a resource should have now. Timestamps carry over unless something changed, so

@@ -6,7 +6,9 @@ mod support;
 use std::time::{Duration, Instant};
 
 use imageposture::image::ImageId;
-use imageposture::posture::{Posture, Reason, SignatureFormat, SignatureSource, SignerType, Verdict};
+use imageposture::posture::{
+    Posture, Reason, SignatureFormat, SignatureSource, SignerType, Verdict,
+};
 use support::cosign::{self, Spoil};
 use support::pki::{Identity, Signer, EMAIL, GITHUB_ISSUER, GOOGLE_ISSUER, WORKFLOW_URI};
 use support::proxy::{refused_address, Mode, Proxy, Seen};
@@ -35,7 +37,13 @@ impl Expect<'_> {
     }
 
     fn bare(posture: Posture, reason: Reason) -> Self {
-        Expect { posture, reason, signer: None, issuer: None, signer_type: None }
+        Expect {
+            posture,
+            reason,
+            signer: None,
+            issuer: None,
+            signer_type: None,
+        }
     }
 }
 
@@ -61,9 +69,24 @@ fn key(signer: &str) -> Expect<'_> {
 
 #[track_caller]
 fn check(v: &Verdict, want: Expect) {
-    let got = (v.posture, v.reason, v.signer.as_deref(), v.issuer.as_deref(), v.signer_type);
-    let exp = (want.posture, want.reason, want.signer, want.issuer, want.signer_type);
-    assert_eq!(got, exp, "(posture, reason, signer, issuer, signer_type); full verdict: {v:#?}");
+    let got = (
+        v.posture,
+        v.reason,
+        v.signer.as_deref(),
+        v.issuer.as_deref(),
+        v.signer_type,
+    );
+    let exp = (
+        want.posture,
+        want.reason,
+        want.signer,
+        want.issuer,
+        want.signer_type,
+    );
+    assert_eq!(
+        got, exp,
+        "(posture, reason, signer, issuer, signer_type); full verdict: {v:#?}"
+    );
 }
 
 async fn observe(env: &TestEnv, id: &ImageId) -> Verdict {
@@ -74,8 +97,15 @@ async fn observe(env: &TestEnv, id: &ImageId) -> Verdict {
 async fn keyless_image(env: &TestEnv, name: &str, identity: &Identity) -> ImageId {
     let img = env.oci.push_image(&unique_repo(name), "v1").await;
     let leaf = env.pki.ca.issue(identity);
-    let layer = cosign::legacy_layer(&img.id, &Signer::Keyless(&leaf), Some(&env.pki.rekor), Spoil::None);
-    env.oci.push_sig(&img.id.repository, &img.id.digest, &[layer]).await;
+    let layer = cosign::legacy_layer(
+        &img.id,
+        &Signer::Keyless(&leaf),
+        Some(&env.pki.rekor),
+        Spoil::None,
+    );
+    env.oci
+        .push_sig(&img.id.repository, &img.id.digest, &[layer])
+        .await;
     img.id
 }
 
@@ -83,8 +113,15 @@ async fn keyless_image(env: &TestEnv, name: &str, identity: &Identity) -> ImageI
 async fn spoiled_image(env: &TestEnv, name: &str, spoil: Spoil) -> ImageId {
     let img = env.oci.push_image(&unique_repo(name), "v1").await;
     let leaf = env.pki.ca.issue(&Identity::github());
-    let layer = cosign::legacy_layer(&img.id, &Signer::Keyless(&leaf), Some(&env.pki.rekor), spoil);
-    env.oci.push_sig(&img.id.repository, &img.id.digest, &[layer]).await;
+    let layer = cosign::legacy_layer(
+        &img.id,
+        &Signer::Keyless(&leaf),
+        Some(&env.pki.rekor),
+        spoil,
+    );
+    env.oci
+        .push_sig(&img.id.repository, &img.id.digest, &[layer])
+        .await;
     img.id
 }
 
@@ -114,7 +151,10 @@ async fn keyless_legacy_uri_san_is_signed() {
     check(&v, keyless(WORKFLOW_URI, GITHUB_ISSUER));
     assert_eq!(v.signatures.len(), 1, "{v:#?}");
     let s = &v.signatures[0];
-    assert_eq!((s.source, s.format, s.verified), (SignatureSource::Tag, SignatureFormat::Simplesigning, true));
+    assert_eq!(
+        (s.source, s.format, s.verified),
+        (SignatureSource::Tag, SignatureFormat::Simplesigning, true)
+    );
 }
 
 #[tokio::test]
@@ -128,8 +168,15 @@ async fn keyless_legacy_email_san_is_signed() {
 async fn key_with_rekor_bundle_is_signed_by_fingerprint() {
     let env = TestEnv::new();
     let img = env.oci.push_image(&unique_repo("key-rekor"), "v1").await;
-    let layer = cosign::legacy_layer(&img.id, &Signer::Key(&env.pki.key), Some(&env.pki.rekor), Spoil::None);
-    env.oci.push_sig(&img.id.repository, &img.id.digest, &[layer]).await;
+    let layer = cosign::legacy_layer(
+        &img.id,
+        &Signer::Key(&env.pki.key),
+        Some(&env.pki.rekor),
+        Spoil::None,
+    );
+    env.oci
+        .push_sig(&img.id.repository, &img.id.digest, &[layer])
+        .await;
     check(&observe(&env, &img.id).await, key(&env.pki.key.fingerprint));
 }
 
@@ -137,8 +184,15 @@ async fn key_with_rekor_bundle_is_signed_by_fingerprint() {
 async fn key_with_rekor_bundle_and_configured_key_is_signed_by_name() {
     let env = TestEnv::new();
     let img = env.oci.push_image(&unique_repo("key-named"), "v1").await;
-    let layer = cosign::legacy_layer(&img.id, &Signer::Key(&env.pki.key), Some(&env.pki.rekor), Spoil::None);
-    env.oci.push_sig(&img.id.repository, &img.id.digest, &[layer]).await;
+    let layer = cosign::legacy_layer(
+        &img.id,
+        &Signer::Key(&env.pki.key),
+        Some(&env.pki.rekor),
+        Spoil::None,
+    );
+    env.oci
+        .push_sig(&img.id.repository, &img.id.digest, &[layer])
+        .await;
     let mut cfg = env.config(&[]);
     cfg.trusted_keys = vec![("release".into(), env.pki.key.path.clone())];
     let v = env.verifier(cfg).await.observe(&img.id).await;
@@ -150,8 +204,13 @@ async fn key_without_rekor_and_no_configured_key_is_unverifiable() {
     let env = TestEnv::new();
     let img = env.oci.push_image(&unique_repo("key-bare"), "v1").await;
     let layer = cosign::legacy_layer(&img.id, &Signer::Key(&env.pki.key), None, Spoil::None);
-    env.oci.push_sig(&img.id.repository, &img.id.digest, &[layer]).await;
-    check(&observe(&env, &img.id).await, Expect::invalid(Reason::UnverifiableKey));
+    env.oci
+        .push_sig(&img.id.repository, &img.id.digest, &[layer])
+        .await;
+    check(
+        &observe(&env, &img.id).await,
+        Expect::invalid(Reason::UnverifiableKey),
+    );
 }
 
 /// DESIGN: a key-based signature that verifies "with a configured trusted key" is signed,
@@ -159,12 +218,20 @@ async fn key_without_rekor_and_no_configured_key_is_unverifiable() {
 #[tokio::test]
 async fn key_without_rekor_but_configured_key_is_signed_by_name() {
     let env = TestEnv::new();
-    let img = env.oci.push_image(&unique_repo("key-bare-named"), "v1").await;
+    let img = env
+        .oci
+        .push_image(&unique_repo("key-bare-named"), "v1")
+        .await;
     let layer = cosign::legacy_layer(&img.id, &Signer::Key(&env.pki.key), None, Spoil::None);
-    env.oci.push_sig(&img.id.repository, &img.id.digest, &[layer]).await;
+    env.oci
+        .push_sig(&img.id.repository, &img.id.digest, &[layer])
+        .await;
     let mut cfg = env.config(&[]);
     cfg.trusted_keys = vec![("release".into(), env.pki.key.path.clone())];
-    check(&env.verifier(cfg).await.observe(&img.id).await, key("release"));
+    check(
+        &env.verifier(cfg).await.observe(&img.id).await,
+        key("release"),
+    );
 }
 
 #[tokio::test]
@@ -175,7 +242,10 @@ async fn sigstore_bundle_referrer_is_signed() {
     check(&v, keyless(WORKFLOW_URI, GITHUB_ISSUER));
     assert_eq!(v.signatures.len(), 1, "{v:#?}");
     let s = &v.signatures[0];
-    assert_eq!((s.source, s.format, s.verified), (SignatureSource::Referrer, SignatureFormat::Bundle, true));
+    assert_eq!(
+        (s.source, s.format, s.verified),
+        (SignatureSource::Referrer, SignatureFormat::Bundle, true)
+    );
 }
 
 /// A valid bundle whose in-toto subject is another image: copied, not made for this digest.
@@ -188,14 +258,20 @@ async fn sigstore_bundle_for_another_digest_is_digest_mismatch() {
     let leaf = env.pki.ca.issue(&Identity::github());
     let bundle = cosign::sigstore_bundle(&cosign::cosign_statement(&a.id), &leaf, &env.pki.rekor);
     env.oci.push_bundle_referrer(&b, &bundle).await;
-    check(&observe(&env, &b.id).await, Expect::invalid(Reason::DigestMismatch));
+    check(
+        &observe(&env, &b.id).await,
+        Expect::invalid(Reason::DigestMismatch),
+    );
 }
 
 #[tokio::test]
 async fn tampered_payload_is_bad_signature() {
     let env = TestEnv::new();
     let id = spoiled_image(&env, "tampered", Spoil::TamperPayload).await;
-    check(&observe(&env, &id).await, Expect::invalid(Reason::BadSignature));
+    check(
+        &observe(&env, &id).await,
+        Expect::invalid(Reason::BadSignature),
+    );
 }
 
 #[tokio::test]
@@ -206,9 +282,17 @@ async fn signature_copied_from_another_digest_is_digest_mismatch() {
     let b = env.oci.push_image(&repo, "b").await;
     let leaf = env.pki.ca.issue(&Identity::github());
     // A perfectly valid signature of A, published as B's signature.
-    let layer = cosign::legacy_layer(&a.id, &Signer::Keyless(&leaf), Some(&env.pki.rekor), Spoil::None);
+    let layer = cosign::legacy_layer(
+        &a.id,
+        &Signer::Keyless(&leaf),
+        Some(&env.pki.rekor),
+        Spoil::None,
+    );
     env.oci.push_sig(&repo, &b.id.digest, &[layer]).await;
-    check(&observe(&env, &b.id).await, Expect::invalid(Reason::DigestMismatch));
+    check(
+        &observe(&env, &b.id).await,
+        Expect::invalid(Reason::DigestMismatch),
+    );
 }
 
 #[tokio::test]
@@ -216,9 +300,19 @@ async fn certificate_from_untrusted_ca_is_untrusted() {
     let env = TestEnv::new();
     let img = env.oci.push_image(&unique_repo("untrusted-ca"), "v1").await;
     let leaf = env.pki.untrusted.issue(&Identity::github());
-    let layer = cosign::legacy_layer(&img.id, &Signer::Keyless(&leaf), Some(&env.pki.rekor), Spoil::None);
-    env.oci.push_sig(&img.id.repository, &img.id.digest, &[layer]).await;
-    check(&observe(&env, &img.id).await, Expect::invalid(Reason::UntrustedCertificate));
+    let layer = cosign::legacy_layer(
+        &img.id,
+        &Signer::Keyless(&leaf),
+        Some(&env.pki.rekor),
+        Spoil::None,
+    );
+    env.oci
+        .push_sig(&img.id.repository, &img.id.digest, &[layer])
+        .await;
+    check(
+        &observe(&env, &img.id).await,
+        Expect::invalid(Reason::UntrustedCertificate),
+    );
 }
 
 #[tokio::test]
@@ -226,37 +320,59 @@ async fn set_signed_by_another_key_is_bad_tlog_entry() {
     let env = TestEnv::new();
     let img = env.oci.push_image(&unique_repo("forged-set"), "v1").await;
     let leaf = env.pki.ca.issue(&Identity::github());
-    let layer = cosign::legacy_layer(&img.id, &Signer::Keyless(&leaf), Some(&env.pki.forged_rekor), Spoil::None);
-    env.oci.push_sig(&img.id.repository, &img.id.digest, &[layer]).await;
-    check(&observe(&env, &img.id).await, Expect::invalid(Reason::BadTransparencyLogEntry));
+    let layer = cosign::legacy_layer(
+        &img.id,
+        &Signer::Keyless(&leaf),
+        Some(&env.pki.forged_rekor),
+        Spoil::None,
+    );
+    env.oci
+        .push_sig(&img.id.repository, &img.id.digest, &[layer])
+        .await;
+    check(
+        &observe(&env, &img.id).await,
+        Expect::invalid(Reason::BadTransparencyLogEntry),
+    );
 }
 
 #[tokio::test]
 async fn rekor_body_altered_after_set_is_bad_tlog_entry() {
     let env = TestEnv::new();
     let id = spoiled_image(&env, "altered-body", Spoil::AlterRekorBody).await;
-    check(&observe(&env, &id).await, Expect::invalid(Reason::BadTransparencyLogEntry));
+    check(
+        &observe(&env, &id).await,
+        Expect::invalid(Reason::BadTransparencyLogEntry),
+    );
 }
 
 #[tokio::test]
 async fn signature_annotation_not_base64_is_malformed() {
     let env = TestEnv::new();
     let id = spoiled_image(&env, "sig-not-b64", Spoil::SignatureNotBase64).await;
-    check(&observe(&env, &id).await, Expect::invalid(Reason::Malformed));
+    check(
+        &observe(&env, &id).await,
+        Expect::invalid(Reason::Malformed),
+    );
 }
 
 #[tokio::test]
 async fn bundle_annotation_not_json_is_malformed() {
     let env = TestEnv::new();
     let id = spoiled_image(&env, "bundle-not-json", Spoil::BundleNotJson).await;
-    check(&observe(&env, &id).await, Expect::invalid(Reason::Malformed));
+    check(
+        &observe(&env, &id).await,
+        Expect::invalid(Reason::Malformed),
+    );
 }
 
 #[tokio::test]
 async fn certificate_annotation_not_pem_is_malformed() {
     let env = TestEnv::new();
     let id = spoiled_image(&env, "cert-not-pem", Spoil::CertificateNotPem).await;
-    check(&observe(&env, &id).await, Expect::invalid(Reason::Malformed));
+    check(
+        &observe(&env, &id).await,
+        Expect::invalid(Reason::Malformed),
+    );
 }
 
 // ---- registry faults: always `checking`, never `not-signed` -------------------------------
@@ -297,9 +413,16 @@ async fn registry_401_is_unauthorized() {
 
 #[tokio::test]
 async fn slow_registry_beyond_budget_is_timeout() {
-    let (v, took) = observe_through_fault(Mode::Delay(Duration::from_secs(3)), Some(Duration::from_secs(1))).await;
+    let (v, took) = observe_through_fault(
+        Mode::Delay(Duration::from_secs(3)),
+        Some(Duration::from_secs(1)),
+    )
+    .await;
     check(&v, Expect::checking(Reason::Timeout));
-    assert!(took < Duration::from_millis(2500), "budget of 1s not honoured: took {took:?}");
+    assert!(
+        took < Duration::from_millis(2500),
+        "budget of 1s not honoured: took {took:?}"
+    );
 }
 
 #[tokio::test]
@@ -308,7 +431,10 @@ async fn connection_refused_is_unreachable() {
     let img = env.oci.push_image(&unique_repo("refused"), "v1").await;
     let dead = refused_address().to_string();
     let verifier = env.verifier(env.config(&[&dead])).await;
-    check(&verifier.observe(&via(&img.id, &dead)).await, Expect::checking(Reason::RegistryUnreachable));
+    check(
+        &verifier.observe(&via(&img.id, &dead)).await,
+        Expect::checking(Reason::RegistryUnreachable),
+    );
 }
 
 /// The sigstore-rs trap: a failed `.sig` fetch must not read as "no signature", even when
@@ -322,7 +448,10 @@ async fn sig_manifest_500_with_other_404s_is_checking() {
     let verifier = env.verifier(env.config(&[&proxy.host])).await;
     let v = verifier.observe(&via(&img.id, &proxy.host)).await;
     eprintln!("requests: {:#?}", proxy.requests());
-    assert!(proxy.requests().iter().any(|r| r.path.contains(".sig")), "the .sig tag was never asked for");
+    assert!(
+        proxy.requests().iter().any(|r| r.path.contains(".sig")),
+        "the .sig tag was never asked for"
+    );
     check(&v, Expect::checking(Reason::RegistryError));
 }
 
@@ -351,7 +480,10 @@ fn assert_no_repeats(requests: &[Seen]) {
     let mut sorted = requests.to_vec();
     sorted.sort();
     for w in sorted.windows(2) {
-        assert_ne!(w[0], w[1], "request repeated within one observation: {requests:#?}");
+        assert_ne!(
+            w[0], w[1],
+            "request repeated within one observation: {requests:#?}"
+        );
     }
 }
 
@@ -361,14 +493,21 @@ async fn legacy_signature_costs_at_most_four_requests() {
     let id = keyless_image(&env, "count-legacy", &Identity::github()).await;
     let (v, requests) = counted(&env, &id, "digest + one legacy keyless signature").await;
     check(&v, keyless(WORKFLOW_URI, GITHUB_ISSUER));
-    assert!(requests.len() <= 4, "{} requests (excluding GET /v2/): {requests:#?}", requests.len());
+    assert!(
+        requests.len() <= 4,
+        "{} requests (excluding GET /v2/): {requests:#?}",
+        requests.len()
+    );
     assert_no_repeats(&requests);
 }
 
 #[tokio::test]
 async fn unsigned_image_request_count() {
     let env = TestEnv::new();
-    let img = env.oci.push_image(&unique_repo("count-unsigned"), "v1").await;
+    let img = env
+        .oci
+        .push_image(&unique_repo("count-unsigned"), "v1")
+        .await;
     let (v, requests) = counted(&env, &img.id, "unsigned image").await;
     check(&v, Expect::not_signed());
     assert_no_repeats(&requests);

@@ -167,7 +167,10 @@ mod tests {
         )
         .unwrap();
         let c = Credentials::from_docker_config(&path).unwrap();
-        assert_eq!(c.basic_header("registry-1.docker.io").unwrap(), "Basic dTpw");
+        assert_eq!(
+            c.basic_header("registry-1.docker.io").unwrap(),
+            "Basic dTpw"
+        );
         assert_eq!(c.basic_header("ghcr.io").unwrap(), "Basic dTpw");
         assert!(c.basic_header("quay.io").is_none());
         assert!(!format!("{c:?}").contains("dTpw"));

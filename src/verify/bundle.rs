@@ -99,7 +99,9 @@ impl Int64 {
     fn get(&self) -> Result<i64, String> {
         match self {
             Int64::Num(n) => Ok(*n),
-            Int64::Str(s) => s.parse().map_err(|_| format!("{:?} is not an integer", bound(s, 24))),
+            Int64::Str(s) => s
+                .parse()
+                .map_err(|_| format!("{:?} is not an integer", bound(s, 24))),
         }
     }
 }
@@ -133,8 +135,13 @@ struct Subject {
 
 /// DSSE pre-authentication encoding: what the envelope signature covers.
 fn pae(payload_type: &str, payload: &[u8]) -> Vec<u8> {
-    let mut out = format!("DSSEv1 {} {} {} ", payload_type.len(), payload_type, payload.len())
-        .into_bytes();
+    let mut out = format!(
+        "DSSEv1 {} {} {} ",
+        payload_type.len(),
+        payload_type,
+        payload.len()
+    )
+    .into_bytes();
     out.extend_from_slice(payload);
     out
 }
@@ -146,7 +153,12 @@ pub fn classify(raw: &[u8], image_digest: &str, ctx: &Context<'_>) -> Checked {
     checked.finish(result)
 }
 
-fn verify(raw: &[u8], image_digest: &str, ctx: &Context<'_>, out: &mut Checked) -> Result<(), Failure> {
+fn verify(
+    raw: &[u8],
+    image_digest: &str,
+    ctx: &Context<'_>,
+    out: &mut Checked,
+) -> Result<(), Failure> {
     let malformed = |m: String| Failure::new(Reason::Malformed, m);
     let unsupported = |m: String| Failure::new(Reason::UnsupportedFormat, m);
     let tlog_bad = |m: String| Failure::new(Reason::BadTransparencyLogEntry, m);
@@ -154,7 +166,10 @@ fn verify(raw: &[u8], image_digest: &str, ctx: &Context<'_>, out: &mut Checked) 
     let bundle: SigstoreBundle =
         serde_json::from_slice(raw).map_err(|e| malformed(format!("bundle: {e}")))?;
     if !is_bundle_type(&bundle.media_type) {
-        return Err(unsupported(format!("bundle media type {:?}", bound(&bundle.media_type, 80))));
+        return Err(unsupported(format!(
+            "bundle media type {:?}",
+            bound(&bundle.media_type, 80)
+        )));
     }
     let Some(envelope) = bundle.dsse_envelope else {
         return Err(unsupported(if bundle.message_signature.is_some() {
@@ -175,7 +190,10 @@ fn verify(raw: &[u8], image_digest: &str, ctx: &Context<'_>, out: &mut Checked) 
         .map_err(|e| malformed(format!("envelope signature is not base64: {e}")))?;
     let material = bundle.verification_material;
     let (leaf, chain) = match (material.certificate, material.x509_certificate_chain) {
-        (Some(c), _) => (Some(decode_cert(&c.raw_bytes).map_err(malformed)?), Vec::new()),
+        (Some(c), _) => (
+            Some(decode_cert(&c.raw_bytes).map_err(malformed)?),
+            Vec::new(),
+        ),
         (None, Some(chain)) => {
             let mut certs = chain.certificates.iter();
             let leaf = certs
@@ -183,7 +201,10 @@ fn verify(raw: &[u8], image_digest: &str, ctx: &Context<'_>, out: &mut Checked) 
                 .ok_or_else(|| malformed("empty certificate chain".into()))?;
             let rest = certs
                 .take(8)
-                .map(|c| B64.decode(c.raw_bytes.as_bytes()).map_err(|e| malformed(format!("chain: {e}"))))
+                .map(|c| {
+                    B64.decode(c.raw_bytes.as_bytes())
+                        .map_err(|e| malformed(format!("chain: {e}")))
+                })
                 .collect::<Result<Vec<_>, _>>()?;
             (Some(decode_cert(&leaf.raw_bytes).map_err(malformed)?), rest)
         }
@@ -223,9 +244,13 @@ fn verify(raw: &[u8], image_digest: &str, ctx: &Context<'_>, out: &mut Checked) 
     let signer = match &leaf {
         Some(leaf) => {
             let key = leaf.key().map_err(malformed)?;
-            key.verify_signature(Signature::Raw(&signature), &message).map_err(|_| {
-                Failure::new(Reason::BadSignature, "envelope signature does not verify with the certificate key")
-            })?;
+            key.verify_signature(Signature::Raw(&signature), &message)
+                .map_err(|_| {
+                    Failure::new(
+                        Reason::BadSignature,
+                        "envelope signature does not verify with the certificate key",
+                    )
+                })?;
             Signer::Certificate
         }
         None => {
@@ -242,7 +267,10 @@ fn verify(raw: &[u8], image_digest: &str, ctx: &Context<'_>, out: &mut Checked) 
 
     // 2. The statement must be a cosign signature naming this image.
     if envelope.payload_type != IN_TOTO {
-        return Err(unsupported(format!("payload type {:?}", bound(&envelope.payload_type, 64))));
+        return Err(unsupported(format!(
+            "payload type {:?}",
+            bound(&envelope.payload_type, 64)
+        )));
     }
     let statement: Statement = serde_json::from_slice(&payload)
         .map_err(|e| malformed(format!("in-toto statement: {e}")))?;
@@ -253,18 +281,23 @@ fn verify(raw: &[u8], image_digest: &str, ctx: &Context<'_>, out: &mut Checked) 
         )));
     }
     let (alg, hex_digest) = image_digest.split_once(':').unwrap_or(("", ""));
-    if !statement
-        .subject
-        .iter()
-        .any(|s| s.digest.get(alg).is_some_and(|d| d.eq_ignore_ascii_case(hex_digest)))
-    {
-        return Err(Failure::new(Reason::DigestMismatch, "statement subject is not this image"));
+    if !statement.subject.iter().any(|s| {
+        s.digest
+            .get(alg)
+            .is_some_and(|d| d.eq_ignore_ascii_case(hex_digest))
+    }) {
+        return Err(Failure::new(
+            Reason::DigestMismatch,
+            "statement subject is not this image",
+        ));
     }
 
     // 3. Transparency log.
     let entry = match (entry, &signer) {
         (Some(e), _) => Some(e),
-        (None, Signer::Certificate) => return Err(tlog_bad("keyless bundle has no Rekor entry".into())),
+        (None, Signer::Certificate) => {
+            return Err(tlog_bad("keyless bundle has no Rekor entry".into()))
+        }
         (None, _) => None,
     };
     if let Some(entry) = &entry {
@@ -286,7 +319,9 @@ fn verify(raw: &[u8], image_digest: &str, ctx: &Context<'_>, out: &mut Checked) 
                     .iter()
                     .any(|(s, v)| *s == signature && pem_holds_der(v, want_der))
                 {
-                    return Err(tlog_bad("log entry does not hold this signature and key".into()));
+                    return Err(tlog_bad(
+                        "log entry does not hold this signature and key".into(),
+                    ));
                 }
             }
             _ => return Err(tlog_bad("log entry is not a dsse entry".into())),

@@ -28,7 +28,10 @@ impl Leaf {
     pub fn from_pem(pem_bytes: &[u8]) -> Result<Self, String> {
         let p = pem::parse(pem_bytes).map_err(|e| format!("certificate is not PEM: {e}"))?;
         if p.tag() != "CERTIFICATE" {
-            return Err(format!("PEM block is {:?}, not CERTIFICATE", bound(p.tag(), 32)));
+            return Err(format!(
+                "PEM block is {:?}, not CERTIFICATE",
+                bound(p.tag(), 32)
+            ));
         }
         Self::from_der(p.contents())
     }
@@ -63,7 +66,10 @@ impl Leaf {
             Ok(CertificateSubject::Uri(u)) => u,
             Err(e) => return Err(format!("certificate has no URI or email SAN: {e}")),
         };
-        Ok((bound(&signer, MAX_TEXT), self.issuer().map(|i| bound(&i, MAX_TEXT))))
+        Ok((
+            bound(&signer, MAX_TEXT),
+            self.issuer().map(|i| bound(&i, MAX_TEXT)),
+        ))
     }
 
     fn issuer(&self) -> Option<String> {
@@ -95,7 +101,11 @@ impl Leaf {
         let leaf = CertificateDer::from(self.der.as_slice());
         let ee = webpki::EndEntityCert::try_from(&leaf).map_err(|e| format!("leaf: {e}"))?;
         let mut intermediates: Vec<CertificateDer<'_>> = trust.ca_certs.clone();
-        intermediates.extend(extra_chain.iter().map(|c| CertificateDer::from(c.as_slice())));
+        intermediates.extend(
+            extra_chain
+                .iter()
+                .map(|c| CertificateDer::from(c.as_slice())),
+        );
         let secs = u64::try_from(integrated_time).map_err(|_| "negative integrated time")?;
         let time = UnixTime::since_unix_epoch(std::time::Duration::from_secs(secs));
         ee.verify_for_usage(
@@ -108,7 +118,9 @@ impl Leaf {
             None,
         )
         .map(|_| ())
-        .map_err(|e| format!("certificate does not chain to a trusted Fulcio CA at the integrated time: {e}"))
+        .map_err(|e| {
+            format!("certificate does not chain to a trusted Fulcio CA at the integrated time: {e}")
+        })
     }
 }
 

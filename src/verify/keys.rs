@@ -57,7 +57,10 @@ impl KeyRing {
         logged_key_pem: Option<&[u8]>,
     ) -> Result<Signer, Failure> {
         for k in &self.keys {
-            if k.key.verify_signature(Signature::Raw(signature), message).is_ok() {
+            if k.key
+                .verify_signature(Signature::Raw(signature), message)
+                .is_ok()
+            {
                 return Ok(Signer::Key {
                     name: k.name.clone(),
                     spki: k.spki.clone(),
@@ -70,10 +73,16 @@ impl KeyRing {
                 "no certificate, no Rekor entry and no configured key verifies this signature",
             ));
         };
-        let (key, spki) = parse_public_key(pem_bytes)
-            .map_err(|e| Failure::new(Reason::BadTransparencyLogEntry, format!("logged key: {e}")))?;
+        let (key, spki) = parse_public_key(pem_bytes).map_err(|e| {
+            Failure::new(Reason::BadTransparencyLogEntry, format!("logged key: {e}"))
+        })?;
         key.verify_signature(Signature::Raw(signature), message)
-            .map_err(|_| Failure::new(Reason::BadSignature, "signature does not verify with the logged key"))?;
+            .map_err(|_| {
+                Failure::new(
+                    Reason::BadSignature,
+                    "signature does not verify with the logged key",
+                )
+            })?;
         // A configured key that fails to verify must not be impersonated by its fingerprint.
         let name = self
             .keys
@@ -93,7 +102,10 @@ pub fn fingerprint(spki: &[u8]) -> String {
 fn parse_public_key(pem_bytes: &[u8]) -> Result<(CosignVerificationKey, Vec<u8>), String> {
     let p = pem::parse(pem_bytes).map_err(|e| format!("not PEM: {e}"))?;
     if p.tag() != "PUBLIC KEY" {
-        return Err(format!("PEM block is {:?}, not PUBLIC KEY", crate::posture::bound(p.tag(), 32)));
+        return Err(format!(
+            "PEM block is {:?}, not PUBLIC KEY",
+            crate::posture::bound(p.tag(), 32)
+        ));
     }
     let key = CosignVerificationKey::try_from_der(p.contents()).map_err(|e| e.to_string())?;
     Ok((key, p.contents().to_vec()))

@@ -98,12 +98,19 @@ fn verify(
         Some(leaf) => {
             let key = leaf.key().map_err(malformed)?;
             key.verify_signature(Signature::Raw(&signature), payload)
-                .map_err(|_| Failure::new(Reason::BadSignature, "signature does not verify with the certificate key"))?;
+                .map_err(|_| {
+                    Failure::new(
+                        Reason::BadSignature,
+                        "signature does not verify with the certificate key",
+                    )
+                })?;
             super::Signer::Certificate
         }
         None => {
             let logged_key = match logged.as_ref() {
-                Ok(Some(Body::HashedRekord { public_key_pem, .. })) => Some(public_key_pem.as_slice()),
+                Ok(Some(Body::HashedRekord { public_key_pem, .. })) => {
+                    Some(public_key_pem.as_slice())
+                }
                 _ => None,
             };
             ctx.keys.signer_for(&signature, payload, logged_key)?
@@ -113,8 +120,15 @@ fn verify(
     // 2. The payload must name this image.
     let ss: SimpleSigning = serde_json::from_slice(payload)
         .map_err(|e| malformed(format!("payload is not simple-signing JSON: {e}")))?;
-    if !ss.critical.kind.eq_ignore_ascii_case("cosign container image signature") {
-        return Err(malformed(format!("unexpected payload type {:?}", crate::posture::bound(&ss.critical.kind, 64))));
+    if !ss
+        .critical
+        .kind
+        .eq_ignore_ascii_case("cosign container image signature")
+    {
+        return Err(malformed(format!(
+            "unexpected payload type {:?}",
+            crate::posture::bound(&ss.critical.kind, 64)
+        )));
     }
     if ss.critical.image.digest != image_digest {
         return Err(Failure::new(

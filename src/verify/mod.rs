@@ -23,11 +23,14 @@ use oci_client::manifest::{OciImageIndex, OciImageManifest};
 pub use self::auth::Credentials;
 pub use self::keys::KeyRing;
 use self::keys::Signer;
-pub use self::registry::{FetchError, RegistryClient, RequestHook};
 use self::registry::Repo;
+pub use self::registry::{FetchError, RegistryClient, RequestHook};
 pub use self::trust::{TrustError, TrustMaterial};
 use crate::image::{ImageId, ImageRef};
-use crate::posture::{bound, Reason, SignatureFormat, SignatureRecord, SignatureSource, SignerType, Verdict, MAX_MESSAGE};
+use crate::posture::{
+    bound, Reason, SignatureFormat, SignatureRecord, SignatureSource, SignerType, Verdict,
+    MAX_MESSAGE,
+};
 
 /// Resource bounds for one observation.
 #[derive(Clone, Debug)]
@@ -87,16 +90,23 @@ pub enum SetupError {
 /// The trust root, loaded once; the TUF one is retried (at most once a minute) until it loads.
 struct TrustCell {
     source: TrustSource,
-    state: tokio::sync::Mutex<(Option<Arc<TrustMaterial>>, Option<(Instant, String)>)>,
+    state: tokio::sync::Mutex<TrustState>,
+}
+
+#[derive(Default)]
+struct TrustState {
+    loaded: Option<Arc<TrustMaterial>>,
+    /// The last failure and when it happened.
+    failed: Option<(Instant, String)>,
 }
 
 impl TrustCell {
     async fn get(&self) -> Result<Arc<TrustMaterial>, String> {
         let mut state = self.state.lock().await;
-        if let Some(t) = &state.0 {
+        if let Some(t) = &state.loaded {
             return Ok(t.clone());
         }
-        if let Some((at, why)) = &state.1 {
+        if let Some((at, why)) = &state.failed {
             if at.elapsed() < Duration::from_secs(60) {
                 return Err(why.clone());
             }
@@ -104,11 +114,14 @@ impl TrustCell {
         match TrustMaterial::load(&self.source).await {
             Ok(t) => {
                 let t = Arc::new(t);
-                *state = (Some(t.clone()), None);
+                *state = TrustState {
+                    loaded: Some(t.clone()),
+                    failed: None,
+                };
                 Ok(t)
             }
             Err(e) => {
-                state.1 = Some((Instant::now(), e.to_string()));
+                state.failed = Some((Instant::now(), e.to_string()));
                 Err(e.to_string())
             }
         }
@@ -189,7 +202,11 @@ impl Checked {
         self.0
     }
 
-    fn failed(source: SignatureSource, format: SignatureFormat, failure: Failure) -> SignatureRecord {
+    fn failed(
+        source: SignatureSource,
+        format: SignatureFormat,
+        failure: Failure,
+    ) -> SignatureRecord {
         Checked::new(source, format).finish(Err(failure)).record()
     }
 }
@@ -220,12 +237,17 @@ impl Verifier {
     }
 
     /// Like [`Verifier::new`], with a hook told of every registry request (metrics).
-    pub async fn with_hook(config: VerifierConfig, hook: Option<RequestHook>) -> Result<Self, SetupError> {
+    pub async fn with_hook(
+        config: VerifierConfig,
+        hook: Option<RequestHook>,
+    ) -> Result<Self, SetupError> {
         let credentials = match &config.registry_config {
-            Some(path) => Credentials::from_docker_config(path).map_err(|why| SetupError::RegistryConfig {
-                path: path.clone(),
-                why,
-            })?,
+            Some(path) => {
+                Credentials::from_docker_config(path).map_err(|why| SetupError::RegistryConfig {
+                    path: path.clone(),
+                    why,
+                })?
+            }
             None => Credentials::default(),
         };
         let keys = KeyRing::load(&config.trusted_keys)?;
@@ -247,7 +269,9 @@ impl Verifier {
             (TrustSource::File(_), Err(_)) => {
                 TrustMaterial::load(&config.trust).await?;
             }
-            (_, Err(e)) => tracing::warn!(error = %e, "trust root unavailable; images stay `checking` until it loads"),
+            (_, Err(e)) => {
+                tracing::warn!(error = %e, "trust root unavailable; images stay `checking` until it loads")
+            }
             _ => {}
         }
         Ok(Verifier {
@@ -280,7 +304,10 @@ impl Verifier {
                 format!("tag {tag:?} not found in the registry"),
             )),
             Ok(Err(e)) => Err(e.checking("resolving the tag")),
-            Err(_) => Err(Verdict::checking(Reason::Timeout, "resolving the tag exceeded the time budget")),
+            Err(_) => Err(Verdict::checking(
+                Reason::Timeout,
+                "resolving the tag exceeded the time budget",
+            )),
         }
     }
 
@@ -290,7 +317,10 @@ impl Verifier {
             Ok(v) => v,
             Err(_) => Verdict::checking(
                 Reason::Timeout,
-                format!("verification exceeded the {}s time budget", self.limits.budget.as_secs_f32()),
+                format!(
+                    "verification exceeded the {}s time budget",
+                    self.limits.budget.as_secs_f32()
+                ),
             ),
         }
     }
@@ -327,13 +357,19 @@ impl Verifier {
         let mut records = Vec::new();
         let mut skipped = 0usize;
         if let Some(sig) = sig {
-            match self.legacy_signatures(repo, image, &sig.body, &ctx, &mut skipped).await {
+            match self
+                .legacy_signatures(repo, image, &sig.body, &ctx, &mut skipped)
+                .await
+            {
                 Ok(mut r) => records.append(&mut r),
                 Err(v) => return v,
             }
         }
         if let Some(index) = referrers {
-            match self.bundle_signatures(repo, image, &index.body, &ctx, &mut skipped).await {
+            match self
+                .bundle_signatures(repo, image, &index.body, &ctx, &mut skipped)
+                .await
+            {
                 Ok(mut r) => records.append(&mut r),
                 Err(v) => return v,
             }
@@ -341,7 +377,10 @@ impl Verifier {
         let mut verdict = Verdict::from_signatures(records);
         if skipped > 0 {
             verdict.message = bound(
-                &format!("{}; {skipped} more artifact(s) over the limit were not examined", verdict.message),
+                &format!(
+                    "{}; {skipped} more artifact(s) over the limit were not examined",
+                    verdict.message
+                ),
                 MAX_MESSAGE,
             );
         }
@@ -360,7 +399,11 @@ impl Verifier {
         let manifest: OciImageManifest = match serde_json::from_slice(manifest) {
             Ok(m) => m,
             Err(e) => {
-                return Ok(vec![Checked::failed(src, fmt, Failure::new(Reason::Malformed, format!("signature manifest: {e}")))]);
+                return Ok(vec![Checked::failed(
+                    src,
+                    fmt,
+                    Failure::new(Reason::Malformed, format!("signature manifest: {e}")),
+                )]);
             }
         };
         let layers: Vec<_> = manifest
@@ -369,7 +412,14 @@ impl Verifier {
             .filter(|l| l.media_type == legacy::SIMPLESIGNING_MEDIA_TYPE)
             .collect();
         if layers.is_empty() {
-            return Ok(vec![Checked::failed(src, fmt, Failure::new(Reason::Malformed, "signature manifest has no simple-signing layer"))]);
+            return Ok(vec![Checked::failed(
+                src,
+                fmt,
+                Failure::new(
+                    Reason::Malformed,
+                    "signature manifest has no simple-signing layer",
+                ),
+            )]);
         }
         *skipped += layers.len().saturating_sub(self.limits.max_signatures);
         let layers = &layers[..layers.len().min(self.limits.max_signatures)];
@@ -377,17 +427,32 @@ impl Verifier {
             if l.size < 0 || l.size as usize > self.limits.max_blob_bytes {
                 return Ok(None);
             }
-            self.registry.blob(repo, &l.digest, self.limits.max_blob_bytes).await.map(Some)
+            self.registry
+                .blob(repo, &l.digest, self.limits.max_blob_bytes)
+                .await
+                .map(Some)
         }))
         .await;
         let mut out = Vec::new();
         for (layer, blob) in layers.iter().zip(blobs) {
             let record = match blob {
                 Ok(Some(payload)) => {
-                    let annotations = layer.annotations.clone().unwrap_or_default().into_iter().collect();
+                    let annotations = layer
+                        .annotations
+                        .clone()
+                        .unwrap_or_default()
+                        .into_iter()
+                        .collect();
                     legacy::classify(&annotations, &payload, &image.digest, ctx).record()
                 }
-                Ok(None) => Checked::failed(src, fmt, Failure::new(Reason::Malformed, format!("signature layer of {} bytes is over the limit", layer.size))),
+                Ok(None) => Checked::failed(
+                    src,
+                    fmt,
+                    Failure::new(
+                        Reason::Malformed,
+                        format!("signature layer of {} bytes is over the limit", layer.size),
+                    ),
+                ),
                 Err(e) => return Err(e.checking("signature payload")),
             };
             out.push(record);
@@ -407,13 +472,21 @@ impl Verifier {
         let index: OciImageIndex = match serde_json::from_slice(index) {
             Ok(i) => i,
             Err(e) => {
-                return Ok(vec![Checked::failed(src, fmt, Failure::new(Reason::Malformed, format!("referrers index: {e}")))]);
+                return Ok(vec![Checked::failed(
+                    src,
+                    fmt,
+                    Failure::new(Reason::Malformed, format!("referrers index: {e}")),
+                )]);
             }
         };
         let candidates: Vec<_> = index
             .manifests
             .iter()
-            .filter(|m| m.artifact_type.as_deref().is_some_and(bundle::is_bundle_type))
+            .filter(|m| {
+                m.artifact_type
+                    .as_deref()
+                    .is_some_and(bundle::is_bundle_type)
+            })
             .filter(|m| {
                 // Attestations are bundles too; only the cosign signing predicate is a signature.
                 m.annotations
@@ -424,14 +497,21 @@ impl Verifier {
             .collect();
         *skipped += candidates.len().saturating_sub(self.limits.max_signatures);
         let candidates = &candidates[..candidates.len().min(self.limits.max_signatures)];
-        let fetched = join_all(candidates.iter().map(|entry| self.bundle_blob(repo, &entry.digest))).await;
+        let fetched = join_all(
+            candidates
+                .iter()
+                .map(|entry| self.bundle_blob(repo, &entry.digest)),
+        )
+        .await;
         let mut out = Vec::new();
         for result in fetched {
             match result {
                 Ok(Ok(raw)) => {
                     let checked = bundle::classify(&raw, &image.digest, ctx);
                     // A bundle that turns out to be an attestation is not a signature artifact.
-                    if checked.reason == Reason::UnsupportedFormat && checked.message.starts_with("predicate ") {
+                    if checked.reason == Reason::UnsupportedFormat
+                        && checked.message.starts_with("predicate ")
+                    {
                         continue;
                     }
                     out.push(checked.record());
@@ -445,17 +525,39 @@ impl Verifier {
 
     /// The bundle blob of one referrer manifest. Outer error: could not fetch (checking);
     /// inner error: the artifact itself is broken (invalid-signature).
-    async fn bundle_blob(&self, repo: Repo<'_>, digest: &str) -> Result<Result<bytes::Bytes, Failure>, FetchError> {
-        let manifest = self.registry.manifest(repo, digest, self.limits.max_manifest_bytes).await?;
+    async fn bundle_blob(
+        &self,
+        repo: Repo<'_>,
+        digest: &str,
+    ) -> Result<Result<bytes::Bytes, Failure>, FetchError> {
+        let manifest = self
+            .registry
+            .manifest(repo, digest, self.limits.max_manifest_bytes)
+            .await?;
         let manifest: OciImageManifest = match serde_json::from_slice(&manifest.body) {
             Ok(m) => m,
-            Err(e) => return Ok(Err(Failure::new(Reason::Malformed, format!("referrer manifest: {e}")))),
+            Err(e) => {
+                return Ok(Err(Failure::new(
+                    Reason::Malformed,
+                    format!("referrer manifest: {e}"),
+                )))
+            }
         };
-        let Some(layer) = manifest.layers.iter().find(|l| bundle::is_bundle_type(&l.media_type)) else {
-            return Ok(Err(Failure::new(Reason::Malformed, "referrer manifest has no bundle layer")));
+        let Some(layer) = manifest
+            .layers
+            .iter()
+            .find(|l| bundle::is_bundle_type(&l.media_type))
+        else {
+            return Ok(Err(Failure::new(
+                Reason::Malformed,
+                "referrer manifest has no bundle layer",
+            )));
         };
         if layer.size < 0 || layer.size as usize > self.limits.max_blob_bytes {
-            return Ok(Err(Failure::new(Reason::Malformed, format!("bundle of {} bytes is over the limit", layer.size))));
+            return Ok(Err(Failure::new(
+                Reason::Malformed,
+                format!("bundle of {} bytes is over the limit", layer.size),
+            )));
         }
         self.registry
             .blob(repo, &layer.digest, self.limits.max_blob_bytes)

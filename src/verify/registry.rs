@@ -152,7 +152,12 @@ impl RegistryClient {
         reference: &str,
         max: usize,
     ) -> Result<Fetched, FetchError> {
-        let url = format!("{}/{}/manifests/{}", self.base(repo.host), repo.name, reference);
+        let url = format!(
+            "{}/{}/manifests/{}",
+            self.base(repo.host),
+            repo.name,
+            reference
+        );
         let fetched = self.get(repo, &url, MANIFEST_ACCEPT, max).await?;
         if reference.contains(':') && fetched.digest != reference {
             return Err(FetchError::Protocol(format!(
@@ -164,8 +169,17 @@ impl RegistryClient {
     }
 
     /// HEAD a manifest: its digest, from `Docker-Content-Digest` (tag resolution).
-    pub async fn manifest_digest(&self, repo: Repo<'_>, reference: &str) -> Result<String, FetchError> {
-        let url = format!("{}/{}/manifests/{}", self.base(repo.host), repo.name, reference);
+    pub async fn manifest_digest(
+        &self,
+        repo: Repo<'_>,
+        reference: &str,
+    ) -> Result<String, FetchError> {
+        let url = format!(
+            "{}/{}/manifests/{}",
+            self.base(repo.host),
+            repo.name,
+            reference
+        );
         let resp = self.send(Method::HEAD, repo, &url, MANIFEST_ACCEPT).await?;
         resp.headers()
             .get("docker-content-digest")
@@ -176,7 +190,12 @@ impl RegistryClient {
     }
 
     /// GET a blob and check it against its digest.
-    pub async fn blob(&self, repo: Repo<'_>, digest: &str, max: usize) -> Result<Bytes, FetchError> {
+    pub async fn blob(
+        &self,
+        repo: Repo<'_>,
+        digest: &str,
+        max: usize,
+    ) -> Result<Bytes, FetchError> {
         let url = format!("{}/{}/blobs/{}", self.base(repo.host), repo.name, digest);
         let fetched = self.get(repo, &url, "*/*", max).await?;
         if fetched.digest != digest {
@@ -197,7 +216,12 @@ impl RegistryClient {
         max: usize,
     ) -> Result<Option<Fetched>, FetchError> {
         if !self.knows_no_referrers_api(repo.host) {
-            let url = format!("{}/{}/referrers/{}", self.base(repo.host), repo.name, digest);
+            let url = format!(
+                "{}/{}/referrers/{}",
+                self.base(repo.host),
+                repo.name,
+                digest
+            );
             match self
                 .get(repo, &url, "application/vnd.oci.image.index.v1+json", max)
                 .await
@@ -234,7 +258,13 @@ impl RegistryClient {
         }
     }
 
-    async fn get(&self, repo: Repo<'_>, url: &str, accept: &str, max: usize) -> Result<Fetched, FetchError> {
+    async fn get(
+        &self,
+        repo: Repo<'_>,
+        url: &str,
+        accept: &str,
+        max: usize,
+    ) -> Result<Fetched, FetchError> {
         let mut resp = self.send(Method::GET, repo, url, accept).await?;
         if let Some(len) = resp.content_length() {
             if len > max as u64 {
@@ -264,7 +294,13 @@ impl RegistryClient {
     /// Sends one request with whatever auth this host needs. A 401 challenge is answered once
     /// (token fetch, or basic credentials) and the request re-sent; that is auth negotiation and
     /// is remembered per host and repository so later images pay nothing for it.
-    async fn send(&self, method: Method, repo: Repo<'_>, url: &str, accept: &str) -> Result<reqwest::Response, FetchError> {
+    async fn send(
+        &self,
+        method: Method,
+        repo: Repo<'_>,
+        url: &str,
+        accept: &str,
+    ) -> Result<reqwest::Response, FetchError> {
         let mut auth = self.auth_header(repo).await?;
         for attempt in 0..2 {
             let mut req = self
@@ -325,10 +361,10 @@ impl RegistryClient {
             None => return Ok(None),
             Some(Challenge::Basic) => basic,
             Some(Challenge::Bearer { realm, service }) => {
-                let mut req = self.http.get(&realm).query(&[(
-                    "scope",
-                    format!("repository:{}:pull", repo.name),
-                )]);
+                let mut req = self
+                    .http
+                    .get(&realm)
+                    .query(&[("scope", format!("repository:{}:pull", repo.name))]);
                 if let Some(service) = service {
                     req = req.query(&[("service", service)]);
                 }
@@ -343,9 +379,10 @@ impl RegistryClient {
                 }
                 let token: TokenResponse = serde_json::from_slice(&body)
                     .map_err(|e| FetchError::Protocol(format!("token response: {e}")))?;
-                let token = token.token.or(token.access_token).ok_or_else(|| {
-                    FetchError::Protocol("token response without a token".into())
-                })?;
+                let token = token
+                    .token
+                    .or(token.access_token)
+                    .ok_or_else(|| FetchError::Protocol("token response without a token".into()))?;
                 Some(
                     HeaderValue::from_str(&format!("Bearer {token}"))
                         .map_err(|_| FetchError::Protocol("token is not a header value".into()))?,
@@ -408,9 +445,8 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
 fn classify_transport(e: reqwest::Error) -> FetchError {
     if e.is_timeout() {
         FetchError::Timeout
-    } else if e.is_connect() {
-        FetchError::Unreachable(bound(&error_chain(&e), 200))
     } else {
+        // Connection refused, DNS, TLS, a reset mid-body: the registry was not reachable.
         FetchError::Unreachable(bound(&error_chain(&e), 200))
     }
 }

@@ -74,8 +74,8 @@ impl LogEntry {
         };
         match (entry.kind.as_str(), entry.spec) {
             ("hashedrekord", spec) => {
-                let spec: HashedRekordSpec = serde_json::from_value(spec)
-                    .map_err(|e| format!("hashedrekord entry: {e}"))?;
+                let spec: HashedRekordSpec =
+                    serde_json::from_value(spec).map_err(|e| format!("hashedrekord entry: {e}"))?;
                 if spec.data.hash.algorithm != "sha256" {
                     return Err(format!("unsupported hash {}", spec.data.hash.algorithm));
                 }
@@ -91,14 +91,22 @@ impl LogEntry {
                 let signatures = spec
                     .signatures
                     .iter()
-                    .map(|s| Ok((decode(&s.signature, "signature")?, decode(&s.verifier, "verifier")?)))
+                    .map(|s| {
+                        Ok((
+                            decode(&s.signature, "signature")?,
+                            decode(&s.verifier, "verifier")?,
+                        ))
+                    })
                     .collect::<Result<Vec<_>, String>>()?;
                 Ok(Body::Dsse {
                     payload_sha256: spec.payload_hash.value.to_ascii_lowercase(),
                     signatures,
                 })
             }
-            (kind, _) => Err(format!("unsupported log entry kind {:?}", crate::posture::bound(kind, 32))),
+            (kind, _) => Err(format!(
+                "unsupported log entry kind {:?}",
+                crate::posture::bound(kind, 32)
+            )),
         }
     }
 }

@@ -44,8 +44,7 @@ impl TrustMaterial {
     pub async fn load(source: &TrustSource) -> Result<Self, TrustError> {
         let root = match source {
             TrustSource::File(path) => {
-                let data =
-                    std::fs::read(path).map_err(|e| TrustError::Read(path.clone(), e))?;
+                let data = std::fs::read(path).map_err(|e| TrustError::Read(path.clone(), e))?;
                 SigstoreTrustRoot::from_trusted_root_json_unchecked(&data)
                     .map_err(|e| TrustError::Invalid(format!("{}: {e}", path.display())))?
             }

@@ -78,9 +78,18 @@ impl Oci {
             .send()
             .await
             .expect("start upload");
-        assert_eq!(r.status().as_u16(), 202, "start upload in {repo}: {:?}", r.text().await);
+        assert_eq!(
+            r.status().as_u16(),
+            202,
+            "start upload in {repo}: {:?}",
+            r.text().await
+        );
         let location = r.headers()["location"].to_str().unwrap().to_string();
-        let location = if location.starts_with('/') { format!("{base}{location}") } else { location };
+        let location = if location.starts_with('/') {
+            format!("{base}{location}")
+        } else {
+            location
+        };
         let sep = if location.contains('?') { '&' } else { '?' };
         let r = self
             .client
@@ -90,44 +99,79 @@ impl Oci {
             .send()
             .await
             .expect("finish upload");
-        assert_eq!(r.status().as_u16(), 201, "upload {} to {repo}: {:?}", desc.digest, r.text().await);
+        assert_eq!(
+            r.status().as_u16(),
+            201,
+            "upload {} to {repo}: {:?}",
+            desc.digest,
+            r.text().await
+        );
         desc
     }
 
     /// `PUT /v2/<repo>/manifests/<reference>`; returns the manifest's descriptor.
-    pub async fn put_manifest(&self, repo: &str, reference: &str, media_type: &str, body: &[u8]) -> Desc {
+    pub async fn put_manifest(
+        &self,
+        repo: &str,
+        reference: &str,
+        media_type: &str,
+        body: &[u8],
+    ) -> Desc {
         let desc = Desc::of(media_type, body);
         let r = self
             .client
-            .put(format!("http://{}/v2/{repo}/manifests/{reference}", self.host))
+            .put(format!(
+                "http://{}/v2/{repo}/manifests/{reference}",
+                self.host
+            ))
             .header("content-type", media_type)
             .body(body.to_vec())
             .send()
             .await
             .expect("put manifest");
-        assert_eq!(r.status().as_u16(), 201, "put manifest {repo}:{reference}: {:?}", r.text().await);
+        assert_eq!(
+            r.status().as_u16(),
+            201,
+            "put manifest {repo}:{reference}: {:?}",
+            r.text().await
+        );
         if let Some(d) = r.headers().get("docker-content-digest") {
-            assert_eq!(d.to_str().unwrap(), desc.digest, "registry digest differs from ours");
+            assert_eq!(
+                d.to_str().unwrap(),
+                desc.digest,
+                "registry digest differs from ours"
+            );
         }
         desc
     }
 
     /// A small random image (config + one layer) tagged `tag`; the identity is its digest.
     pub async fn push_image(&self, repo: &str, tag: &str) -> Pushed {
-        let layer = self.push_blob(repo, "application/vnd.oci.image.layer.v1.tar", &nonce()).await;
+        let layer = self
+            .push_blob(repo, "application/vnd.oci.image.layer.v1.tar", &nonce())
+            .await;
         let config = json!({
             "architecture": "amd64",
             "os": "linux",
             "rootfs": { "type": "layers", "diff_ids": [layer.digest] }
         });
-        let config = self.push_blob(repo, OCI_CONFIG, &serde_json::to_vec(&config).unwrap()).await;
+        let config = self
+            .push_blob(repo, OCI_CONFIG, &serde_json::to_vec(&config).unwrap())
+            .await;
         let manifest = json!({
             "schemaVersion": 2,
             "mediaType": OCI_MANIFEST,
             "config": config.json(),
             "layers": [layer.json()]
         });
-        let manifest = self.put_manifest(repo, tag, OCI_MANIFEST, &serde_json::to_vec(&manifest).unwrap()).await;
+        let manifest = self
+            .put_manifest(
+                repo,
+                tag,
+                OCI_MANIFEST,
+                &serde_json::to_vec(&manifest).unwrap(),
+            )
+            .await;
         Pushed {
             id: ImageId {
                 registry: self.host.clone(),
@@ -156,7 +200,9 @@ impl Oci {
             "rootfs": { "type": "layers", "diff_ids": diff_ids },
             "config": {}
         });
-        let config = self.push_blob(repo, OCI_CONFIG, &serde_json::to_vec(&config).unwrap()).await;
+        let config = self
+            .push_blob(repo, OCI_CONFIG, &serde_json::to_vec(&config).unwrap())
+            .await;
         let manifest = json!({
             "schemaVersion": 2,
             "mediaType": OCI_MANIFEST,
@@ -164,7 +210,13 @@ impl Oci {
             "layers": descs
         });
         let tag = format!("{}.sig", tag_digest.replace(':', "-"));
-        self.put_manifest(repo, &tag, OCI_MANIFEST, &serde_json::to_vec(&manifest).unwrap()).await
+        self.put_manifest(
+            repo,
+            &tag,
+            OCI_MANIFEST,
+            &serde_json::to_vec(&manifest).unwrap(),
+        )
+        .await
     }
 
     /// Attaches a Sigstore bundle the way cosign v3 does: a referrer manifest pushed by digest
@@ -193,8 +245,13 @@ impl Oci {
         entry["artifactType"] = json!(BUNDLE_V03);
         entry["annotations"] = annotations;
         let index = json!({ "schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [entry] });
-        self.put_manifest(repo, &image.id.referrers_tag(), OCI_INDEX, &serde_json::to_vec(&index).unwrap())
-            .await;
+        self.put_manifest(
+            repo,
+            &image.id.referrers_tag(),
+            OCI_INDEX,
+            &serde_json::to_vec(&index).unwrap(),
+        )
+        .await;
         referrer
     }
 }
@@ -206,7 +263,12 @@ fn nonce() -> Vec<u8> {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_nanos();
-    format!("layer {t} {} {}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)).into_bytes()
+    format!(
+        "layer {t} {} {}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+    .into_bytes()
 }
 
 /// The cosign simple-signing payload for `id`, byte for byte as cosign writes it.
@@ -243,7 +305,12 @@ pub enum Spoil {
 
 /// A legacy cosign signature layer over `id`'s payload. Keyless signers get certificate and
 /// chain annotations; `rekor` adds a bundle annotation with a hashedrekord entry.
-pub fn legacy_layer(id: &ImageId, signer: &Signer, rekor: Option<&Rekor>, spoil: Spoil) -> SigLayer {
+pub fn legacy_layer(
+    id: &ImageId,
+    signer: &Signer,
+    rekor: Option<&Rekor>,
+    spoil: Spoil,
+) -> SigLayer {
     let payload = simple_signing_payload(id);
     let signature = b64(signer.sign(&payload));
     let mut ann = Map::new();
@@ -280,7 +347,10 @@ pub fn legacy_layer(id: &ImageId, signer: &Signer, rekor: Option<&Rekor>, spoil:
         }
         Spoil::None | Spoil::AlterRekorBody => {}
     }
-    SigLayer { payload, annotations: ann }
+    SigLayer {
+        payload,
+        annotations: ann,
+    }
 }
 
 /// Rekor `hashedrekord` v0.0.1 entry body for a signature over `payload`.
@@ -328,7 +398,13 @@ pub fn cosign_statement(id: &ImageId) -> Vec<u8> {
 
 /// DSSE pre-authentication encoding.
 pub fn pae(payload_type: &str, payload: &[u8]) -> Vec<u8> {
-    let mut out = format!("DSSEv1 {} {} {} ", payload_type.len(), payload_type, payload.len()).into_bytes();
+    let mut out = format!(
+        "DSSEv1 {} {} {} ",
+        payload_type.len(),
+        payload_type,
+        payload.len()
+    )
+    .into_bytes();
     out.extend_from_slice(payload);
     out
 }

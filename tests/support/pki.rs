@@ -18,7 +18,8 @@ use sha2::{Digest as _, Sha256};
 
 pub const GITHUB_ISSUER: &str = "https://token.actions.githubusercontent.com";
 pub const GOOGLE_ISSUER: &str = "https://accounts.google.com";
-pub const WORKFLOW_URI: &str = "https://github.com/acme/app/.github/workflows/release.yml@refs/heads/main";
+pub const WORKFLOW_URI: &str =
+    "https://github.com/acme/app/.github/workflows/release.yml@refs/heads/main";
 pub const EMAIL: &str = "dev@example.com";
 /// Fulcio's legacy issuer extension: the raw issuer string as the extension value.
 const OID_ISSUER_V1: &[u64] = &[1, 3, 6, 1, 4, 1, 57264, 1, 1];
@@ -26,7 +27,10 @@ const OID_ISSUER_V1: &[u64] = &[1, 3, 6, 1, 4, 1, 57264, 1, 1];
 const OID_ISSUER_V2: &[u64] = &[1, 3, 6, 1, 4, 1, 57264, 1, 8];
 
 pub fn unix_now() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
 }
 
 /// Parameters valid between two unix times. rcgen's time type is reached through
@@ -66,12 +70,18 @@ pub enum Identity {
 impl Identity {
     /// A GitHub Actions workflow identity (URI SAN).
     pub fn github() -> Self {
-        Identity::Uri { uri: WORKFLOW_URI.into(), issuer: GITHUB_ISSUER.into() }
+        Identity::Uri {
+            uri: WORKFLOW_URI.into(),
+            issuer: GITHUB_ISSUER.into(),
+        }
     }
 
     /// A Google account identity (email SAN).
     pub fn google() -> Self {
-        Identity::Email { email: EMAIL.into(), issuer: GOOGLE_ISSUER.into() }
+        Identity::Email {
+            email: EMAIL.into(),
+            issuer: GOOGLE_ISSUER.into(),
+        }
     }
 
     pub fn san(&self) -> &str {
@@ -162,7 +172,9 @@ impl Ca {
         p.distinguished_name = DistinguishedName::new();
         p.subject_alt_names = vec![match identity {
             Identity::Uri { uri, .. } => SanType::URI(uri.clone().try_into().expect("ia5 uri")),
-            Identity::Email { email, .. } => SanType::Rfc822Name(email.clone().try_into().expect("ia5 email")),
+            Identity::Email { email, .. } => {
+                SanType::Rfc822Name(email.clone().try_into().expect("ia5 email"))
+            }
         }];
         p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         p.extended_key_usages = vec![ExtendedKeyUsagePurpose::CodeSigning];
@@ -175,7 +187,10 @@ impl Ca {
         let key = p256();
         let cert = match &self.intermediate {
             Some((ip, ik, _, _)) => p.signed_by(&key, &Issuer::from_params(ip, ik)),
-            None => p.signed_by(&key, &Issuer::from_params(&self.root_params, &self.root_key)),
+            None => p.signed_by(
+                &key,
+                &Issuer::from_params(&self.root_params, &self.root_key),
+            ),
         }
         .expect("leaf cert");
         Leaf {
@@ -221,7 +236,12 @@ impl TestKey {
         let public_pem = key.public_key_pem();
         std::fs::write(&path, &public_pem).expect("write public key");
         let fingerprint = format!("sha256:{}", sha256_hex(key.subject_public_key_info()));
-        TestKey { key, public_pem, path, fingerprint }
+        TestKey {
+            key,
+            public_pem,
+            path,
+            fingerprint,
+        }
     }
 }
 
@@ -273,12 +293,19 @@ impl Rekor {
         let key = p256();
         let public_der = key.subject_public_key_info();
         let log_id: [u8; 32] = Sha256::digest(&public_der).into();
-        Rekor { key, public_der, log_id }
+        Rekor {
+            key,
+            public_der,
+            log_id,
+        }
     }
 
     /// A log with a different key that claims this log's ID (forged SETs).
     pub fn impostor(&self) -> Rekor {
-        Rekor { log_id: self.log_id, ..Rekor::new() }
+        Rekor {
+            log_id: self.log_id,
+            ..Rekor::new()
+        }
     }
 
     pub fn log_id_hex(&self) -> String {
@@ -372,7 +399,8 @@ impl Pki {
             "timestampAuthorities": []
         });
         let path = dir.join("trusted_root.json");
-        std::fs::write(&path, serde_json::to_vec_pretty(&root).unwrap()).expect("write trusted root");
+        std::fs::write(&path, serde_json::to_vec_pretty(&root).unwrap())
+            .expect("write trusted root");
         path
     }
 }

@@ -127,7 +127,8 @@ async fn serve_connection(sock: TcpStream, state: Arc<State>) {
             method: req.method.clone(),
             path: req.target.clone(),
         });
-        let close = header(&req.headers, "connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
+        let close =
+            header(&req.headers, "connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
         let (mode, filter) = state.mode.lock().unwrap().clone();
         let mode = match filter {
             Some(needle) if !req.target.contains(&needle) => Mode::Pass,
@@ -148,7 +149,9 @@ async fn serve_connection(sock: TcpStream, state: Arc<State>) {
 }
 
 /// Reads one request (head and body); `None` at a clean end of the connection.
-async fn read_request<R: tokio::io::AsyncBufRead + Unpin>(r: &mut R) -> std::io::Result<Option<Request>> {
+async fn read_request<R: tokio::io::AsyncBufRead + Unpin>(
+    r: &mut R,
+) -> std::io::Result<Option<Request>> {
     let mut line = String::new();
     if r.read_line(&mut line).await? == 0 {
         return Ok(None);
@@ -172,16 +175,24 @@ async fn read_request<R: tokio::io::AsyncBufRead + Unpin>(r: &mut R) -> std::io:
             headers.push((k.trim().to_string(), v.trim().to_string()));
         }
     }
-    let chunked = header(&headers, "transfer-encoding").is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
+    let chunked = header(&headers, "transfer-encoding")
+        .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
     let body = if chunked {
         read_chunked(r).await?
     } else {
-        let len: usize = header(&headers, "content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
+        let len: usize = header(&headers, "content-length")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
         let mut body = vec![0; len];
         r.read_exact(&mut body).await?;
         body
     };
-    Ok(Some(Request { method, target, headers, body }))
+    Ok(Some(Request {
+        method,
+        target,
+        headers,
+        body,
+    }))
 }
 
 async fn read_chunked<R: tokio::io::AsyncBufRead + Unpin>(r: &mut R) -> std::io::Result<Vec<u8>> {
@@ -263,7 +274,11 @@ async fn forward(state: &State, req: Request) -> Vec<u8> {
         if HOP_BY_HOP.contains(&name) {
             continue;
         }
-        head.push_str(&format!("{}: {}\r\n", name, String::from_utf8_lossy(v.as_bytes())));
+        head.push_str(&format!(
+            "{}: {}\r\n",
+            name,
+            String::from_utf8_lossy(v.as_bytes())
+        ));
     }
     let body = resp.bytes().await.map(|b| b.to_vec()).unwrap_or_default();
     // A HEAD answer keeps the upstream's length (it describes the GET body) and has no body.

@@ -35,8 +35,12 @@ impl Registry {
     /// Starts a fresh registry process (prefer [`shared`]).
     pub fn start() -> Registry {
         if let Ok(host) = std::env::var("IMAGEPOSTURE_TEST_REGISTRY") {
-            wait_ready(&host, None).unwrap_or_else(|e| panic!("IMAGEPOSTURE_TEST_REGISTRY={host}: {e}"));
-            return Registry { host, process: None };
+            wait_ready(&host, None)
+                .unwrap_or_else(|e| panic!("IMAGEPOSTURE_TEST_REGISTRY={host}: {e}"));
+            return Registry {
+                host,
+                process: None,
+            };
         }
         if !Path::new(BINARY).exists() {
             panic!(
@@ -165,7 +169,10 @@ fn wait_ready(host: &str, mut child: Option<&mut Child>) -> Result<(), String> {
 fn get_status(host: &str, path: &str) -> std::io::Result<u16> {
     let mut s = TcpStream::connect(host)?;
     s.set_read_timeout(Some(Duration::from_secs(2)))?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )?;
     let mut buf = [0u8; 64];
     let n = s.read(&mut buf)?;
     let line = String::from_utf8_lossy(&buf[..n]);
