@@ -123,19 +123,6 @@ pub async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
             instance: Some(identity.clone()),
         },
     );
-    let sweeper = Sweeper::new(
-        Api::all(client.clone()),
-        recorder,
-        observer,
-        SweepConfig {
-            grace: args.grace,
-            namespaces: NamespaceFilter {
-                include: args.include_namespaces.clone(),
-                exclude: args.exclude_namespaces.clone(),
-            },
-        },
-    );
-
     // Reflectors: what pods run, and what we wrote before.
     let changed = Arc::new(Notify::new());
     let (pods, pod_writer) = reflector::store::<Pod>();
@@ -173,6 +160,23 @@ pub async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
         Some((elector, rx))
     } else {
         None
+    };
+
+    let sweeper = Sweeper::new(
+        Api::all(client.clone()),
+        recorder,
+        observer,
+        SweepConfig {
+            grace: args.grace,
+            namespaces: NamespaceFilter {
+                include: args.include_namespaces.clone(),
+                exclude: args.exclude_namespaces.clone(),
+            },
+        },
+    );
+    let sweeper = match &leader {
+        Some((_, rx)) => sweeper.with_gate(rx.clone()),
+        None => sweeper,
     };
 
     let mut was_leader = false;

@@ -56,6 +56,8 @@ pub struct SweepReport {
     pub events: usize,
     pub deferred: usize,
     pub errors: usize,
+    /// Leadership was lost during the pass; the rest of it was skipped.
+    pub aborted: bool,
     pub by_posture: Vec<(Posture, i64)>,
 }
 
@@ -72,6 +74,9 @@ pub struct Sweeper {
     config: SweepConfig,
     /// When each resource was first seen unused (in memory: a restart only delays deletion).
     unused_since: Mutex<HashMap<String, DateTime<Utc>>>,
+    /// Leadership: checked before every write, so a replica that lost its Lease mid-sweep
+    /// stops writing at once. `None` writes unconditionally (single replica, tests).
+    gate: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 /// Attempts per write when the API server answers 409 Conflict.
@@ -90,7 +95,18 @@ impl Sweeper {
             observer,
             config,
             unused_since: Mutex::default(),
+            gate: None,
         }
+    }
+
+    /// Writes only while the watch says this replica leads.
+    pub fn with_gate(mut self, gate: tokio::sync::watch::Receiver<bool>) -> Self {
+        self.gate = Some(gate);
+        self
+    }
+
+    fn may_write(&self) -> bool {
+        self.gate.as_ref().is_none_or(|g| *g.borrow())
     }
 
     pub fn observer(&self) -> &Observer {
@@ -146,6 +162,11 @@ impl Sweeper {
 
         let mut counts: HashMap<Posture, i64> = HashMap::new();
         for id in &order {
+            if !self.may_write() {
+                report.aborted = true;
+                tracing::warn!("leadership lost; sweep stopped before writing");
+                return report;
+            }
             let o = &observed[id];
             *counts.entry(o.verdict.posture).or_default() += 1;
             if o.verdict.reason == Reason::Deferred {
