@@ -171,11 +171,11 @@ fn drop_null_from_enums(schema: &mut schemars::Schema) {
 }
 
 /// `signatureDigests` key: digest of the cosign `sha256-<hex>.sig` tag's manifest.
-pub const DIGEST_SIG_TAG: &str = "sigTag";
+pub const DIGEST_SIG_TAG: &str = crate::posture::EVIDENCE_SIG_TAG;
 /// `signatureDigests` key: digest of the OCI 1.1 referrers index (native API).
-pub const DIGEST_REFERRERS: &str = "referrers";
+pub const DIGEST_REFERRERS: &str = crate::posture::EVIDENCE_REFERRERS;
 /// `signatureDigests` key: digest of the referrers tag-schema fallback index (`sha256-<hex>`).
-pub const DIGEST_REFERRERS_TAG: &str = "referrersTag";
+pub const DIGEST_REFERRERS_TAG: &str = crate::posture::EVIDENCE_REFERRERS_TAG;
 
 /// How widely the image is used; the namespace list is bounded, the count is not.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -254,6 +254,7 @@ impl ImagePostureStatus {
             reason: Some(v.reason),
             message: v.message.clone(),
             signatures: v.signatures.clone(),
+            signature_digests: v.artifact_digests.clone(),
             ..Default::default()
         };
         s.enforce_bounds();

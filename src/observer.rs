@@ -1,6 +1,8 @@
 //! The observer: a cache in front of the verifier, so an unchanged image costs no I/O.
 //!
-//! - Resting postures are cached for a TTL, keyed by `registry/repository@digest`.
+//! - Resting postures are cached for a TTL, keyed by `registry/repository@digest`. After the
+//!   TTL, the digests of the signature listings are compared first (HEAD requests); only a
+//!   change, or any doubt, triggers a full verification.
 //! - `checking` is never cached; it puts the registry into backoff (honouring `Retry-After`)
 //!   so a struggling registry is not hammered, and is retried on a later pass.
 //! - At most `max_images` images are tracked; the overflow is deferred visibly (`checking`,
@@ -62,7 +64,10 @@ pub struct Observed {
 #[derive(Clone)]
 struct Entry {
     verdict: Verdict,
+    /// When the verdict was reached by a full verification.
     verified_at: DateTime<Utc>,
+    /// When it was last confirmed (verified, or revalidated unchanged): the TTL runs from here.
+    checked_at: DateTime<Utc>,
 }
 
 struct Backoff {
@@ -76,6 +81,8 @@ struct Backoff {
 pub struct ObserverStats {
     pub hits: u64,
     pub misses: u64,
+    /// Expired entries confirmed unchanged by their artifact digests (no download).
+    pub revalidated: u64,
     pub deferred: u64,
 }
 
@@ -123,7 +130,8 @@ impl Observer {
         age.to_std().map(|a| a >= self.config.ttl).unwrap_or(false)
     }
 
-    /// Warm start: adopt a resting verdict recorded in a CR, if still within the TTL.
+    /// Warm start: adopt a resting verdict recorded in a CR (within the TTL it is a cache hit;
+    /// past it, a cheap revalidation).
     pub fn seed(
         &self,
         id: ImageId,
@@ -131,16 +139,18 @@ impl Observer {
         verified_at: DateTime<Utc>,
         now: DateTime<Utc>,
     ) {
-        if !verdict.posture.is_resting() || self.expired(verified_at, now) {
+        if !verdict.posture.is_resting() || verified_at > now {
             return;
         }
         let mut cache = self.cache.lock().unwrap();
         if cache.len() < self.config.max_images || cache.contains_key(&id) {
+            // An expired seed is still useful: it is revalidated by digest, not re-downloaded.
             cache.insert(
                 id,
                 Entry {
                     verdict,
                     verified_at,
+                    checked_at: verified_at,
                 },
             );
         }
@@ -194,7 +204,7 @@ impl Observer {
             let mut free = self.config.max_images.saturating_sub(cache.len());
             for id in ids {
                 match cache.get(id) {
-                    Some(e) if !self.expired(e.verified_at, now) => {
+                    Some(e) if !self.expired(e.checked_at, now) => {
                         stats.hits += 1;
                         if let Some(m) = &self.metrics {
                             m.cache_hit();
@@ -269,6 +279,24 @@ impl Observer {
                 fresh: false,
             };
         }
+        let expired = self.cache.lock().unwrap().get(id).cloned();
+        if let Some(entry) = expired {
+            if self
+                .verifier
+                .unchanged(id, &entry.verdict.artifact_digests)
+                .await
+            {
+                self.stats.lock().unwrap().revalidated += 1;
+                if let Some(e) = self.cache.lock().unwrap().get_mut(id) {
+                    e.checked_at = now;
+                }
+                return Observed {
+                    verdict: entry.verdict,
+                    verified_at: Some(entry.verified_at),
+                    fresh: false,
+                };
+            }
+        }
         self.stats.lock().unwrap().misses += 1;
         let verdict = self.verifier.observe(id).await;
         if let Some(m) = &self.metrics {
@@ -284,6 +312,7 @@ impl Observer {
                     Entry {
                         verdict: verdict.clone(),
                         verified_at: now,
+                        checked_at: now,
                     },
                 );
             }

@@ -121,6 +121,13 @@ impl std::fmt::Display for Reason {
     }
 }
 
+/// Evidence key: digest of the cosign `sha256-<hex>.sig` manifest.
+pub const EVIDENCE_SIG_TAG: &str = "sigTag";
+/// Evidence key: digest of the OCI 1.1 referrers API listing.
+pub const EVIDENCE_REFERRERS: &str = "referrers";
+/// Evidence key: digest of the referrers tag-schema index (`sha256-<hex>`).
+pub const EVIDENCE_REFERRERS_TAG: &str = "referrersTag";
+
 /// Keyless (Fulcio certificate) or key-based signature.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
@@ -187,6 +194,11 @@ pub struct Verdict {
     pub signer_type: Option<SignerType>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub signatures: Vec<SignatureRecord>,
+    /// Digests of the signature listings this verdict was drawn from, by [`EVIDENCE_SIG_TAG`],
+    /// [`EVIDENCE_REFERRERS`] or [`EVIDENCE_REFERRERS_TAG`]; an absent key was a 404. When they
+    /// are unchanged at revalidation, the verdict stands without downloading anything.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub artifact_digests: std::collections::BTreeMap<String, String>,
     /// The registry's `Retry-After` advice, for the observer's backoff (not stored).
     #[serde(skip)]
     pub retry_after: Option<std::time::Duration>,
@@ -202,6 +214,7 @@ impl Verdict {
             issuer: None,
             signer_type: None,
             signatures: Vec::new(),
+            artifact_digests: Default::default(),
             retry_after: None,
         }
     }
@@ -215,6 +228,7 @@ impl Verdict {
             issuer: None,
             signer_type: None,
             signatures: Vec::new(),
+            artifact_digests: Default::default(),
             retry_after: None,
         }
     }
@@ -235,6 +249,7 @@ impl Verdict {
                 issuer: best.issuer.clone(),
                 signer_type: best.signer_type,
                 signatures,
+                artifact_digests: Default::default(),
                 retry_after: None,
             };
         }
@@ -249,6 +264,7 @@ impl Verdict {
             issuer: None,
             signer_type: None,
             signatures,
+            artifact_digests: Default::default(),
             retry_after: None,
         }
     }

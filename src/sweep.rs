@@ -426,6 +426,7 @@ fn recorded_verdict(cr: &ImagePosture) -> Option<(ImageId, Verdict, DateTime<Utc
         issuer: status.issuer.clone(),
         signer_type: status.signer_type,
         signatures: status.signatures.clone(),
+        artifact_digests: status.signature_digests.clone(),
         retry_after: None,
     };
     Some((cr_id(cr)?, verdict, at))

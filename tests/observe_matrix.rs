@@ -93,22 +93,6 @@ async fn observe(env: &TestEnv, id: &ImageId) -> Verdict {
     env.verifier(env.config(&[])).await.observe(id).await
 }
 
-/// An image with one legacy keyless signature by `identity` from the trusted CA.
-async fn keyless_image(env: &TestEnv, name: &str, identity: &Identity) -> ImageId {
-    let img = env.oci.push_image(&unique_repo(name), "v1").await;
-    let leaf = env.pki.ca.issue(identity);
-    let layer = cosign::legacy_layer(
-        &img.id,
-        &Signer::Keyless(&leaf),
-        Some(&env.pki.rekor),
-        Spoil::None,
-    );
-    env.oci
-        .push_sig(&img.id.repository, &img.id.digest, &[layer])
-        .await;
-    img.id
-}
-
 /// An image whose legacy keyless signature is spoiled as given.
 async fn spoiled_image(env: &TestEnv, name: &str, spoil: Spoil) -> ImageId {
     let img = env.oci.push_image(&unique_repo(name), "v1").await;
@@ -146,7 +130,7 @@ async fn unsigned_image_is_not_signed() {
 #[tokio::test]
 async fn keyless_legacy_uri_san_is_signed() {
     let env = TestEnv::new();
-    let id = keyless_image(&env, "keyless-uri", &Identity::github()).await;
+    let id = env.keyless_image("keyless-uri", &Identity::github()).await;
     let v = observe(&env, &id).await;
     check(&v, keyless(WORKFLOW_URI, GITHUB_ISSUER));
     assert_eq!(v.signatures.len(), 1, "{v:#?}");
@@ -160,7 +144,9 @@ async fn keyless_legacy_uri_san_is_signed() {
 #[tokio::test]
 async fn keyless_legacy_email_san_is_signed() {
     let env = TestEnv::new();
-    let id = keyless_image(&env, "keyless-email", &Identity::google()).await;
+    let id = env
+        .keyless_image("keyless-email", &Identity::google())
+        .await;
     check(&observe(&env, &id).await, keyless(EMAIL, GOOGLE_ISSUER));
 }
 
@@ -380,7 +366,7 @@ async fn certificate_annotation_not_pem_is_malformed() {
 /// Observes a signed image through a proxy in `mode`, with `budget` as the time limit.
 async fn observe_through_fault(mode: Mode, budget: Option<Duration>) -> (Verdict, Duration) {
     let env = TestEnv::new();
-    let id = keyless_image(&env, "fault", &Identity::github()).await;
+    let id = env.keyless_image("fault", &Identity::github()).await;
     let proxy = Proxy::start(&env.registry.host).await;
     proxy.set_mode(mode);
     let mut cfg = env.config(&[&proxy.host]);
@@ -490,7 +476,7 @@ fn assert_no_repeats(requests: &[Seen]) {
 #[tokio::test]
 async fn legacy_signature_costs_at_most_four_requests() {
     let env = TestEnv::new();
-    let id = keyless_image(&env, "count-legacy", &Identity::github()).await;
+    let id = env.keyless_image("count-legacy", &Identity::github()).await;
     let (v, requests) = counted(&env, &id, "digest + one legacy keyless signature").await;
     check(&v, keyless(WORKFLOW_URI, GITHUB_ISSUER));
     assert!(

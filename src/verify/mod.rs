@@ -27,6 +27,7 @@ use self::registry::Repo;
 pub use self::registry::{FetchError, RegistryClient, RequestHook};
 pub use self::trust::{TrustError, TrustMaterial};
 use crate::image::{ImageId, ImageRef};
+use crate::posture::EVIDENCE_SIG_TAG;
 use crate::posture::{
     bound, Reason, SignatureFormat, SignatureRecord, SignatureSource, SignerType, Verdict,
     MAX_MESSAGE,
@@ -353,6 +354,13 @@ impl Verifier {
             Ok(r) => r,
             Err(e) => return e.checking("referrers"),
         };
+        let mut evidence = std::collections::BTreeMap::new();
+        if let Some(sig) = &sig {
+            evidence.insert(EVIDENCE_SIG_TAG.to_string(), sig.digest.clone());
+        }
+        if let Some((source, index)) = &referrers {
+            evidence.insert(source.key().to_string(), index.digest.clone());
+        }
 
         let mut records = Vec::new();
         let mut skipped = 0usize;
@@ -365,7 +373,7 @@ impl Verifier {
                 Err(v) => return v,
             }
         }
-        if let Some(index) = referrers {
+        if let Some((_, index)) = referrers {
             match self
                 .bundle_signatures(repo, image, &index.body, &ctx, &mut skipped)
                 .await
@@ -375,6 +383,7 @@ impl Verifier {
             }
         }
         let mut verdict = Verdict::from_signatures(records);
+        verdict.artifact_digests = evidence;
         if skipped > 0 {
             verdict.message = bound(
                 &format!(
@@ -385,6 +394,40 @@ impl Verifier {
             );
         }
         verdict
+    }
+
+    /// Whether the signature listings still have the digests recorded at the last
+    /// verification: a HEAD per listing (a GET for the referrers API), nothing downloaded.
+    /// Any doubt (an error, a timeout, a new artifact) answers `false`: verify again.
+    pub async fn unchanged(
+        &self,
+        image: &ImageId,
+        recorded: &std::collections::BTreeMap<String, String>,
+    ) -> bool {
+        let repo = Repo {
+            host: image.api_host(),
+            name: &image.repository,
+        };
+        let sig_tag = image.sig_tag();
+        let check = async {
+            let (sig, referrers) = tokio::join!(
+                self.registry.manifest_exists(repo, &sig_tag),
+                self.registry
+                    .referrers_digest(repo, &image.digest, self.limits.max_manifest_bytes)
+            );
+            let mut now = std::collections::BTreeMap::new();
+            if let Some(d) = sig.ok()? {
+                now.insert(EVIDENCE_SIG_TAG.to_string(), d);
+            }
+            if let Some((source, d)) = referrers.ok()? {
+                now.insert(source.key().to_string(), d);
+            }
+            Some(now == *recorded)
+        };
+        matches!(
+            tokio::time::timeout(self.limits.budget, check).await,
+            Ok(Some(true))
+        )
     }
 
     async fn legacy_signatures(

@@ -17,7 +17,9 @@ use reqwest::{Method, StatusCode};
 use sha2::{Digest as _, Sha256};
 
 use super::auth::{Challenge, Credentials};
-use crate::posture::{bound, Reason, Verdict, MAX_MESSAGE};
+use crate::posture::{
+    bound, Reason, Verdict, EVIDENCE_REFERRERS, EVIDENCE_REFERRERS_TAG, MAX_MESSAGE,
+};
 
 /// Media types we accept for manifests and indexes.
 const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.manifest.v1+json, \
@@ -89,6 +91,25 @@ pub struct Fetched {
 pub struct Repo<'a> {
     pub host: &'a str,
     pub name: &'a str,
+}
+
+/// Which listing answered a referrers query.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReferrersSource {
+    /// The OCI 1.1 referrers API.
+    Api,
+    /// The `sha256-<hex>` tag-schema fallback index.
+    Tag,
+}
+
+impl ReferrersSource {
+    /// Key under which the listing's digest is recorded (`status.signatureDigests`).
+    pub fn key(self) -> &'static str {
+        match self {
+            ReferrersSource::Api => EVIDENCE_REFERRERS,
+            ReferrersSource::Tag => EVIDENCE_REFERRERS_TAG,
+        }
+    }
 }
 
 /// Observer hook for every HTTP request sent (metrics); status 0 means no response.
@@ -214,33 +235,77 @@ impl RegistryClient {
         repo: Repo<'_>,
         digest: &str,
         max: usize,
-    ) -> Result<Option<Fetched>, FetchError> {
-        if !self.knows_no_referrers_api(repo.host) {
-            let url = format!(
-                "{}/{}/referrers/{}",
-                self.base(repo.host),
-                repo.name,
-                digest
-            );
-            match self
-                .get(repo, &url, "application/vnd.oci.image.index.v1+json", max)
-                .await
-            {
-                Ok(index) => return Ok(Some(index)),
-                // Per the distribution spec a registry with the API answers 200 even with no
-                // referrers; a 404 means it has no such API, so use the tag schema.
-                Err(FetchError::NotFound) => {
-                    self.no_referrers_api
-                        .lock()
-                        .unwrap()
-                        .insert(repo.host.to_string(), Instant::now());
-                }
-                Err(e) => return Err(e),
-            }
+    ) -> Result<Option<(ReferrersSource, Fetched)>, FetchError> {
+        if let Some(index) = self.native_referrers(repo, digest, max).await? {
+            return Ok(Some((ReferrersSource::Api, index)));
         }
-        let tag = digest.replace(':', "-");
-        match self.manifest(repo, &tag, max).await {
+        match self.manifest(repo, &digest.replace(':', "-"), max).await {
+            Ok(index) => Ok(Some((ReferrersSource::Tag, index))),
+            Err(FetchError::NotFound) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Like [`referrers`](Self::referrers), but only the digest of the listing: a HEAD for the
+    /// tag schema, so revalidating an unchanged image downloads nothing.
+    pub async fn referrers_digest(
+        &self,
+        repo: Repo<'_>,
+        digest: &str,
+        max: usize,
+    ) -> Result<Option<(ReferrersSource, String)>, FetchError> {
+        if let Some(index) = self.native_referrers(repo, digest, max).await? {
+            return Ok(Some((ReferrersSource::Api, index.digest)));
+        }
+        match self.manifest_digest(repo, &digest.replace(':', "-")).await {
+            Ok(d) => Ok(Some((ReferrersSource::Tag, d))),
+            Err(FetchError::NotFound) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The OCI 1.1 referrers API; `Ok(None)` when the registry has no such API.
+    async fn native_referrers(
+        &self,
+        repo: Repo<'_>,
+        digest: &str,
+        max: usize,
+    ) -> Result<Option<Fetched>, FetchError> {
+        if self.knows_no_referrers_api(repo.host) {
+            return Ok(None);
+        }
+        let url = format!(
+            "{}/{}/referrers/{}",
+            self.base(repo.host),
+            repo.name,
+            digest
+        );
+        match self
+            .get(repo, &url, "application/vnd.oci.image.index.v1+json", max)
+            .await
+        {
             Ok(index) => Ok(Some(index)),
+            // Per the distribution spec a registry with the API answers 200 even with no
+            // referrers; a 404 means it has no such API, so the caller uses the tag schema.
+            Err(FetchError::NotFound) => {
+                self.no_referrers_api
+                    .lock()
+                    .unwrap()
+                    .insert(repo.host.to_string(), Instant::now());
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// HEAD a manifest: `Ok(None)` on a definite 404.
+    pub async fn manifest_exists(
+        &self,
+        repo: Repo<'_>,
+        reference: &str,
+    ) -> Result<Option<String>, FetchError> {
+        match self.manifest_digest(repo, reference).await {
+            Ok(d) => Ok(Some(d)),
             Err(FetchError::NotFound) => Ok(None),
             Err(e) => Err(e),
         }

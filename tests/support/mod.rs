@@ -71,6 +71,28 @@ impl TestEnv {
     pub async fn verifier(&self, config: VerifierConfig) -> Verifier {
         Verifier::new(config).await.expect("verifier setup")
     }
+
+    /// Publishes a legacy cosign keyless signature of `id` by `identity` from the trusted CA
+    /// (at its `.sig` tag, replacing any earlier one).
+    pub async fn sign_keyless(&self, id: &ImageId, identity: &pki::Identity) {
+        let leaf = self.pki.ca.issue(identity);
+        let layer = cosign::legacy_layer(
+            id,
+            &pki::Signer::Keyless(&leaf),
+            Some(&self.pki.rekor),
+            cosign::Spoil::None,
+        );
+        self.oci
+            .push_sig(&id.repository, &id.digest, &[layer])
+            .await;
+    }
+
+    /// A fresh image (tag `v1`) with one legacy keyless signature by `identity`.
+    pub async fn keyless_image(&self, name: &str, identity: &pki::Identity) -> ImageId {
+        let img = self.oci.push_image(&unique_repo(name), "v1").await;
+        self.sign_keyless(&img.id, identity).await;
+        img.id
+    }
 }
 
 /// The same image seen through another host (a proxy, or an address where nothing listens).
