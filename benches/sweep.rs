@@ -1,0 +1,808 @@
+//! Benchmark: registry requests per image, sweep time at 10,000 pods, memory.
+//!
+//! `cargo bench --bench sweep` (release profile). Everything runs on 127.0.0.1: a real CNCF
+//! Distribution 2.8 `docker-registry` process, the counting proxy in front of it (requests are
+//! counted there, outside the verifier), and the Kubernetes API double behind a real
+//! `kube::Client`. Prints markdown tables for the README on stdout; progress goes to stderr.
+//!
+//! Sizes can be changed for exploration with `IMAGEPOSTURE_BENCH_PODS` and
+//! `IMAGEPOSTURE_BENCH_IMAGES`; the README numbers use the defaults (10,000 pods, 500 images).
+
+// The test harness, shared with the integration tests (both modules allow their dead code).
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+#[path = "../tests/apidouble/mod.rs"]
+mod apidouble;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use futures::stream::{self, StreamExt};
+use imageposture::crd::ImagePosture;
+use imageposture::image::ImageId;
+use imageposture::inventory::{Inventory, NamespaceFilter};
+use imageposture::observer::{Observer, ObserverConfig};
+use imageposture::posture::Posture;
+use imageposture::sweep::{SweepConfig, SweepReport, Sweeper};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, ListParams};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::watcher;
+use kube::ResourceExt;
+use serde_json::json;
+
+use apidouble::ApiDouble;
+use support::cosign::{self, Spoil};
+use support::pki::{Identity, Signer};
+use support::proxy::{Proxy, Seen};
+use support::{unique_repo, via, TestEnv};
+
+/// Fixtures pushed at once.
+const PUSH_CONCURRENCY: usize = 16;
+const NAMESPACES: usize = 100;
+const WARM_RUNS: usize = 5;
+const INVENTORY_RUNS: usize = 10;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Kind {
+    Unsigned,
+    Keyless,
+    Bundle,
+}
+
+impl Kind {
+    fn describe(self) -> &'static str {
+        match self {
+            Kind::Unsigned => "unsigned",
+            Kind::Keyless => "one legacy keyless `.sig` signature",
+            Kind::Bundle => "one Sigstore bundle referrer (fallback index)",
+        }
+    }
+
+    fn posture(self) -> Posture {
+        match self {
+            Kind::Unsigned => Posture::NotSigned,
+            Kind::Keyless | Kind::Bundle => Posture::Signed,
+        }
+    }
+
+    /// The image mix: 60% keyless, 30% unsigned, 10% bundle, interleaved.
+    fn of_index(i: usize) -> Kind {
+        match i % 10 {
+            0..=5 => Kind::Keyless,
+            6..=8 => Kind::Unsigned,
+            _ => Kind::Bundle,
+        }
+    }
+}
+
+/// Pushes one fixture image (tag `v1`) of `kind` straight to the registry.
+async fn push_fixture(env: &TestEnv, repo: &str, kind: Kind) -> ImageId {
+    let img = env.oci.push_image(repo, "v1").await;
+    match kind {
+        Kind::Unsigned => {}
+        Kind::Keyless => {
+            let layer = {
+                let leaf = env.pki.ca.issue(&Identity::github());
+                cosign::legacy_layer(
+                    &img.id,
+                    &Signer::Keyless(&leaf),
+                    Some(&env.pki.rekor),
+                    Spoil::None,
+                )
+            };
+            env.oci
+                .push_sig(&img.id.repository, &img.id.digest, &[layer])
+                .await;
+        }
+        Kind::Bundle => {
+            let bundle = {
+                let leaf = env.pki.ca.issue(&Identity::github());
+                cosign::sigstore_bundle(&cosign::cosign_statement(&img.id), &leaf, &env.pki.rekor)
+            };
+            env.oci.push_bundle_referrer(&img, &bundle).await;
+        }
+    }
+    img.id
+}
+
+fn observer_config(images: usize) -> ObserverConfig {
+    ObserverConfig {
+        ttl: Duration::from_secs(6 * 3600),
+        max_images: images.max(1000),
+        concurrency: 16,
+        per_registry: 16,
+        ..ObserverConfig::default()
+    }
+}
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// A `/proc/self/status` field in kB (`VmHWM`, `VmRSS`).
+fn proc_kb(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field) && l[field.len()..].starts_with(':'))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn mib(kb: u64) -> String {
+    format!("{:.1} MiB", kb as f64 / 1024.0)
+}
+
+fn ms(d: Duration) -> String {
+    let ms = d.as_secs_f64() * 1000.0;
+    if ms >= 100.0 {
+        format!("{ms:.0} ms")
+    } else {
+        format!("{ms:.1} ms")
+    }
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
+fn registry_version() -> String {
+    std::process::Command::new("/usr/bin/docker-registry")
+        .arg("--version")
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "docker-registry (version unknown)".into())
+}
+
+/// What one registry request was for, from its path.
+fn request_label(s: &Seen) -> String {
+    let p = s.path.as_str();
+    let what = if p.ends_with(".sig") {
+        "`.sig` tag"
+    } else if p.contains("/referrers/") {
+        "referrers API"
+    } else if p.contains("/manifests/sha256-") {
+        "referrers fallback tag"
+    } else if p.contains("/manifests/sha256:") {
+        "referrer manifest"
+    } else if p.contains("/blobs/") {
+        "blob"
+    } else {
+        p
+    };
+    format!("{} {what}", s.method)
+}
+
+fn request_summary(requests: &[Seen]) -> String {
+    if requests.is_empty() {
+        return "none".into();
+    }
+    requests
+        .iter()
+        .map(request_label)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+// ---- (a) requests per image -----------------------------------------------------------------
+
+struct PerImage {
+    kind: Kind,
+    first: Vec<Seen>,
+    subsequent: Vec<Seen>,
+    revalidation: Vec<Seen>,
+}
+
+/// For each kind: a fresh verifier and proxy; the first image of that kind on the registry,
+/// then a second one (the verifier now knows the registry has no referrers API), then the
+/// second one again after the TTL (revalidation of an unchanged image).
+async fn requests_per_image(env: &TestEnv) -> Vec<PerImage> {
+    let mut out = Vec::new();
+    for kind in [Kind::Unsigned, Kind::Keyless, Kind::Bundle] {
+        let a = push_fixture(env, &unique_repo("count-a"), kind).await;
+        let b = push_fixture(env, &unique_repo("count-b"), kind).await;
+        let proxy = Proxy::start(&env.registry.host).await;
+        let verifier = Arc::new(env.verifier(env.config(&[&proxy.host])).await);
+        let config = ObserverConfig {
+            ttl: Duration::from_secs(3600),
+            ..observer_config(2)
+        };
+        let observer = Observer::new(verifier, config);
+        let (a, b) = (via(&a, &proxy.host), via(&b, &proxy.host));
+        let t0 = Utc::now();
+        let later = t0 + chrono::Duration::hours(2);
+        let first = counted(&observer, &proxy, &a, kind, t0).await;
+        let subsequent = counted(&observer, &proxy, &b, kind, t0).await;
+        let revalidation = counted(&observer, &proxy, &b, kind, later).await;
+        out.push(PerImage {
+            kind,
+            first,
+            subsequent,
+            revalidation,
+        });
+    }
+    out
+}
+
+/// Observes one image through the observer; returns the requests the proxy saw.
+async fn counted(
+    observer: &Observer,
+    proxy: &Proxy,
+    id: &ImageId,
+    kind: Kind,
+    at: chrono::DateTime<Utc>,
+) -> Vec<Seen> {
+    proxy.reset_requests();
+    let got = observer.observe_all(std::slice::from_ref(id), at).await;
+    let v = &got[id].verdict;
+    assert_eq!(
+        v.posture,
+        kind.posture(),
+        "{kind:?} fixture verdict: {v:#?}"
+    );
+    proxy.requests()
+}
+
+// ---- pods -----------------------------------------------------------------------------------
+
+/// A pod as the API server returns it from a Deployment: labels, annotations, owner,
+/// managedFields, env, probes, volumes, conditions (what the operator's reflector trims).
+fn full_pod(i: usize, namespace: &str, image: &str, image_id: &str) -> Pod {
+    let name = format!("app-{i:05}-7d9f8b6c5d-x{:04x}", i % 65536);
+    let container_id = format!("containerd://{:064x}", i as u128 * 7919 + 1);
+    serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "uid": format!("00000000-0000-4000-8000-{i:012}"),
+            "resourceVersion": (100_000 + i).to_string(),
+            "creationTimestamp": "2025-01-01T00:00:00Z",
+            "generateName": format!("app-{i:05}-7d9f8b6c5d-"),
+            "labels": {
+                "app.kubernetes.io/name": format!("app-{i:05}"),
+                "app.kubernetes.io/part-of": "bench",
+                "pod-template-hash": "7d9f8b6c5d"
+            },
+            "annotations": {
+                "kubectl.kubernetes.io/restartedAt": "2025-01-01T00:00:00Z",
+                "prometheus.io/scrape": "true",
+                "prometheus.io/port": "8080"
+            },
+            "ownerReferences": [{
+                "apiVersion": "apps/v1", "kind": "ReplicaSet",
+                "name": format!("app-{i:05}-7d9f8b6c5d"),
+                "uid": format!("00000000-0000-4000-9000-{i:012}"),
+                "controller": true, "blockOwnerDeletion": true
+            }],
+            "managedFields": [{
+                "manager": "kube-controller-manager", "operation": "Update",
+                "apiVersion": "v1", "time": "2025-01-01T00:00:00Z", "fieldsType": "FieldsV1",
+                "fieldsV1": {
+                    "f:metadata": {"f:generateName": {}, "f:labels": {".": {}, "f:pod-template-hash": {}},
+                                   "f:ownerReferences": {".": {}}},
+                    "f:spec": {"f:containers": {"k:{\"name\":\"app\"}": {".": {}, "f:env": {}, "f:image": {},
+                               "f:imagePullPolicy": {}, "f:name": {}, "f:ports": {}, "f:resources": {}}}}
+                }
+            }, {
+                "manager": "kubelet", "operation": "Update", "subresource": "status",
+                "apiVersion": "v1", "time": "2025-01-01T00:00:05Z", "fieldsType": "FieldsV1",
+                "fieldsV1": {"f:status": {"f:conditions": {}, "f:containerStatuses": {}, "f:hostIP": {},
+                             "f:phase": {}, "f:podIP": {}, "f:podIPs": {}, "f:startTime": {}}}
+            }]
+        },
+        "spec": {
+            "containers": [{
+                "name": "app",
+                "image": image,
+                "imagePullPolicy": "IfNotPresent",
+                "args": ["--listen=:8080", "--log-level=info"],
+                "env": [
+                    {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+                    {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+                    {"name": "LOG_FORMAT", "value": "json"},
+                    {"name": "GOMAXPROCS", "value": "2"}
+                ],
+                "ports": [{"name": "http", "containerPort": 8080, "protocol": "TCP"}],
+                "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "256Mi"}},
+                "livenessProbe": {"httpGet": {"path": "/healthz", "port": 8080}, "periodSeconds": 10},
+                "readinessProbe": {"httpGet": {"path": "/readyz", "port": 8080}, "periodSeconds": 5},
+                "securityContext": {"runAsNonRoot": true, "allowPrivilegeEscalation": false,
+                                    "capabilities": {"drop": ["ALL"]}},
+                "volumeMounts": [{"name": "kube-api-access", "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount", "readOnly": true}],
+                "terminationMessagePath": "/dev/termination-log",
+                "terminationMessagePolicy": "File"
+            }],
+            "volumes": [{"name": "kube-api-access", "projected": {"sources": [
+                {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}},
+                {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+                {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {"fieldPath": "metadata.namespace"}}]}}
+            ]}}],
+            "tolerations": [
+                {"key": "node.kubernetes.io/not-ready", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300},
+                {"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300}
+            ],
+            "nodeName": format!("node-{:03}", i % 200),
+            "serviceAccountName": "default",
+            "restartPolicy": "Always",
+            "dnsPolicy": "ClusterFirst",
+            "schedulerName": "default-scheduler",
+            "terminationGracePeriodSeconds": 30
+        },
+        "status": {
+            "phase": "Running",
+            "hostIP": "10.0.0.1",
+            "hostIPs": [{"ip": "10.0.0.1"}],
+            "podIP": format!("10.1.{}.{}", (i / 250) % 250, i % 250),
+            "podIPs": [{"ip": format!("10.1.{}.{}", (i / 250) % 250, i % 250)}],
+            "qosClass": "Burstable",
+            "startTime": "2025-01-01T00:00:00Z",
+            "conditions": [
+                {"type": "PodReadyToStartContainers", "status": "True", "lastTransitionTime": "2025-01-01T00:00:02Z"},
+                {"type": "Initialized", "status": "True", "lastTransitionTime": "2025-01-01T00:00:00Z"},
+                {"type": "Ready", "status": "True", "lastTransitionTime": "2025-01-01T00:00:05Z"},
+                {"type": "ContainersReady", "status": "True", "lastTransitionTime": "2025-01-01T00:00:05Z"},
+                {"type": "PodScheduled", "status": "True", "lastTransitionTime": "2025-01-01T00:00:00Z"}
+            ],
+            "containerStatuses": [{
+                "name": "app",
+                "image": image,
+                "imageID": image_id,
+                "containerID": container_id,
+                "ready": true,
+                "started": true,
+                "restartCount": 0,
+                "state": {"running": {"startedAt": "2025-01-01T00:00:03Z"}}
+            }]
+        }
+    }))
+    .expect("pod JSON")
+}
+
+/// The same trimming as the operator's pod reflector (`trim_pod` in src/run.rs, which is
+/// private): keep only what the inventory reads. Keep the two in step.
+fn trim_pod(pod: &mut Pod) {
+    pod.managed_fields_mut().clear();
+    pod.annotations_mut().clear();
+    pod.labels_mut().clear();
+    pod.metadata.owner_references = None;
+    if let Some(spec) = pod.spec.as_mut() {
+        spec.volumes = None;
+        spec.affinity = None;
+        spec.tolerations = None;
+        for c in spec
+            .containers
+            .iter_mut()
+            .chain(spec.init_containers.iter_mut().flatten())
+        {
+            c.env = None;
+            c.env_from = None;
+            c.volume_mounts = None;
+            c.command = None;
+            c.args = None;
+            c.ports = None;
+            c.resources = None;
+            c.liveness_probe = None;
+            c.readiness_probe = None;
+            c.startup_probe = None;
+            c.security_context = None;
+        }
+    }
+    if let Some(status) = pod.status.as_mut() {
+        status.conditions = None;
+        status.pod_ips = None;
+        status.host_ips = None;
+    }
+}
+
+/// Pod `i` runs image `i % images` in namespace `(i + i / images) % NAMESPACES`, so every
+/// image is used by the same number of pods spread over several namespaces.
+fn pod_placement(i: usize, images: &[ImageId]) -> (String, String, String) {
+    let id = &images[i % images.len()];
+    let namespace = format!("team-{:02}", (i + i / images.len()) % NAMESPACES);
+    let image = format!("{}/{}:v1", id.registry, id.repository);
+    let image_id = format!("{}/{}@{}", id.registry, id.repository, id.digest);
+    (namespace, image, image_id)
+}
+
+/// Fills a reflector store with `n` pods the way the operator's reflector does (an initial
+/// list: `InitApply` per pod, then `InitDone`), trimmed or not. Returns the store and the
+/// total JSON size of what it holds.
+fn pod_store(n: usize, images: &[ImageId], trim: bool) -> (Store<Pod>, usize) {
+    let (store, mut writer) = reflector::store::<Pod>();
+    writer.apply_watcher_event(&watcher::Event::Init);
+    let mut json_bytes = 0;
+    for i in 0..n {
+        let (namespace, image, image_id) = pod_placement(i, images);
+        let mut pod = full_pod(i, &namespace, &image, &image_id);
+        if trim {
+            trim_pod(&mut pod);
+        }
+        json_bytes += serde_json::to_vec(&pod).map(|v| v.len()).unwrap_or(0);
+        writer.apply_watcher_event(&watcher::Event::InitApply(pod));
+    }
+    writer.apply_watcher_event(&watcher::Event::InitDone);
+    assert_eq!(store.len(), n);
+    (store, json_bytes)
+}
+
+// ---- (b) sweeps ------------------------------------------------------------------------------
+
+struct SweepRow {
+    wall: Duration,
+    registry_requests: usize,
+    api_writes: usize,
+    report: SweepReport,
+}
+
+async fn timed_sweep(
+    label: &str,
+    sweeper: &Sweeper,
+    pods: &[Arc<Pod>],
+    existing: &[Arc<ImagePosture>],
+    proxy: &Proxy,
+    double: &ApiDouble,
+) -> SweepRow {
+    proxy.reset_requests();
+    double.reset_counters();
+    let started = Instant::now();
+    let report = sweeper.sweep(pods, existing, Utc::now()).await;
+    let wall = started.elapsed();
+    let row = SweepRow {
+        wall,
+        registry_requests: proxy.requests().len(),
+        api_writes: double.writes().len(),
+        report,
+    };
+    eprintln!(
+        "  {label}: {} | {} registry requests | {} API writes | report {:?}",
+        ms(row.wall),
+        row.registry_requests,
+        row.api_writes,
+        row.report
+    );
+    row
+}
+
+fn sweeper_for(double: &ApiDouble, observer: Arc<Observer>) -> Sweeper {
+    let client = double.client();
+    Sweeper::new(
+        Api::all(client.clone()),
+        Recorder::new(client, Reporter::from("imageposture-bench")),
+        observer,
+        SweepConfig::default(),
+    )
+}
+
+async fn list_postures(double: &ApiDouble) -> Vec<Arc<ImagePosture>> {
+    let api: Api<ImagePosture> = Api::all(double.client());
+    api.list(&ListParams::default())
+        .await
+        .expect("list ImagePostures")
+        .items
+        .into_iter()
+        .map(|mut cr| {
+            // As the operator's ImagePosture reflector keeps them.
+            cr.managed_fields_mut().clear();
+            Arc::new(cr)
+        })
+        .collect()
+}
+
+fn posture_count(report: &SweepReport, p: Posture) -> i64 {
+    report
+        .by_posture
+        .iter()
+        .find(|(q, _)| *q == p)
+        .map(|(_, n)| *n)
+        .unwrap_or(0)
+}
+
+// ---- main -----------------------------------------------------------------------------------
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    runtime.block_on(bench());
+}
+
+async fn bench() {
+    let n_pods = env_usize("IMAGEPOSTURE_BENCH_PODS", 10_000);
+    let n_images = env_usize("IMAGEPOSTURE_BENCH_IMAGES", 500).max(1);
+    let total = Instant::now();
+    eprintln!("imageposture sweep benchmark: {n_pods} pods, {n_images} images");
+
+    let started = Instant::now();
+    let env = TestEnv::new();
+    let registry_start = started.elapsed();
+    eprintln!(
+        "registry {} up in {}",
+        env.registry.host,
+        ms(registry_start)
+    );
+
+    // (a)
+    eprintln!("(a) requests per image ...");
+    let per_image = requests_per_image(&env).await;
+
+    // Fixtures for (b): pushed straight to the registry, 16 at a time.
+    eprintln!("pushing {n_images} images with signatures ({PUSH_CONCURRENCY} at a time) ...");
+    let started = Instant::now();
+    let mut pushed: Vec<(usize, Kind, ImageId)> = stream::iter(0..n_images)
+        .map(|i| {
+            let env = &env;
+            async move {
+                let kind = Kind::of_index(i);
+                let id = push_fixture(env, &unique_repo(&format!("app-{i:04}")), kind).await;
+                (i, kind, id)
+            }
+        })
+        .buffer_unordered(PUSH_CONCURRENCY)
+        .collect()
+        .await;
+    pushed.sort_by_key(|(i, _, _)| *i);
+    let push_time = started.elapsed();
+    let mut mix: BTreeMap<Kind, usize> = BTreeMap::new();
+    for (_, k, _) in &pushed {
+        *mix.entry(*k).or_default() += 1;
+    }
+    eprintln!("  pushed in {}", ms(push_time));
+
+    // Pods name the proxy as their registry, so every verification request is counted.
+    let proxy = Proxy::start(&env.registry.host).await;
+    let images: Vec<ImageId> = pushed
+        .iter()
+        .map(|(_, _, id)| via(id, &proxy.host))
+        .collect();
+
+    // (c, part 1) 10k trimmed pods in a reflector store, as the operator holds them.
+    let rss_before_store = proc_kb("VmRSS");
+    let started = Instant::now();
+    let (pod_reader, trimmed_json) = pod_store(n_pods, &images, true);
+    let store_build = started.elapsed();
+    let rss_with_store = proc_kb("VmRSS");
+    eprintln!(
+        "  {n_pods} trimmed pods in a reflector store: built in {}, RSS {} -> {}",
+        ms(store_build),
+        mib(rss_before_store),
+        mib(rss_with_store)
+    );
+    let pods: Vec<Arc<Pod>> = pod_reader.state();
+
+    // (b, in memory) the inventory of 10k pods.
+    let filter = NamespaceFilter::default();
+    let mut inventory_times = Vec::new();
+    let mut inventory_images = 0;
+    for _ in 0..INVENTORY_RUNS {
+        let started = Instant::now();
+        let inv = Inventory::from_pods(pods.iter().map(|p| p.as_ref()), &filter);
+        let order = inv.by_usage();
+        inventory_times.push(started.elapsed());
+        inventory_images = order.len();
+        assert!(inv.unresolved.is_empty() && inv.invalid.is_empty());
+    }
+    let inventory_median = median(inventory_times.clone());
+    let inventory_min = *inventory_times.iter().min().unwrap();
+    assert_eq!(inventory_images, n_images.min(n_pods));
+
+    // (b) sweeps through the real registry + proxy and the API double.
+    let hwm_before_sweeps = proc_kb("VmHWM");
+    let double = ApiDouble::start().await;
+    let verifier = Arc::new(env.verifier(env.config(&[&proxy.host])).await);
+    let config = observer_config(n_images);
+    let observer = Arc::new(Observer::new(verifier, config.clone()));
+    let sweeper = sweeper_for(&double, observer.clone());
+    eprintln!("(b) sweeps ...");
+    let cold = timed_sweep("cold sweep", &sweeper, &pods, &[], &proxy, &double).await;
+    let signed_expected = (mix.get(&Kind::Keyless).copied().unwrap_or(0)
+        + mix.get(&Kind::Bundle).copied().unwrap_or(0)) as i64;
+    let unsigned_expected = mix.get(&Kind::Unsigned).copied().unwrap_or(0) as i64;
+    assert_eq!(
+        (
+            posture_count(&cold.report, Posture::Signed),
+            posture_count(&cold.report, Posture::NotSigned),
+            cold.report.errors,
+            cold.report.deferred,
+        ),
+        (signed_expected, unsigned_expected, 0, 0),
+        "cold sweep verdicts: {:?}",
+        cold.report
+    );
+
+    let existing = list_postures(&double).await;
+    assert_eq!(existing.len(), n_images);
+    let mut warm_rows = Vec::new();
+    for run in 0..WARM_RUNS {
+        let row = timed_sweep(
+            &format!("warm sweep #{}", run + 1),
+            &sweeper,
+            &pods,
+            &existing,
+            &proxy,
+            &double,
+        )
+        .await;
+        warm_rows.push(row);
+    }
+    let warm_wall = median(warm_rows.iter().map(|r| r.wall).collect());
+    let warm_requests: usize = warm_rows.iter().map(|r| r.registry_requests).sum();
+    let warm_writes: usize = warm_rows.iter().map(|r| r.api_writes).sum();
+
+    // Where the cold time goes: the same sweep with every verdict cached, into an empty API.
+    let double2 = ApiDouble::start().await;
+    let sweeper2 = sweeper_for(&double2, observer.clone());
+    let writes_only = timed_sweep(
+        "cold sweep, verdicts cached (API writes only)",
+        &sweeper2,
+        &pods,
+        &[],
+        &proxy,
+        &double2,
+    )
+    .await;
+
+    let hwm_after_sweeps = proc_kb("VmHWM");
+    let rss_after_sweeps = proc_kb("VmRSS");
+    let stats = observer.stats();
+    drop(sweeper2);
+    drop(double2);
+
+    // (c, part 2) for comparison: the same pods untrimmed (measured last: it raises the peak).
+    let rss_before_full = proc_kb("VmRSS");
+    let (full_reader, full_json) = pod_store(n_pods, &images, false);
+    let rss_with_full = proc_kb("VmRSS");
+    drop(full_reader);
+
+    // ---- report -------------------------------------------------------------------------------
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    println!();
+    println!("### Benchmark (`cargo bench --bench sweep`)");
+    println!();
+    println!(
+        "Machine: {cpus} CPU(s) (`nproc`), {}; registry: {} on 127.0.0.1 behind the counting \
+         proxy; Kubernetes API: the in-process API double over a real `kube::Client`. \
+         Observer settings: concurrency {}, per_registry {}, max_images {}, ttl {}h; verifier \
+         limits: defaults (30 s budget per image).",
+        cpu_model(),
+        registry_version(),
+        config.concurrency,
+        config.per_registry,
+        config.max_images,
+        config.ttl.as_secs() / 3600
+    );
+    println!();
+    println!("**Registry requests per image** (counted at the proxy; Distribution 2.8 has no referrers API):");
+    println!();
+    println!("| image | first on the registry | later images | after the TTL, unchanged | requests (later image) |");
+    println!("|---|---:|---:|---:|---|");
+    for p in &per_image {
+        println!(
+            "| {} | {} | {} | {} | {} |",
+            p.kind.describe(),
+            p.first.len(),
+            p.subsequent.len(),
+            p.revalidation.len(),
+            request_summary(&p.subsequent)
+        );
+    }
+    println!();
+    println!(
+        "**Sweep at {n_pods} pods** ({n_images} images: {} keyless `.sig`, {} unsigned, {} bundle \
+         referrer; {NAMESPACES} namespaces; one container per pod):",
+        mix.get(&Kind::Keyless).copied().unwrap_or(0),
+        mix.get(&Kind::Unsigned).copied().unwrap_or(0),
+        mix.get(&Kind::Bundle).copied().unwrap_or(0),
+    );
+    println!();
+    println!("| pass | wall time | registry requests | API writes |");
+    println!("|---|---:|---:|---:|");
+    println!(
+        "| cold: verify {n_images} images + write {} ImagePostures | {} | {} | {} |",
+        cold.report.created,
+        ms(cold.wall),
+        cold.registry_requests,
+        cold.api_writes
+    );
+    println!(
+        "| cold, verdicts already cached (API writes alone) | {} | {} | {} |",
+        ms(writes_only.wall),
+        writes_only.registry_requests,
+        writes_only.api_writes
+    );
+    println!(
+        "| warm: nothing changed (median of {WARM_RUNS}) | {} | {} | {} |",
+        ms(warm_wall),
+        warm_requests,
+        warm_writes
+    );
+    println!(
+        "| inventory of {n_pods} pods alone, in memory (median of {INVENTORY_RUNS}; min {}) | {} | 0 | 0 |",
+        ms(inventory_min),
+        ms(inventory_median)
+    );
+    println!();
+    println!("**Memory** (`/proc/self/status`; the bench process also hosts the proxy and the API double):");
+    println!();
+    println!("| measure | value |");
+    println!("|---|---:|");
+    println!(
+        "| {n_pods} trimmed pods in a kube reflector store (RSS growth; {:.0} bytes/pod as JSON) | {} |",
+        trimmed_json as f64 / n_pods.max(1) as f64,
+        mib(rss_with_store.saturating_sub(rss_before_store))
+    );
+    println!(
+        "| same pods untrimmed, for comparison (RSS growth; {:.0} bytes/pod as JSON) | {} |",
+        full_json as f64 / n_pods.max(1) as f64,
+        mib(rss_with_full.saturating_sub(rss_before_full))
+    );
+    println!(
+        "| RSS with the trimmed store, before any sweep | {} |",
+        mib(rss_with_store)
+    );
+    println!(
+        "| peak RSS (VmHWM) before the sweeps | {} |",
+        mib(hwm_before_sweeps)
+    );
+    println!(
+        "| peak RSS (VmHWM) after cold + {WARM_RUNS} warm + cached-cold sweeps | {} |",
+        mib(hwm_after_sweeps)
+    );
+    println!("| RSS after the sweeps | {} |", mib(rss_after_sweeps));
+    println!();
+    println!(
+        "Setup (not in the numbers above): registry start {}, pushing {n_images} images with their \
+         signatures {PUSH_CONCURRENCY} at a time {}, building the {n_pods}-pod store {}. \
+         Observer: {} verifications, {} cache hits. Whole run {:.1} s.",
+        ms(registry_start),
+        ms(push_time),
+        ms(store_build),
+        stats.misses,
+        stats.hits,
+        total.elapsed().as_secs_f64()
+    );
+
+    for p in &per_image {
+        eprintln!(
+            "{:?}: first [{}]; later [{}]; after TTL [{}]",
+            p.kind,
+            request_summary(&p.first),
+            request_summary(&p.subsequent),
+            request_summary(&p.revalidation)
+        );
+    }
+    if warm_requests != 0 || warm_writes != 0 {
+        eprintln!("FAIL: a warm sweep made {warm_requests} registry requests and {warm_writes} API writes");
+        std::process::exit(1);
+    }
+}
