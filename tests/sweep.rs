@@ -187,7 +187,10 @@ impl World {
     /// The ImagePostures as the operator's reflector would hold them now.
     async fn existing(&self) -> Vec<Arc<ImagePosture>> {
         let api: Api<ImagePosture> = Api::all(self.api.client());
-        let list = api.list(&Default::default()).await.expect("list ImagePostures");
+        let list = api
+            .list(&Default::default())
+            .await
+            .expect("list ImagePostures");
         list.items.into_iter().map(Arc::new).collect()
     }
 
@@ -276,7 +279,11 @@ fn assert_signed(s: &ImagePostureStatus) {
 
 #[track_caller]
 fn assert_posture(s: &ImagePostureStatus, posture: Posture, reason: Reason) {
-    assert_eq!((s.posture, s.reason), (Some(posture), Some(reason)), "{s:#?}");
+    assert_eq!(
+        (s.posture, s.reason),
+        (Some(posture), Some(reason)),
+        "{s:#?}"
+    );
 }
 
 // ---- 1. inventory → one resource per image ----------------------------------------------------
@@ -401,7 +408,10 @@ async fn unused_resource_is_deleted_after_grace() {
     for t in [t0, after(t0, GRACE) - chrono::Duration::seconds(1)] {
         let r = w.sweep(t).await;
         assert_eq!(r.deleted, 0, "at {t}: {r:#?}");
-        assert!(w.cr(&id).is_some(), "deleted before the grace period, at {t}");
+        assert!(
+            w.cr(&id).is_some(),
+            "deleted before the grace period, at {t}"
+        );
     }
     assert!(w.api.writes().is_empty(), "{:#?}", w.api.writes());
 
@@ -609,7 +619,10 @@ async fn closed_gate_does_not_delete() {
     w.reset_counters();
     let r = w.sweep_with(&gated, after(t0, GRACE)).await;
     assert!(w.api.writes().is_empty(), "{:#?}", w.api.writes());
-    assert!(w.cr(&id).is_some(), "deleted by a replica that does not lead");
+    assert!(
+        w.cr(&id).is_some(),
+        "deleted by a replica that does not lead"
+    );
     assert!(r.aborted, "{r:#?}");
 }
 
@@ -674,7 +687,10 @@ async fn each_posture_change_is_told() {
         Some(&w.env.pki.rekor),
         Spoil::TamperPayload,
     );
-    w.env.oci.push_sig(&id.repository, &id.digest, &[layer]).await;
+    w.env
+        .oci
+        .push_sig(&id.repository, &id.digest, &[layer])
+        .await;
     w.proxy.set_mode(Mode::Pass);
     let r = w.sweep(after(t1, ObserverConfig::default().backoff)).await;
     assert_posture(
