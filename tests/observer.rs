@@ -89,7 +89,7 @@ async fn hit_is_free_ttl_revalidates_by_head_and_change_reverifies() {
     assert!(reval.iter().all(|r| r.starts_with("HEAD ")), "{reval:?}");
     assert_eq!(w.observer.stats().revalidated, 1);
 
-    // A second signature appears: the digest of the .sig manifest changes, so verify again.
+    // The signature is replaced: the .sig manifest digest changes, so verify again.
     let original = ImageId {
         registry: w.env.registry.host.clone(),
         ..id.clone()

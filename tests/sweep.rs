@@ -466,6 +466,10 @@ async fn registry_outage_is_checking_then_recovers() {
     let s = w.status(&id);
     assert_signed(&s);
     assert_eq!(s.checking_since, None);
+    eprintln!(
+        "t0={t0} t1={t1} t2={t2} {r:#?} {s:#?} {:#?}",
+        w.proxy.requests()
+    );
     assert_eq!(s.last_verified, Some(stamp(t2)));
     let notes = w.event_notes();
     assert_eq!(notes.len(), 2, "{notes:#?}");
