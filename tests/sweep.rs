@@ -374,7 +374,8 @@ async fn warm_sweep_costs_nothing() {
 
     w.reset_counters();
     let cold = w.sweep(t0).await;
-    let (cold_registry, cold_api) = (w.proxy.requests().len(), w.api.writes().len());
+    let cold_requests = w.proxy.requests();
+    let (cold_registry, cold_api) = (cold_requests.len(), w.api.writes().len());
     assert_eq!((cold.created, cold.errors), (2, 0), "{cold:#?}");
     assert_eq!(cold.api_writes(), cold_api, "report vs writes at the API");
 
@@ -385,6 +386,10 @@ async fn warm_sweep_costs_nothing() {
         "cold sweep (2 images, 1 signed): {cold_registry} registry requests, {cold_api} API writes; \
          warm sweep: {warm_registry} registry requests, {warm_api} API writes"
     );
+    eprintln!("cold sweep registry requests:");
+    for q in &cold_requests {
+        eprintln!("  {q}");
+    }
     assert_eq!(warm_registry, 0, "{:#?}", w.proxy.requests());
     assert_eq!(warm_api, 0, "{:#?}", w.api.writes());
     assert_eq!(warm.api_writes(), 0, "{warm:#?}");
@@ -458,19 +463,21 @@ async fn registry_outage_is_checking_then_recovers() {
     assert!(w.proxy.requests().is_empty(), "{:#?}", w.proxy.requests());
     assert!(w.api.writes().is_empty(), "{:#?}", w.api.writes());
 
-    // The registry is back and the backoff is over.
+    // The registry is back and the backoff is over: the signature artifacts are unchanged, so
+    // HEAD requests confirm the verdict and `lastVerified` (a full verification) stays t0.
     w.proxy.set_mode(Mode::Pass);
-    let t2 = after(t1, backoff);
-    let r = w.sweep(t2).await;
+    w.reset_counters();
+    let r = w.sweep(after(t1, backoff)).await;
     assert_eq!((r.events, r.errors), (1, 0), "{r:#?}");
     let s = w.status(&id);
     assert_signed(&s);
     assert_eq!(s.checking_since, None);
-    eprintln!(
-        "t0={t0} t1={t1} t2={t2} {r:#?} {s:#?} {:#?}",
-        w.proxy.requests()
+    assert_eq!(s.last_verified, Some(stamp(t0)));
+    let requests = w.proxy.requests();
+    assert!(
+        !requests.is_empty() && requests.iter().all(|q| q.method == "HEAD"),
+        "{requests:#?}"
     );
-    assert_eq!(s.last_verified, Some(stamp(t2)));
     let notes = w.event_notes();
     assert_eq!(notes.len(), 2, "{notes:#?}");
     assert!(notes[1].contains("checking -> signed"), "{notes:#?}");
