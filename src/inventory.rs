@@ -73,13 +73,14 @@ impl Inventory {
             let (Some(spec), status) = (pod.spec.as_ref(), pod.status.as_ref()) else {
                 continue;
             };
-            let statuses = |list: Option<&Vec<ContainerStatus>>| list.cloned().unwrap_or_default();
-            let groups = [
+            let statuses =
+                |list: Option<&'a Vec<ContainerStatus>>| list.map(Vec::as_slice).unwrap_or(&[]);
+            let groups: [(Vec<(&str, Option<&str>)>, &[ContainerStatus]); 3] = [
                 (
                     spec.containers
                         .iter()
                         .map(|c| (c.name.as_str(), c.image.as_deref()))
-                        .collect::<Vec<_>>(),
+                        .collect(),
                     statuses(status.and_then(|s| s.container_statuses.as_ref())),
                 ),
                 (

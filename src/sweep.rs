@@ -79,6 +79,15 @@ pub struct Sweeper {
     gate: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
+/// Why a resource was not written.
+#[derive(Debug, thiserror::Error)]
+enum WriteError {
+    #[error("not the leader")]
+    NotLeader,
+    #[error(transparent)]
+    Api(#[from] kube::Error),
+}
+
 /// Attempts per write when the API server answers 409 Conflict.
 const CONFLICT_RETRIES: u32 = 4;
 
@@ -107,6 +116,14 @@ impl Sweeper {
 
     fn may_write(&self) -> bool {
         self.gate.as_ref().is_none_or(|g| *g.borrow())
+    }
+
+    fn gate(&self) -> Result<(), WriteError> {
+        if self.may_write() {
+            Ok(())
+        } else {
+            Err(WriteError::NotLeader)
+        }
     }
 
     pub fn observer(&self) -> &Observer {
@@ -206,7 +223,7 @@ impl Sweeper {
         current: Option<&ImagePosture>,
         now: DateTime<Utc>,
         report: &mut SweepReport,
-    ) -> Result<(), kube::Error> {
+    ) -> Result<(), WriteError> {
         let name = id.resource_name();
         let old_status = current.and_then(|c| c.status.as_ref());
         let status = desired_status(usage, observed, old_status, now);
@@ -221,6 +238,7 @@ impl Sweeper {
             });
             let params = PatchParams::apply(FIELD_MANAGER).force();
             let patch = Patch::Apply(&body);
+            self.gate()?;
             retry_conflicts(|| self.api.patch(&name, &params, &patch)).await?;
             if current.is_none() {
                 report.created += 1;
@@ -235,6 +253,7 @@ impl Sweeper {
             });
             let params = PatchParams::apply(FIELD_MANAGER).force();
             let patch = Patch::Apply(&body);
+            self.gate()?;
             let written = retry_conflicts(|| self.api.patch_status(&name, &params, &patch)).await?;
             report.status_writes += 1;
             let old = old_status.and_then(|s| s.posture);
@@ -270,7 +289,9 @@ impl Sweeper {
             type_,
             reason: "PostureChanged".into(),
             note: Some(crate::posture::bound(&note, 1000)),
-            action: "Verify".into(),
+            // kube's Recorder folds events with equal (type, reason, action) into one series
+            // for six minutes, keeping the first note; the transition keeps changes apart.
+            action: format!("{}To{}", camel(old), camel(new.posture)),
             secondary: None,
         };
         match self.recorder.publish(&event, &cr.object_ref(&())).await {
@@ -305,6 +326,10 @@ impl Sweeper {
                 .collect()
         };
         for name in due {
+            if !self.may_write() {
+                report.aborted = true;
+                return;
+            }
             let result = self.api.delete(&name, &DeleteParams::default()).await;
             match result
                 .as_ref()
@@ -343,6 +368,19 @@ where
             other => return other,
         }
     }
+}
+
+/// `invalid-signature` → `InvalidSignature`.
+fn camel(p: Posture) -> String {
+    p.as_str()
+        .split('-')
+        .map(|w| {
+            let mut c = w.chars();
+            c.next()
+                .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
+                .unwrap_or_default()
+        })
+        .collect()
 }
 
 fn is_not_found(e: &kube::Error) -> bool {

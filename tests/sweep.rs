@@ -612,7 +612,7 @@ async fn closed_gate_writes_nothing() {
 /// per-image loop and does not consult the gate, so with no live image (or a gate that closes
 /// after the last image) a non-leader deletes resources.
 #[tokio::test]
-#[ignore = "bug: Sweeper::collect_garbage ignores the leadership gate (deletes while not leading)"]
+
 async fn closed_gate_does_not_delete() {
     let mut w = World::new().await;
     let id = w.unsigned_image("gate-gc").await;
@@ -678,7 +678,7 @@ async fn invalid_reference_is_counted_and_pending_tag_is_resolved() {
 /// a second posture change of the same type within 6 minutes patches the first Event into a
 /// series and keeps its note, so `checking -> invalid-signature` is never told.
 #[tokio::test]
-#[ignore = "bug: the second Warning posture change is folded into the first Event (stale note)"]
+
 async fn each_posture_change_is_told() {
     let mut w = World::new().await;
     let id = w.signed_image("flip").await;

@@ -265,15 +265,18 @@ impl Verifier {
             source: config.trust.clone(),
             state: tokio::sync::Mutex::default(),
         };
-        // A given file must be right at startup; the TUF root may come later.
-        match (&config.trust, trust.get().await) {
-            (TrustSource::File(_), Err(_)) => {
-                TrustMaterial::load(&config.trust).await?;
+        match &config.trust {
+            // A given file must be right at startup: fail with its error.
+            TrustSource::File(_) => {
+                let material = TrustMaterial::load(&config.trust).await?;
+                trust.state.lock().await.loaded = Some(Arc::new(material));
             }
-            (_, Err(e)) => {
-                tracing::warn!(error = %e, "trust root unavailable; images stay `checking` until it loads")
+            // The TUF root may come later; until then images stay `checking`.
+            TrustSource::PublicGood { .. } => {
+                if let Err(e) = trust.get().await {
+                    tracing::warn!(error = %e, "trust root unavailable; images stay `checking` until it loads");
+                }
             }
-            _ => {}
         }
         Ok(Verifier {
             registry,
