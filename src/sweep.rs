@@ -151,6 +151,11 @@ impl Sweeper {
         now: DateTime<Utc>,
     ) -> SweepReport {
         let mut report = SweepReport::default();
+        if !self.may_write() {
+            // Not leading: do not even spend registry requests on verdicts we may not write.
+            report.aborted = true;
+            return report;
+        }
         let mut inv =
             Inventory::from_pods(pods.iter().map(|p| p.as_ref()), &self.config.namespaces);
         report.invalid = inv.invalid.len();
