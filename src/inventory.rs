@@ -7,6 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
+use kube::ResourceExt;
 
 use crate::image::{digest_from_image_id, ImageId, ImageRef};
 
@@ -48,6 +49,9 @@ impl NamespaceFilter {
     }
 }
 
+/// One kind of container in a pod: `(name, image)` from the spec, and the kubelet's statuses.
+type ContainerGroup<'a> = (Vec<(&'a str, Option<&'a str>)>, &'a [ContainerStatus]);
+
 #[derive(Clone, Debug, Default)]
 pub struct Inventory {
     /// Images with a known digest.
@@ -75,7 +79,7 @@ impl Inventory {
             };
             let statuses =
                 |list: Option<&'a Vec<ContainerStatus>>| list.map(Vec::as_slice).unwrap_or(&[]);
-            let groups: [(Vec<(&str, Option<&str>)>, &[ContainerStatus]); 3] = [
+            let groups: [ContainerGroup<'_>; 3] = [
                 (
                     spec.containers
                         .iter()
@@ -164,6 +168,42 @@ impl Inventory {
                 .then_with(|| a.0.cmp(b.0))
         });
         ids.into_iter().map(|(id, _)| id.clone()).collect()
+    }
+}
+
+/// Drops what the inventory never reads, for the pod reflector: 10k trimmed pods take about a
+/// quarter of the memory (see the README's benchmarks).
+pub fn trim(pod: &mut Pod) {
+    pod.managed_fields_mut().clear();
+    pod.annotations_mut().clear();
+    pod.labels_mut().clear();
+    pod.metadata.owner_references = None;
+    if let Some(spec) = pod.spec.as_mut() {
+        spec.volumes = None;
+        spec.affinity = None;
+        spec.tolerations = None;
+        for c in spec
+            .containers
+            .iter_mut()
+            .chain(spec.init_containers.iter_mut().flatten())
+        {
+            c.env = None;
+            c.env_from = None;
+            c.volume_mounts = None;
+            c.command = None;
+            c.args = None;
+            c.ports = None;
+            c.resources = None;
+            c.liveness_probe = None;
+            c.readiness_probe = None;
+            c.startup_probe = None;
+            c.security_context = None;
+        }
+    }
+    if let Some(status) = pod.status.as_mut() {
+        status.conditions = None;
+        status.pod_ips = None;
+        status.host_ips = None;
     }
 }
 

@@ -128,7 +128,7 @@ pub async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
     let (pods, pod_writer) = reflector::store::<Pod>();
     let pod_events = watcher(Api::<Pod>::all(client.clone()), watcher::Config::default())
         .default_backoff()
-        .modify(trim_pod)
+        .modify(crate::inventory::trim)
         .reflect(pod_writer);
     tokio::spawn(drive(pod_events, "pods", Some(changed.clone())));
     let (postures, cr_writer) = reflector::store::<ImagePosture>();
@@ -273,41 +273,6 @@ where
             }
             Err(error) => tracing::warn!(%what, %error, "watch error; retrying with backoff"),
         }
-    }
-}
-
-/// Keeps only what the inventory reads, so 10k pods cost little memory.
-fn trim_pod(pod: &mut Pod) {
-    pod.managed_fields_mut().clear();
-    pod.annotations_mut().clear();
-    pod.labels_mut().clear();
-    pod.metadata.owner_references = None;
-    if let Some(spec) = pod.spec.as_mut() {
-        spec.volumes = None;
-        spec.affinity = None;
-        spec.tolerations = None;
-        for c in spec
-            .containers
-            .iter_mut()
-            .chain(spec.init_containers.iter_mut().flatten())
-        {
-            c.env = None;
-            c.env_from = None;
-            c.volume_mounts = None;
-            c.command = None;
-            c.args = None;
-            c.ports = None;
-            c.resources = None;
-            c.liveness_probe = None;
-            c.readiness_probe = None;
-            c.startup_probe = None;
-            c.security_context = None;
-        }
-    }
-    if let Some(status) = pod.status.as_mut() {
-        status.conditions = None;
-        status.pod_ips = None;
-        status.host_ips = None;
     }
 }
 

@@ -8,7 +8,7 @@
 //! `oci_client` still provides reference parsing and the manifest/index types.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -27,8 +27,8 @@ application/vnd.oci.image.index.v1+json, \
 application/vnd.docker.distribution.manifest.v2+json, \
 application/vnd.docker.distribution.manifest.list.v2+json";
 
-/// How long "this registry has no referrers API" is remembered.
-const NO_REFERRERS_TTL: Duration = Duration::from_secs(3600);
+/// How long whether a registry has the referrers API is remembered.
+const REFERRERS_API_TTL: Duration = Duration::from_secs(3600);
 
 /// Why a request did not produce a body. Only `NotFound` is a definite answer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -123,8 +123,12 @@ pub struct RegistryClient {
     tokens: Mutex<HashMap<(String, String), HeaderValue>>,
     /// Hosts whose auth scheme we learned from a 401 challenge.
     challenges: Mutex<HashMap<String, Challenge>>,
-    /// Hosts that answered 404 to the referrers API: skip straight to the tag schema.
-    no_referrers_api: Mutex<HashMap<String, Instant>>,
+    /// Whether each host has the referrers API (a 404 means no: use the tag schema), learned
+    /// from its first answer and remembered for an hour.
+    referrers_api: Mutex<HashMap<String, (bool, Instant)>>,
+    /// One probe of an unknown host's referrers API at a time, so a burst of verifications
+    /// against a new registry asks once instead of once per verification.
+    probes: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     hook: Option<RequestHook>,
 }
 
@@ -147,7 +151,8 @@ impl RegistryClient {
             credentials,
             tokens: Mutex::default(),
             challenges: Mutex::default(),
-            no_referrers_api: Mutex::default(),
+            referrers_api: Mutex::default(),
+            probes: Mutex::default(),
             hook: None,
         })
     }
@@ -271,29 +276,56 @@ impl RegistryClient {
         digest: &str,
         max: usize,
     ) -> Result<Option<Fetched>, FetchError> {
-        if self.knows_no_referrers_api(repo.host) {
-            return Ok(None);
+        match self.has_referrers_api(repo.host) {
+            Some(false) => return Ok(None),
+            Some(true) => return self.query_referrers_api(repo, digest, max).await,
+            None => {}
         }
+        let probe = self
+            .probes
+            .lock()
+            .unwrap()
+            .entry(repo.host.to_string())
+            .or_default()
+            .clone();
+        let _one_at_a_time = probe.lock().await;
+        match self.has_referrers_api(repo.host) {
+            Some(false) => Ok(None),
+            _ => self.query_referrers_api(repo, digest, max).await,
+        }
+    }
+
+    async fn query_referrers_api(
+        &self,
+        repo: Repo<'_>,
+        digest: &str,
+        max: usize,
+    ) -> Result<Option<Fetched>, FetchError> {
         let url = format!(
             "{}/{}/referrers/{}",
             self.base(repo.host),
             repo.name,
             digest
         );
-        match self
+        let result = self
             .get(repo, &url, "application/vnd.oci.image.index.v1+json", max)
-            .await
-        {
-            Ok(index) => Ok(Some(index)),
+            .await;
+        let learned = match &result {
+            Ok(_) => Some(true),
             // Per the distribution spec a registry with the API answers 200 even with no
             // referrers; a 404 means it has no such API, so the caller uses the tag schema.
-            Err(FetchError::NotFound) => {
-                self.no_referrers_api
-                    .lock()
-                    .unwrap()
-                    .insert(repo.host.to_string(), Instant::now());
-                Ok(None)
-            }
+            Err(FetchError::NotFound) => Some(false),
+            Err(_) => None,
+        };
+        if let Some(supported) = learned {
+            self.referrers_api
+                .lock()
+                .unwrap()
+                .insert(repo.host.to_string(), (supported, Instant::now()));
+        }
+        match result {
+            Ok(index) => Ok(Some(index)),
+            Err(FetchError::NotFound) => Ok(None),
             Err(e) => Err(e),
         }
     }
@@ -311,15 +343,16 @@ impl RegistryClient {
         }
     }
 
-    fn knows_no_referrers_api(&self, host: &str) -> bool {
-        let mut map = self.no_referrers_api.lock().unwrap();
+    /// What we learned about the host's referrers API, if it is still fresh.
+    fn has_referrers_api(&self, host: &str) -> Option<bool> {
+        let mut map = self.referrers_api.lock().unwrap();
         match map.get(host) {
-            Some(at) if at.elapsed() < NO_REFERRERS_TTL => true,
+            Some((supported, at)) if at.elapsed() < REFERRERS_API_TTL => Some(*supported),
             Some(_) => {
                 map.remove(host);
-                false
+                None
             }
-            None => false,
+            None => None,
         }
     }
 
