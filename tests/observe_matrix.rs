@@ -507,3 +507,37 @@ async fn bundle_referrer_request_count() {
     check(&v, keyless(WORKFLOW_URI, GITHUB_ISSUER));
     assert_no_repeats(&requests);
 }
+
+// ---- token auth: negotiated once per repository, reused, never a verdict by itself ----------
+
+#[tokio::test]
+async fn bearer_token_auth_is_negotiated_once_and_reused() {
+    let env = TestEnv::new();
+    let first = env.keyless_image("bearer-a", &Identity::github()).await;
+    let second = env.keyless_image("bearer-b", &Identity::google()).await;
+    let proxy = Proxy::start(&env.registry.host).await;
+    proxy.set_mode(Mode::Bearer("s3cret".into()));
+    let verifier = env.verifier(env.config(&[&proxy.host])).await;
+
+    check(
+        &verifier.observe(&via(&first, &proxy.host)).await,
+        keyless(WORKFLOW_URI, GITHUB_ISSUER),
+    );
+    let cold = proxy.requests();
+    proxy.reset_requests();
+    check(
+        &verifier.observe(&via(&second, &proxy.host)).await,
+        keyless(EMAIL, GOOGLE_ISSUER),
+    );
+    let warm = proxy.requests();
+    eprintln!("first repository on a token registry: {cold:#?}\nsecond repository: {warm:#?}");
+    let tokens = |r: &[Seen]| r.iter().filter(|s| s.path.starts_with("/token")).count();
+    // First repository: one 401 challenge, one token, then the four requests of a digest with
+    // one legacy signature (each sent once with the token).
+    assert_eq!(tokens(&cold), 1, "{cold:#?}");
+    assert_eq!(cold.len(), 1 + 1 + 4, "{cold:#?}");
+    // Second repository: the challenge is known, so the token is fetched up front (scope is
+    // per repository); the referrers API is known to be absent.
+    assert_eq!(tokens(&warm), 1, "{warm:#?}");
+    assert_eq!(warm.len(), 1 + 3, "{warm:#?}");
+}

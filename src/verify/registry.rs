@@ -126,9 +126,12 @@ pub struct RegistryClient {
     /// Whether each host has the referrers API (a 404 means no: use the tag schema), learned
     /// from its first answer and remembered for an hour.
     referrers_api: Mutex<HashMap<String, (bool, Instant)>>,
-    /// One probe of an unknown host's referrers API at a time, so a burst of verifications
-    /// against a new registry asks once instead of once per verification.
-    probes: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Hosts that have answered at least once (so their auth scheme is known).
+    contacted: Mutex<HashSet<String>>,
+    /// Single-flight locks: the first contact with a host, a token fetch for a repository and
+    /// the first referrers-API probe of a host each happen once, not once per concurrent
+    /// verification.
+    flights: Flights,
     hook: Option<RequestHook>,
 }
 
@@ -152,7 +155,8 @@ impl RegistryClient {
             tokens: Mutex::default(),
             challenges: Mutex::default(),
             referrers_api: Mutex::default(),
-            probes: Mutex::default(),
+            contacted: Mutex::default(),
+            flights: Flights::default(),
             hook: None,
         })
     }
@@ -281,13 +285,7 @@ impl RegistryClient {
             Some(true) => return self.query_referrers_api(repo, digest, max).await,
             None => {}
         }
-        let probe = self
-            .probes
-            .lock()
-            .unwrap()
-            .entry(repo.host.to_string())
-            .or_default()
-            .clone();
+        let probe = self.flights.get(format!("referrers {}", repo.host));
         let _one_at_a_time = probe.lock().await;
         match self.has_referrers_api(repo.host) {
             Some(false) => Ok(None),
@@ -399,7 +397,30 @@ impl RegistryClient {
         url: &str,
         accept: &str,
     ) -> Result<reqwest::Response, FetchError> {
-        let mut auth = self.auth_header(repo).await?;
+        // The first request to a host goes alone: it learns whether (and how) the host wants
+        // auth, so concurrent requests do not each collect the same 401 challenge.
+        let first_contact = if self.contacted.lock().unwrap().contains(repo.host) {
+            None
+        } else {
+            let lock = self.flights.get(format!("contact {}", repo.host));
+            let guard = lock.lock_owned().await;
+            (!self.contacted.lock().unwrap().contains(repo.host)).then_some(guard)
+        };
+        let result = self.send_authenticated(method, repo, url, accept).await;
+        if first_contact.is_some() {
+            self.contacted.lock().unwrap().insert(repo.host.to_string());
+        }
+        result
+    }
+
+    async fn send_authenticated(
+        &self,
+        method: Method,
+        repo: Repo<'_>,
+        url: &str,
+        accept: &str,
+    ) -> Result<reqwest::Response, FetchError> {
+        let mut auth = self.auth_header(repo, None).await?;
         for attempt in 0..2 {
             let mut req = self
                 .http
@@ -408,8 +429,7 @@ impl RegistryClient {
             if let Some(value) = &auth {
                 req = req.header(AUTHORIZATION, value.clone());
             }
-            let resp = req.send().await;
-            let resp = match resp {
+            let resp = match req.send().await {
                 Ok(r) => r,
                 Err(e) => {
                     self.observe(repo.host, 0);
@@ -424,11 +444,7 @@ impl RegistryClient {
                         .lock()
                         .unwrap()
                         .insert(repo.host.to_string(), challenge);
-                    self.tokens
-                        .lock()
-                        .unwrap()
-                        .remove(&(repo.host.to_string(), repo.name.to_string()));
-                    let next = self.auth_header(repo).await?;
+                    let next = self.auth_header(repo, auth.as_ref()).await?;
                     if next.is_some() && next != auth {
                         auth = next;
                         continue;
@@ -448,10 +464,25 @@ impl RegistryClient {
 
     /// The Authorization header for a repository, fetching a bearer token if the host's
     /// challenge asks for one.
-    async fn auth_header(&self, repo: Repo<'_>) -> Result<Option<HeaderValue>, FetchError> {
+    /// `stale` is a header the registry just refused: never hand it out again.
+    async fn auth_header(
+        &self,
+        repo: Repo<'_>,
+        stale: Option<&HeaderValue>,
+    ) -> Result<Option<HeaderValue>, FetchError> {
         let key = (repo.host.to_string(), repo.name.to_string());
-        if let Some(token) = self.tokens.lock().unwrap().get(&key) {
-            return Ok(Some(token.clone()));
+        let fresh = |tokens: &HashMap<(String, String), HeaderValue>| {
+            tokens.get(&key).filter(|t| Some(*t) != stale).cloned()
+        };
+        if let Some(token) = fresh(&self.tokens.lock().unwrap()) {
+            return Ok(Some(token));
+        }
+        let flight = self
+            .flights
+            .get(format!("token {} {}", repo.host, repo.name));
+        let _one_fetch = flight.lock().await;
+        if let Some(token) = fresh(&self.tokens.lock().unwrap()) {
+            return Ok(Some(token));
         }
         let challenge = self.challenges.lock().unwrap().get(repo.host).cloned();
         let basic = self.credentials.basic_header(repo.host);
@@ -491,6 +522,16 @@ impl RegistryClient {
             self.tokens.lock().unwrap().insert(key, h.clone());
         }
         Ok(header)
+    }
+}
+
+/// Async locks by key, for single-flight work.
+#[derive(Default)]
+struct Flights(Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>);
+
+impl Flights {
+    fn get(&self, key: String) -> Arc<tokio::sync::Mutex<()>> {
+        self.0.lock().unwrap().entry(key).or_default().clone()
     }
 }
 

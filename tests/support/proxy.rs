@@ -22,6 +22,10 @@ pub enum Mode {
     Status(u16),
     /// Hold the request this long, then forward it.
     Delay(Duration),
+    /// Act like a token-auth registry (Docker Hub, GHCR): without `Authorization: Bearer
+    /// <token>`, answer 401 with a Bearer challenge whose realm is this proxy's `/token`,
+    /// which hands out the token (counted like every request).
+    Bearer(String),
 }
 
 /// One request as the proxy received it.
@@ -39,6 +43,8 @@ impl std::fmt::Display for Seen {
 }
 
 struct State {
+    /// This proxy's own `host:port` (the realm of its Bearer challenge).
+    host: String,
     upstream: String,
     mode: Mutex<(Mode, Option<String>)>,
     seen: Mutex<Vec<Seen>>,
@@ -58,6 +64,7 @@ impl Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let host = listener.local_addr().unwrap().to_string();
         let state = Arc::new(State {
+            host: host.clone(),
             upstream: upstream.to_string(),
             mode: Mutex::new((Mode::Pass, None)),
             seen: Mutex::new(Vec::new()),
@@ -141,6 +148,7 @@ async fn serve_connection(sock: TcpStream, state: Arc<State>) {
                 forward(&state, req).await
             }
             Mode::Status(code) => fault(code, &req.method),
+            Mode::Bearer(token) => bearer(&state, req, &token).await,
         };
         if w.write_all(&response).await.is_err() || w.flush().await.is_err() || close {
             return;
@@ -291,6 +299,33 @@ async fn forward(state: &State, req: Request) -> Vec<u8> {
     let mut out = head.into_bytes();
     if !is_head {
         out.extend_from_slice(&body);
+    }
+    out
+}
+
+/// Token auth: `/token` issues the token; everything else needs it.
+async fn bearer(state: &State, req: Request, token: &str) -> Vec<u8> {
+    if req.target.starts_with("/token") {
+        let body = format!(r#"{{"token":"{token}"}}"#);
+        return format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes();
+    }
+    let expected = format!("Bearer {token}");
+    if header(&req.headers, "authorization") == Some(expected.as_str()) {
+        return forward(state, req).await;
+    }
+    let body = r#"{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}"#;
+    let mut out = format!(
+        "HTTP/1.1 401 Unauthorized\r\ncontent-type: application/json\r\nwww-authenticate: Bearer realm=\"http://{}/token\",service=\"test\"\r\ncontent-length: {}\r\n\r\n",
+        state.host,
+        body.len()
+    )
+    .into_bytes();
+    if req.method != "HEAD" {
+        out.extend_from_slice(body.as_bytes());
     }
     out
 }
