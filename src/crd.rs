@@ -59,12 +59,7 @@ pub const MAX_REFERENCE_TEXT: usize = 512;
     printcolumn(name = "Image", type_ = "string", json_path = ".spec.image"),
     printcolumn(name = "Posture", type_ = "string", json_path = ".status.posture"),
     printcolumn(name = "Signer", type_ = "string", json_path = ".status.signer"),
-    printcolumn(
-        name = "Issuer",
-        type_ = "string",
-        json_path = ".status.issuer",
-        priority = "1"
-    ),
+    printcolumn(name = "Issuer", type_ = "string", json_path = ".status.issuer"),
     printcolumn(
         name = "Reason",
         type_ = "string",
