@@ -7,223 +7,33 @@
 mod auth;
 mod bundle;
 mod cert;
+mod config;
 mod keys;
 mod legacy;
+mod record;
 mod registry;
 mod rekor;
 mod trust;
 
-use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 use oci_client::manifest::{OciImageIndex, OciImageManifest};
 
 pub use self::auth::Credentials;
+pub use self::config::{Limits, SetupError, TrustSource, VerifierConfig};
 pub use self::keys::KeyRing;
 use self::keys::Signer;
+use self::record::{Checked, Context, Failure};
 use self::registry::Repo;
 pub use self::registry::{FetchError, RegistryClient, RequestHook};
+use self::trust::TrustCell;
 pub use self::trust::{TrustError, TrustMaterial};
 use crate::image::{ImageId, ImageRef};
 use crate::posture::EVIDENCE_SIG_TAG;
 use crate::posture::{
-    bound, Reason, SignatureFormat, SignatureRecord, SignatureSource, SignerType, Verdict,
-    MAX_MESSAGE,
+    bound, Reason, SignatureFormat, SignatureRecord, SignatureSource, Verdict, MAX_MESSAGE,
 };
-
-/// Resource bounds for one observation.
-#[derive(Clone, Debug)]
-pub struct Limits {
-    /// Wall-clock budget for one image, all requests included.
-    pub budget: Duration,
-    pub max_manifest_bytes: usize,
-    pub max_blob_bytes: usize,
-    /// Signature artifacts examined per image; more is reported, not processed.
-    pub max_signatures: usize,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            budget: Duration::from_secs(30),
-            max_manifest_bytes: 4 << 20,
-            max_blob_bytes: 4 << 20,
-            max_signatures: 16,
-        }
-    }
-}
-
-/// Where the Fulcio CAs and Rekor keys come from.
-#[derive(Clone, Debug)]
-pub enum TrustSource {
-    /// Sigstore public-good instance via TUF, cached in the directory if given.
-    PublicGood { cache_dir: Option<PathBuf> },
-    /// A Sigstore `trusted_root.json`.
-    File(PathBuf),
-}
-
-#[derive(Clone, Debug)]
-pub struct VerifierConfig {
-    pub trust: TrustSource,
-    /// `NAME=FILE` public keys (PEM) that name key-based signers.
-    pub trusted_keys: Vec<(String, PathBuf)>,
-    /// A docker `config.json` with registry credentials.
-    pub registry_config: Option<PathBuf>,
-    /// `host:port` registries spoken to over plain HTTP.
-    pub insecure_registries: Vec<String>,
-    pub limits: Limits,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum SetupError {
-    #[error("registry config {path}: {why}")]
-    RegistryConfig { path: PathBuf, why: String },
-    #[error("trusted key {name}: {why}")]
-    TrustedKey { name: String, why: String },
-    #[error(transparent)]
-    Trust(#[from] TrustError),
-    #[error("HTTP client: {0}")]
-    Http(String),
-}
-
-/// The trust root, loaded once; the TUF one is retried (at most once a minute) until it loads.
-struct TrustCell {
-    source: TrustSource,
-    state: tokio::sync::Mutex<TrustState>,
-}
-
-#[derive(Default)]
-struct TrustState {
-    loaded: Option<Arc<TrustMaterial>>,
-    /// The last failure and when it happened.
-    failed: Option<(Instant, String)>,
-}
-
-impl TrustCell {
-    async fn get(&self) -> Result<Arc<TrustMaterial>, String> {
-        let mut state = self.state.lock().await;
-        if let Some(t) = &state.loaded {
-            return Ok(t.clone());
-        }
-        if let Some((at, why)) = &state.failed {
-            if at.elapsed() < Duration::from_secs(60) {
-                return Err(why.clone());
-            }
-        }
-        match TrustMaterial::load(&self.source).await {
-            Ok(t) => {
-                let t = Arc::new(t);
-                *state = TrustState {
-                    loaded: Some(t.clone()),
-                    failed: None,
-                };
-                Ok(t)
-            }
-            Err(e) => {
-                state.failed = Some((Instant::now(), e.to_string()));
-                Err(e.to_string())
-            }
-        }
-    }
-}
-
-/// Everything one classification needs besides the artifact.
-pub(crate) struct Context<'a> {
-    pub trust: &'a TrustMaterial,
-    pub keys: &'a KeyRing,
-}
-
-/// Why an artifact did not verify.
-#[derive(Debug)]
-pub(crate) struct Failure {
-    reason: Reason,
-    message: String,
-}
-
-impl Failure {
-    pub fn new(reason: Reason, message: impl Into<String>) -> Self {
-        Failure {
-            reason,
-            message: message.into(),
-        }
-    }
-}
-
-/// A signature record under construction.
-pub(crate) struct Checked(SignatureRecord);
-
-impl Checked {
-    fn new(source: SignatureSource, format: SignatureFormat) -> Self {
-        Checked(SignatureRecord {
-            source,
-            format,
-            verified: false,
-            signer: None,
-            issuer: None,
-            signer_type: None,
-            reason: Reason::Malformed,
-            message: String::new(),
-            rekor_log_index: None,
-            integrated_time: None,
-        })
-    }
-
-    fn keyless(&mut self, signer: String, issuer: Option<String>) {
-        self.0.signer = Some(signer);
-        self.0.issuer = issuer;
-        self.0.signer_type = Some(SignerType::Keyless);
-    }
-
-    fn key(&mut self, name: String) {
-        self.0.signer = Some(name);
-        self.0.signer_type = Some(SignerType::Key);
-    }
-
-    fn finish(mut self, result: Result<(), Failure>) -> Checked {
-        match result {
-            Ok(()) => {
-                self.0.verified = true;
-                self.0.reason = Reason::Verified;
-            }
-            Err(f) => {
-                self.0.verified = false;
-                self.0.signer = None;
-                self.0.issuer = None;
-                self.0.signer_type = None;
-                self.0.reason = f.reason;
-                self.0.message = bound(&f.message, MAX_MESSAGE);
-            }
-        }
-        self
-    }
-
-    fn record(self) -> SignatureRecord {
-        self.0
-    }
-
-    fn failed(
-        source: SignatureSource,
-        format: SignatureFormat,
-        failure: Failure,
-    ) -> SignatureRecord {
-        Checked::new(source, format).finish(Err(failure)).record()
-    }
-}
-
-impl std::ops::Deref for Checked {
-    type Target = SignatureRecord;
-    fn deref(&self) -> &SignatureRecord {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for Checked {
-    fn deref_mut(&mut self) -> &mut SignatureRecord {
-        &mut self.0
-    }
-}
 
 pub struct Verifier {
     registry: RegistryClient,

@@ -9,6 +9,9 @@ use sigstore::crypto::CosignVerificationKey;
 use sigstore::trust::sigstore::SigstoreTrustRoot;
 use sigstore::trust::TrustRoot as _;
 
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
 use super::TrustSource;
 
 /// Key material every verification is anchored on.
@@ -92,5 +95,46 @@ impl TrustMaterial {
             ca_certs,
             rekor_keys,
         })
+    }
+}
+
+/// The trust root, loaded once; the TUF one is retried (at most once a minute) until it loads.
+pub(super) struct TrustCell {
+    pub(super) source: TrustSource,
+    pub(super) state: tokio::sync::Mutex<TrustState>,
+}
+
+#[derive(Default)]
+pub(super) struct TrustState {
+    pub(super) loaded: Option<Arc<TrustMaterial>>,
+    /// The last failure and when it happened.
+    pub(super) failed: Option<(Instant, String)>,
+}
+
+impl TrustCell {
+    pub(super) async fn get(&self) -> Result<Arc<TrustMaterial>, String> {
+        let mut state = self.state.lock().await;
+        if let Some(t) = &state.loaded {
+            return Ok(t.clone());
+        }
+        if let Some((at, why)) = &state.failed {
+            if at.elapsed() < Duration::from_secs(60) {
+                return Err(why.clone());
+            }
+        }
+        match TrustMaterial::load(&self.source).await {
+            Ok(t) => {
+                let t = Arc::new(t);
+                *state = TrustState {
+                    loaded: Some(t.clone()),
+                    failed: None,
+                };
+                Ok(t)
+            }
+            Err(e) => {
+                state.failed = Some((Instant::now(), e.to_string()));
+                Err(e.to_string())
+            }
+        }
     }
 }

@@ -1,0 +1,104 @@
+//! Building the verdict on one signature artifact: what classification needs, how it fails,
+//! and the record it fills in.
+
+use super::keys::KeyRing;
+use super::trust::TrustMaterial;
+use crate::posture::{
+    bound, Reason, SignatureFormat, SignatureRecord, SignatureSource, SignerType, MAX_MESSAGE,
+};
+
+/// Everything one classification needs besides the artifact.
+pub(crate) struct Context<'a> {
+    pub trust: &'a TrustMaterial,
+    pub keys: &'a KeyRing,
+}
+
+/// Why an artifact did not verify.
+#[derive(Debug)]
+pub(crate) struct Failure {
+    reason: Reason,
+    message: String,
+}
+
+impl Failure {
+    pub fn new(reason: Reason, message: impl Into<String>) -> Self {
+        Failure {
+            reason,
+            message: message.into(),
+        }
+    }
+}
+
+/// A signature record under construction.
+pub(crate) struct Checked(SignatureRecord);
+
+impl Checked {
+    pub(super) fn new(source: SignatureSource, format: SignatureFormat) -> Self {
+        Checked(SignatureRecord {
+            source,
+            format,
+            verified: false,
+            signer: None,
+            issuer: None,
+            signer_type: None,
+            reason: Reason::Malformed,
+            message: String::new(),
+            rekor_log_index: None,
+            integrated_time: None,
+        })
+    }
+
+    pub(super) fn keyless(&mut self, signer: String, issuer: Option<String>) {
+        self.0.signer = Some(signer);
+        self.0.issuer = issuer;
+        self.0.signer_type = Some(SignerType::Keyless);
+    }
+
+    pub(super) fn key(&mut self, name: String) {
+        self.0.signer = Some(name);
+        self.0.signer_type = Some(SignerType::Key);
+    }
+
+    pub(super) fn finish(mut self, result: Result<(), Failure>) -> Checked {
+        match result {
+            Ok(()) => {
+                self.0.verified = true;
+                self.0.reason = Reason::Verified;
+            }
+            Err(f) => {
+                self.0.verified = false;
+                self.0.signer = None;
+                self.0.issuer = None;
+                self.0.signer_type = None;
+                self.0.reason = f.reason;
+                self.0.message = bound(&f.message, MAX_MESSAGE);
+            }
+        }
+        self
+    }
+
+    pub(super) fn record(self) -> SignatureRecord {
+        self.0
+    }
+
+    pub(super) fn failed(
+        source: SignatureSource,
+        format: SignatureFormat,
+        failure: Failure,
+    ) -> SignatureRecord {
+        Checked::new(source, format).finish(Err(failure)).record()
+    }
+}
+
+impl std::ops::Deref for Checked {
+    type Target = SignatureRecord;
+    fn deref(&self) -> &SignatureRecord {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Checked {
+    fn deref_mut(&mut self) -> &mut SignatureRecord {
+        &mut self.0
+    }
+}
