@@ -1,0 +1,156 @@
+//! The operator process itself (`imageposture run`) against the Kubernetes API double and the
+//! real registry: reflectors, leader election, the sweep loop, `/metrics`, `/healthz`, `/readyz`,
+//! and a clean shutdown on SIGTERM that releases the Lease.
+
+mod apidouble;
+mod support;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use apidouble::ApiDouble;
+use serde_json::{json, Value};
+use support::pki::{Identity, WORKFLOW_URI};
+use support::registry::free_port;
+use support::TestEnv;
+
+struct Operator(Child);
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn kubeconfig(dir: &std::path::Path, server: &str) -> std::path::PathBuf {
+    let path = dir.join("kubeconfig");
+    let config = format!(
+        "apiVersion: v1\nkind: Config\ncurrent-context: double\nclusters:\n- name: double\n  cluster:\n    server: {server}\ncontexts:\n- name: double\n  context:\n    cluster: double\n    user: nobody\nusers:\n- name: nobody\n  user: {{}}\n"
+    );
+    std::fs::write(&path, config).unwrap();
+    path
+}
+
+async fn eventually<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(v) = probe() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn get(url: &str) -> (u16, String) {
+    match reqwest::get(url).await {
+        Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
+        Err(_) => (0, String::new()),
+    }
+}
+
+// Multi-threaded: the API double must keep answering while the test waits for the process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_process_writes_imagepostures_and_serves_metrics() {
+    let env = TestEnv::new();
+    let signed = env.keyless_image("run-signed", &Identity::github()).await;
+    let api = ApiDouble::start().await;
+    api.seed(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"namespace": "prod", "name": "web-1"},
+        "spec": {"containers": [{"name": "app", "image": format!("{}:v1", signed.repo_path())}]},
+        "status": {"phase": "Running", "containerStatuses": [
+            {"name": "app", "image": "", "imageID": signed.key(), "ready": true, "restartCount": 0}]}
+    }));
+    let port = free_port();
+    let config = kubeconfig(env.dir.path(), &api.url());
+    let operator = Operator(
+        Command::new(env!("CARGO_BIN_EXE_imageposture"))
+            .args([
+                "run",
+                "--debounce",
+                "100ms",
+                "--resync",
+                "1s",
+                "--lease-duration",
+                "3s",
+            ])
+            .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
+            .args(["--trusted-root", env.trusted_root.to_str().unwrap()])
+            .args(["--insecure-registry", &env.registry.host])
+            .env("KUBECONFIG", &config)
+            .env("POD_NAMESPACE", "imageposture-system")
+            .env("POD_NAME", "operator-0")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("the operator starts"),
+    );
+
+    let name = signed.resource_name();
+    let cr: Value = eventually("the ImagePosture", || {
+        api.image_posture(&name)
+            .filter(|cr| cr["status"]["posture"].is_string())
+    })
+    .await;
+    assert_eq!(cr["spec"]["image"], signed.key().as_str());
+    assert_eq!(cr["status"]["posture"], "signed");
+    assert_eq!(cr["status"]["signer"], WORKFLOW_URI);
+    assert_eq!(cr["status"]["usage"]["pods"], 1);
+
+    let lease = eventually("the Lease", || {
+        api.objects("coordination.k8s.io", "leases")
+            .into_iter()
+            .next()
+    })
+    .await;
+    assert_eq!(lease["spec"]["holderIdentity"], "operator-0");
+
+    let base = format!("http://127.0.0.1:{port}");
+    assert_eq!(get(&format!("{base}/healthz")).await.0, 200);
+    assert_eq!(get(&format!("{base}/readyz")).await.0, 200);
+    let (code, metrics) = get(&format!("{base}/metrics")).await;
+    assert_eq!(code, 200);
+    for line in [
+        "imageposture_images{posture=\"signed\"} 1",
+        "imageposture_leader 1",
+        "imageposture_verifications_total{result=\"signed\"} 1",
+        "imageposture_cache_misses_total 1",
+    ] {
+        assert!(metrics.contains(line), "{line} missing from:\n{metrics}");
+    }
+
+    // Resyncs with nothing changed write nothing more.
+    let writes = api.image_posture_writes("PATCH");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(
+        api.image_posture_writes("PATCH"),
+        writes,
+        "idle resyncs wrote"
+    );
+
+    // SIGTERM: a clean stop that hands the Lease back.
+    let pid = operator.0.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let status = tokio::task::spawn_blocking(move || {
+        let mut operator = operator;
+        operator.0.wait()
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(status.success(), "exit status {status}");
+    let lease = api.objects("coordination.k8s.io", "leases").remove(0);
+    assert!(
+        lease["spec"]["holderIdentity"]
+            .as_str()
+            .unwrap_or("")
+            .is_empty(),
+        "lease not released: {lease}"
+    );
+}
