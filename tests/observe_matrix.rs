@@ -541,3 +541,35 @@ async fn bearer_token_auth_is_negotiated_once_and_reused() {
     assert_eq!(tokens(&warm), 1, "{warm:#?}");
     assert_eq!(warm.len(), 1 + 3, "{warm:#?}");
 }
+
+#[tokio::test]
+async fn basic_auth_uses_the_docker_config_credentials() {
+    let env = TestEnv::new();
+    let id = env.keyless_image("basic-auth", &Identity::github()).await;
+    let proxy = Proxy::start(&env.registry.host).await;
+    proxy.set_mode(Mode::Basic("dXNlcjpwYXNz".into())); // user:pass
+    let behind = via(&id, &proxy.host);
+
+    let anonymous = env.verifier(env.config(&[&proxy.host])).await;
+    check(
+        &anonymous.observe(&behind).await,
+        Expect::checking(Reason::Unauthorized),
+    );
+
+    let config = env.dir.path().join("config.json");
+    std::fs::write(
+        &config,
+        format!(
+            r#"{{"auths":{{"{}":{{"username":"user","password":"pass"}}}}}}"#,
+            proxy.host
+        ),
+    )
+    .unwrap();
+    let mut cfg = env.config(&[&proxy.host]);
+    cfg.registry_config = Some(config);
+    let authenticated = env.verifier(cfg).await;
+    check(
+        &authenticated.observe(&behind).await,
+        keyless(WORKFLOW_URI, GITHUB_ISSUER),
+    );
+}

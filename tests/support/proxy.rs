@@ -26,6 +26,9 @@ pub enum Mode {
     /// <token>`, answer 401 with a Bearer challenge whose realm is this proxy's `/token`,
     /// which hands out the token (counted like every request).
     Bearer(String),
+    /// Act like a registry with HTTP Basic auth: requests need `Authorization: Basic <this>`
+    /// (base64 of `user:password`), else 401 with a Basic challenge.
+    Basic(String),
 }
 
 /// One request as the proxy received it.
@@ -149,6 +152,13 @@ async fn serve_connection(sock: TcpStream, state: Arc<State>) {
             }
             Mode::Status(code) => fault(code, &req.method),
             Mode::Bearer(token) => bearer(&state, req, &token).await,
+            Mode::Basic(credentials) => {
+                if header(&req.headers, "authorization") == Some(&format!("Basic {credentials}")) {
+                    forward(&state, req).await
+                } else {
+                    fault(401, &req.method)
+                }
+            }
         };
         if w.write_all(&response).await.is_err() || w.flush().await.is_err() || close {
             return;
