@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use futures::stream::{self, StreamExt};
+use futures::future::join_all;
 use tokio::sync::Semaphore;
 
 use crate::image::{ImageId, ImageRef};
@@ -93,6 +93,8 @@ pub struct Observer {
     tags: Mutex<HashMap<ImageRef, (ImageId, DateTime<Utc>)>>,
     backoff: Mutex<HashMap<String, Backoff>>,
     slots: Mutex<HashMap<String, Arc<Semaphore>>>,
+    /// Verifications in flight across all registries.
+    global: Semaphore,
     stats: Mutex<ObserverStats>,
     metrics: Option<Arc<Metrics>>,
 }
@@ -101,6 +103,7 @@ impl Observer {
     pub fn new(verifier: Arc<Verifier>, config: ObserverConfig) -> Self {
         Observer {
             verifier,
+            global: Semaphore::new(config.concurrency.max(1)),
             config,
             cache: Mutex::default(),
             tags: Mutex::default(),
@@ -243,14 +246,14 @@ impl Observer {
                 }
             }
         }
-        let verified: Vec<(ImageId, Observed)> = stream::iter(admitted)
-            .map(|id| async move {
-                let observed = self.verify_one(&id, now).await;
-                (id, observed)
-            })
-            .buffer_unordered(self.config.concurrency.max(1))
-            .collect()
-            .await;
+        // Every admitted image waits for a slot of its registry first and only then for a global
+        // slot, so a slow registry holds at most `per_registry` of the global slots and cannot
+        // starve the others.
+        let verified = join_all(admitted.into_iter().map(|id| async move {
+            let observed = self.verify_one(&id, now).await;
+            (id, observed)
+        }))
+        .await;
         out.extend(verified);
         out
     }
@@ -270,7 +273,8 @@ impl Observer {
             .entry(id.registry.clone())
             .or_insert_with(|| Arc::new(Semaphore::new(self.config.per_registry.max(1))))
             .clone();
-        let _permit = slot.acquire().await.expect("semaphore never closes");
+        let _registry_slot = slot.acquire().await.expect("semaphore never closes");
+        let _global_slot = self.global.acquire().await.expect("semaphore never closes");
         // Another image of this registry may have failed while we waited.
         if let Some(verdict) = self.backing_off(&id.registry, now) {
             return Observed {

@@ -183,3 +183,51 @@ async fn the_cap_defers_new_images_visibly() {
     assert_eq!(w.observer.stats().deferred, 1);
     assert_eq!(w.observer.cached(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_registry_does_not_starve_the_others() {
+    let env = TestEnv::new();
+    let slow = Proxy::start(&env.registry.host).await;
+    let fast = Proxy::start(&env.registry.host).await;
+    slow.set_mode(Mode::Delay(Duration::from_millis(300)));
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        let id = env
+            .keyless_image(&format!("obs-slow-{n}"), &Identity::github())
+            .await;
+        ids.push(via(&id, &slow.host));
+    }
+    let quick = env.keyless_image("obs-fast", &Identity::github()).await;
+    ids.push(via(&quick, &fast.host));
+    let verifier = env.verifier(env.config(&[&slow.host, &fast.host])).await;
+    let observer = Arc::new(Observer::new(
+        Arc::new(verifier),
+        ObserverConfig {
+            ttl: TTL,
+            concurrency: 2,
+            per_registry: 1,
+            ..ObserverConfig::default()
+        },
+    ));
+
+    // Slow images first in line: with one global slot per registry at most, the fast
+    // registry still gets the other slot at once.
+    let run = tokio::spawn({
+        let observer = observer.clone();
+        let ids = ids.clone();
+        async move { observer.observe_all(&ids, at(0)).await }
+    });
+    let slow_seen_when_fast_started = loop {
+        if !fast.requests().is_empty() {
+            break slow.requests().len();
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    let out = run.await.unwrap();
+    assert!(out.values().all(|o| o.verdict.posture == Posture::Signed));
+    let slow_total = slow.requests().len();
+    assert!(
+        slow_seen_when_fast_started < slow_total / 2,
+        "the fast registry waited for {slow_seen_when_fast_started} of {slow_total} slow requests"
+    );
+}
