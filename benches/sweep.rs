@@ -36,8 +36,7 @@ use kube::ResourceExt;
 use serde_json::json;
 
 use apidouble::ApiDouble;
-use support::cosign::{self, Spoil};
-use support::pki::{Identity, Signer};
+use support::pki::Identity;
 use support::proxy::{Proxy, Seen};
 use support::{unique_repo, via, TestEnv};
 
@@ -85,27 +84,8 @@ async fn push_fixture(env: &TestEnv, repo: &str, kind: Kind) -> ImageId {
     let img = env.oci.push_image(repo, "v1").await;
     match kind {
         Kind::Unsigned => {}
-        Kind::Keyless => {
-            let layer = {
-                let leaf = env.pki.ca.issue(&Identity::github());
-                cosign::legacy_layer(
-                    &img.id,
-                    &Signer::Keyless(&leaf),
-                    Some(&env.pki.rekor),
-                    Spoil::None,
-                )
-            };
-            env.oci
-                .push_sig(&img.id.repository, &img.id.digest, &[layer])
-                .await;
-        }
-        Kind::Bundle => {
-            let bundle = {
-                let leaf = env.pki.ca.issue(&Identity::github());
-                cosign::sigstore_bundle(&cosign::cosign_statement(&img.id), &leaf, &env.pki.rekor)
-            };
-            env.oci.push_bundle_referrer(&img, &bundle).await;
-        }
+        Kind::Keyless => env.sign_keyless(&img.id, &Identity::github()).await,
+        Kind::Bundle => env.sign_bundle(&img).await,
     }
     img.id
 }

@@ -112,9 +112,7 @@ async fn spoiled_image(env: &TestEnv, name: &str, spoil: Spoil) -> ImageId {
 /// An image with a cosign v3 Sigstore bundle attached as a referrer (fallback index).
 async fn bundle_image(env: &TestEnv, name: &str) -> ImageId {
     let img = env.oci.push_image(&unique_repo(name), "v1").await;
-    let leaf = env.pki.ca.issue(&Identity::github());
-    let bundle = cosign::sigstore_bundle(&cosign::cosign_statement(&img.id), &leaf, &env.pki.rekor);
-    env.oci.push_bundle_referrer(&img, &bundle).await;
+    env.sign_bundle(&img).await;
     img.id
 }
 

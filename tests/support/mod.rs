@@ -87,6 +87,15 @@ impl TestEnv {
             .await;
     }
 
+    /// Attaches a cosign v3 Sigstore bundle (keyless, GitHub Actions identity) to `img` as an
+    /// OCI referrer, listed in the referrers tag-schema index.
+    pub async fn sign_bundle(&self, img: &cosign::Pushed) {
+        let leaf = self.pki.ca.issue(&pki::Identity::github());
+        let statement = cosign::cosign_statement(&img.id);
+        let bundle = cosign::sigstore_bundle(&statement, &leaf, &self.pki.rekor);
+        self.oci.push_bundle_referrer(img, &bundle).await;
+    }
+
     /// A fresh image (tag `v1`) with one legacy keyless signature by `identity`.
     pub async fn keyless_image(&self, name: &str, identity: &pki::Identity) -> ImageId {
         let img = self.oci.push_image(&unique_repo(name), "v1").await;
