@@ -93,6 +93,13 @@ async fn observe(env: &TestEnv, id: &ImageId) -> Verdict {
     env.verifier(env.config(&[])).await.observe(id).await
 }
 
+/// A spoiled signature must read `invalid-signature` with exactly this reason.
+async fn expect_spoiled(name: &str, spoil: Spoil, reason: Reason) {
+    let env = TestEnv::new();
+    let id = spoiled_image(&env, name, spoil).await;
+    check(&observe(&env, &id).await, Expect::invalid(reason));
+}
+
 /// An image whose legacy keyless signature is spoiled as given.
 async fn spoiled_image(env: &TestEnv, name: &str, spoil: Spoil) -> ImageId {
     let img = env.oci.push_image(&unique_repo(name), "v1").await;
@@ -250,12 +257,7 @@ async fn sigstore_bundle_for_another_digest_is_digest_mismatch() {
 
 #[tokio::test]
 async fn tampered_payload_is_bad_signature() {
-    let env = TestEnv::new();
-    let id = spoiled_image(&env, "tampered", Spoil::TamperPayload).await;
-    check(
-        &observe(&env, &id).await,
-        Expect::invalid(Reason::BadSignature),
-    );
+    expect_spoiled("tampered", Spoil::TamperPayload, Reason::BadSignature).await;
 }
 
 #[tokio::test]
@@ -321,42 +323,27 @@ async fn set_signed_by_another_key_is_bad_tlog_entry() {
 
 #[tokio::test]
 async fn rekor_body_altered_after_set_is_bad_tlog_entry() {
-    let env = TestEnv::new();
-    let id = spoiled_image(&env, "altered-body", Spoil::AlterRekorBody).await;
-    check(
-        &observe(&env, &id).await,
-        Expect::invalid(Reason::BadTransparencyLogEntry),
-    );
+    expect_spoiled(
+        "altered-body",
+        Spoil::AlterRekorBody,
+        Reason::BadTransparencyLogEntry,
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn signature_annotation_not_base64_is_malformed() {
-    let env = TestEnv::new();
-    let id = spoiled_image(&env, "sig-not-b64", Spoil::SignatureNotBase64).await;
-    check(
-        &observe(&env, &id).await,
-        Expect::invalid(Reason::Malformed),
-    );
+    expect_spoiled("sig-not-b64", Spoil::SignatureNotBase64, Reason::Malformed).await;
 }
 
 #[tokio::test]
 async fn bundle_annotation_not_json_is_malformed() {
-    let env = TestEnv::new();
-    let id = spoiled_image(&env, "bundle-not-json", Spoil::BundleNotJson).await;
-    check(
-        &observe(&env, &id).await,
-        Expect::invalid(Reason::Malformed),
-    );
+    expect_spoiled("bundle-not-json", Spoil::BundleNotJson, Reason::Malformed).await;
 }
 
 #[tokio::test]
 async fn certificate_annotation_not_pem_is_malformed() {
-    let env = TestEnv::new();
-    let id = spoiled_image(&env, "cert-not-pem", Spoil::CertificateNotPem).await;
-    check(
-        &observe(&env, &id).await,
-        Expect::invalid(Reason::Malformed),
-    );
+    expect_spoiled("cert-not-pem", Spoil::CertificateNotPem, Reason::Malformed).await;
 }
 
 // ---- registry faults: always `checking`, never `not-signed` -------------------------------

@@ -158,9 +158,8 @@ impl Verifier {
             self.registry.manifest(repo, &sig_tag, max),
             self.registry.referrers(repo, &image.digest, max)
         );
-        let sig = match sig {
-            Ok(m) => Some(m),
-            Err(FetchError::NotFound) => None,
+        let sig = match registry::found(sig) {
+            Ok(m) => m,
             Err(e) => return e.checking("signature tag"),
         };
         let referrers = match referrers {

@@ -77,6 +77,15 @@ impl FetchError {
     }
 }
 
+/// A definite 404 as `None`; every other failure stays an error (never "absent").
+pub fn found<T>(result: Result<T, FetchError>) -> Result<Option<T>, FetchError> {
+    match result {
+        Ok(v) => Ok(Some(v)),
+        Err(FetchError::NotFound) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// A fetched manifest or blob.
 #[derive(Debug, Clone)]
 pub struct Fetched {
@@ -248,11 +257,8 @@ impl RegistryClient {
         if let Some(index) = self.native_referrers(repo, digest, max).await? {
             return Ok(Some((ReferrersSource::Api, index)));
         }
-        match self.manifest(repo, &digest.replace(':', "-"), max).await {
-            Ok(index) => Ok(Some((ReferrersSource::Tag, index))),
-            Err(FetchError::NotFound) => Ok(None),
-            Err(e) => Err(e),
-        }
+        let index = found(self.manifest(repo, &digest.replace(':', "-"), max).await)?;
+        Ok(index.map(|i| (ReferrersSource::Tag, i)))
     }
 
     /// Like [`referrers`](Self::referrers), but only the digest of the listing: a HEAD for the
@@ -266,11 +272,10 @@ impl RegistryClient {
         if let Some(index) = self.native_referrers(repo, digest, max).await? {
             return Ok(Some((ReferrersSource::Api, index.digest)));
         }
-        match self.manifest_digest(repo, &digest.replace(':', "-")).await {
-            Ok(d) => Ok(Some((ReferrersSource::Tag, d))),
-            Err(FetchError::NotFound) => Ok(None),
-            Err(e) => Err(e),
-        }
+        let index = self
+            .manifest_exists(repo, &digest.replace(':', "-"))
+            .await?;
+        Ok(index.map(|d| (ReferrersSource::Tag, d)))
     }
 
     /// The OCI 1.1 referrers API; `Ok(None)` when the registry has no such API.
@@ -321,11 +326,7 @@ impl RegistryClient {
                 .unwrap()
                 .insert(repo.host.to_string(), (supported, Instant::now()));
         }
-        match result {
-            Ok(index) => Ok(Some(index)),
-            Err(FetchError::NotFound) => Ok(None),
-            Err(e) => Err(e),
-        }
+        found(result)
     }
 
     /// HEAD a manifest: `Ok(None)` on a definite 404.
@@ -334,11 +335,7 @@ impl RegistryClient {
         repo: Repo<'_>,
         reference: &str,
     ) -> Result<Option<String>, FetchError> {
-        match self.manifest_digest(repo, reference).await {
-            Ok(d) => Ok(Some(d)),
-            Err(FetchError::NotFound) => Ok(None),
-            Err(e) => Err(e),
-        }
+        found(self.manifest_digest(repo, reference).await)
     }
 
     /// What we learned about the host's referrers API, if it is still fresh.
