@@ -358,6 +358,7 @@ pub fn new_resource(id: &ImageId) -> ImagePosture {
 }
 
 /// The CustomResourceDefinition as YAML; `crds/imageposture.yaml` holds exactly this text.
+#[allow(clippy::expect_used, reason = "our own static types, no outside data")]
 pub fn crd_yaml() -> String {
     serde_yaml::to_string(&ImagePosture::crd()).expect("a CRD always serializes to YAML")
 }

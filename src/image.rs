@@ -132,16 +132,16 @@ impl ImageId {
         }
         let slug = slug.trim_matches('-');
         let max_slug = 63 - 11;
-        let slug = if slug.len() > max_slug {
-            // Keep the end: the image name is more telling than the registry host.
-            slug[slug.len() - max_slug..].trim_start_matches('-')
-        } else {
-            slug
-        };
+        // Keep the end: the image name is more telling than the registry host. The slug is
+        // ASCII, but count characters anyway so no input can cut one in half.
+        let skip = slug.chars().count().saturating_sub(max_slug);
+        let slug: String = slug.chars().skip(skip).collect();
+        let slug = slug.trim_start_matches('-');
+        let short: String = hash.chars().take(10).collect();
         if slug.is_empty() {
-            format!("img-{}", &hash[..10])
+            format!("img-{short}")
         } else {
-            format!("{slug}-{}", &hash[..10])
+            format!("{slug}-{short}")
         }
     }
 
@@ -185,14 +185,21 @@ pub fn api_host(registry: &str) -> &str {
     }
 }
 
-fn validate_digest(d: &str) -> Result<String, String> {
+/// `d` if it is `sha256:` + 64 or `sha512:` + 128 lowercase hex: the only digests any value from
+/// a registry or a pod may carry into a URL, a name or a status.
+pub fn validate_digest(d: &str) -> Result<String, String> {
     let (alg, hex) = d
         .split_once(':')
-        .ok_or_else(|| format!("digest {d:?} has no algorithm"))?;
+        .ok_or_else(|| "digest has no algorithm".to_string())?;
     let want = match alg {
         "sha256" => 64,
         "sha512" => 128,
-        _ => return Err(format!("unsupported digest algorithm {alg:?}")),
+        _ => {
+            return Err(format!(
+                "unsupported digest algorithm {:?}",
+                crate::posture::bound(alg, 16)
+            ))
+        }
     };
     if hex.len() != want
         || !hex

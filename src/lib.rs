@@ -2,12 +2,30 @@
 //!
 //! Layers, bottom up: [`image`] (identity), [`posture`] (vocabulary), [`verify`] (registry I/O
 //! and signature classification), [`observer`] (cache), then the operator pieces.
+//!
+//! Everything here reads data that registries and pods control, so outside tests the crate
+//! denies the constructs that can panic on such data: string slicing at byte indexes,
+//! indexing, `unwrap`/`expect` and `panic!`. What still panics is caught per image
+//! (see [`verify::Verifier::observe`]).
+
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::string_slice,
+        clippy::indexing_slicing,
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic
+    )
+)]
 
 pub mod cli;
 pub mod crd;
 pub mod image;
 pub mod inventory;
+pub mod isolate;
 pub mod leader;
+pub mod lock;
 pub mod metrics;
 pub mod observer;
 pub mod output;
@@ -16,4 +34,5 @@ pub mod run;
 pub mod scan;
 pub mod server;
 pub mod sweep;
+pub mod text;
 pub mod verify;

@@ -13,6 +13,7 @@ use imageposture::verify::Verifier;
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
+    imageposture::isolate::install_hook();
     let result = match cli.command {
         Command::Observe(args) => observe(args).await,
         Command::Scan(args) => imageposture::scan::run(args).await,
@@ -44,7 +45,7 @@ fn init_logging(format: LogFormat) {
 }
 
 async fn observe(args: ObserveArgs) -> Result<(), Box<dyn std::error::Error>> {
-    let verifier = Verifier::new(args.verify.config()).await?;
+    let verifier = std::sync::Arc::new(Verifier::new(args.verify.config()).await?);
     let verifier = &verifier;
     let rows: Vec<Row> = stream::iter(args.images.iter())
         .map(|input| async move {
@@ -65,7 +66,7 @@ async fn observe(args: ObserveArgs) -> Result<(), Box<dyn std::error::Error>> {
                     image: input.clone(),
                     repository,
                     digest: Some(id.digest.clone()),
-                    verdict: verifier.observe(&id).await,
+                    verdict: verifier.observe_task(&id).await,
                 },
                 Err(verdict) => Row {
                     image: input.clone(),

@@ -126,6 +126,11 @@ impl Metrics {
             api_writes.clone(),
         );
         registry.register(
+            "panics_caught",
+            "Panics caught at a per-image isolation boundary (each left its image `checking`)",
+            crate::isolate::PANICS_CAUGHT.clone(),
+        );
+        registry.register(
             "leader",
             "1 while this replica holds the leader lease, else 0",
             leader.clone(),

@@ -10,6 +10,7 @@
 //! - Seeded from existing ImagePosture status after a restart (warm start).
 //! - Time is passed in, so tests drive the clock.
 
+use crate::lock::LockExt as _;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -121,11 +122,11 @@ impl Observer {
     }
 
     pub fn stats(&self) -> ObserverStats {
-        *self.stats.lock().unwrap()
+        *self.stats.locked()
     }
 
     pub fn cached(&self) -> usize {
-        self.cache.lock().unwrap().len()
+        self.cache.locked().len()
     }
 
     fn expired(&self, verified_at: DateTime<Utc>, now: DateTime<Utc>) -> bool {
@@ -145,7 +146,7 @@ impl Observer {
         if !verdict.posture.is_resting() || verified_at > now {
             return;
         }
-        let mut cache = self.cache.lock().unwrap();
+        let mut cache = self.cache.locked();
         if cache.len() < self.config.max_images || cache.contains_key(&id) {
             // An expired seed is still useful: it is revalidated by digest, not re-downloaded.
             cache.insert(
@@ -161,7 +162,7 @@ impl Observer {
 
     /// Drops an image no pod uses any more.
     pub fn forget(&self, id: &ImageId) {
-        self.cache.lock().unwrap().remove(id);
+        self.cache.locked().remove(id);
     }
 
     /// The current digest of a tag, cached for the TTL.
@@ -170,7 +171,7 @@ impl Observer {
         reference: &ImageRef,
         now: DateTime<Utc>,
     ) -> Result<ImageId, Verdict> {
-        if let Some((id, at)) = self.tags.lock().unwrap().get(reference) {
+        if let Some((id, at)) = self.tags.locked().get(reference) {
             if !self.expired(*at, now) {
                 return Ok(id.clone());
             }
@@ -182,8 +183,7 @@ impl Observer {
         match &result {
             Ok(id) => {
                 self.tags
-                    .lock()
-                    .unwrap()
+                    .locked()
                     .insert(reference.clone(), (id.clone(), now));
             }
             Err(v) => self.note_failure(&reference.registry, v, now),
@@ -201,8 +201,8 @@ impl Observer {
         let mut out = HashMap::with_capacity(ids.len());
         let mut admitted = Vec::new();
         {
-            let cache = self.cache.lock().unwrap();
-            let mut stats = self.stats.lock().unwrap();
+            let cache = self.cache.locked();
+            let mut stats = self.stats.locked();
             // Tracked images keep their slot; new ones fill what is left of the cap.
             let mut free = self.config.max_images.saturating_sub(cache.len());
             for id in ids {
@@ -268,13 +268,12 @@ impl Observer {
         }
         let slot = self
             .slots
-            .lock()
-            .unwrap()
+            .locked()
             .entry(id.registry.clone())
             .or_insert_with(|| Arc::new(Semaphore::new(self.config.per_registry.max(1))))
             .clone();
-        let _registry_slot = slot.acquire().await.expect("semaphore never closes");
-        let _global_slot = self.global.acquire().await.expect("semaphore never closes");
+        let _registry_slot = slot.acquire().await.ok();
+        let _global_slot = self.global.acquire().await.ok();
         // Another image of this registry may have failed while we waited.
         if let Some(verdict) = self.backing_off(&id.registry, now) {
             return Observed {
@@ -283,15 +282,15 @@ impl Observer {
                 fresh: false,
             };
         }
-        let expired = self.cache.lock().unwrap().get(id).cloned();
+        let expired = self.cache.locked().get(id).cloned();
         if let Some(entry) = expired {
             if self
                 .verifier
                 .unchanged(id, &entry.verdict.artifact_digests)
                 .await
             {
-                self.stats.lock().unwrap().revalidated += 1;
-                if let Some(e) = self.cache.lock().unwrap().get_mut(id) {
+                self.stats.locked().revalidated += 1;
+                if let Some(e) = self.cache.locked().get_mut(id) {
                     e.checked_at = now;
                 }
                 return Observed {
@@ -301,15 +300,15 @@ impl Observer {
                 };
             }
         }
-        self.stats.lock().unwrap().misses += 1;
-        let verdict = self.verifier.observe(id).await;
+        self.stats.locked().misses += 1;
+        let verdict = self.verifier.observe_task(id).await;
         if let Some(m) = &self.metrics {
             m.cache_miss();
             m.verification(verdict.posture);
         }
         if verdict.posture.is_resting() {
-            self.backoff.lock().unwrap().remove(&id.registry);
-            let mut cache = self.cache.lock().unwrap();
+            self.backoff.locked().remove(&id.registry);
+            let mut cache = self.cache.locked();
             if cache.len() < self.config.max_images || cache.contains_key(id) {
                 cache.insert(
                     id.clone(),
@@ -336,7 +335,7 @@ impl Observer {
     }
 
     fn backing_off(&self, registry: &str, now: DateTime<Utc>) -> Option<Verdict> {
-        let map = self.backoff.lock().unwrap();
+        let map = self.backoff.locked();
         // The failure that started the backoff, unchanged: a stable message keeps the CR
         // from being rewritten on every pass of an outage.
         map.get(registry)
@@ -359,7 +358,7 @@ impl Observer {
         {
             return;
         }
-        let mut map = self.backoff.lock().unwrap();
+        let mut map = self.backoff.locked();
         let failures = map.get(registry).map(|b| b.failures + 1).unwrap_or(1);
         let exp = self
             .config

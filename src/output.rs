@@ -4,6 +4,7 @@ use serde::Serialize;
 
 use crate::cli::OutputFormat;
 use crate::posture::{SignatureRecord, Verdict};
+use crate::text::escape;
 
 /// One observed image, as printed by `imageposture observe`.
 #[derive(Serialize, Debug, Clone)]
@@ -22,8 +23,12 @@ pub struct Row {
 
 pub fn render(rows: &[Row], format: OutputFormat) -> String {
     match format {
-        OutputFormat::Json => serde_json::to_string_pretty(rows).expect("rows serialize") + "\n",
-        OutputFormat::Yaml => serde_yaml::to_string(rows).expect("rows serialize"),
+        // Rows are plain strings and maps: serializing cannot fail, but say so if it ever does.
+        OutputFormat::Json => serde_json::to_string_pretty(rows)
+            .map(|s| s + "\n")
+            .unwrap_or_else(|e| format!("{{\"error\": \"cannot render rows: {e}\"}}\n")),
+        OutputFormat::Yaml => serde_yaml::to_string(rows)
+            .unwrap_or_else(|e| format!("error: cannot render rows: {e}\n")),
         OutputFormat::Table => table(rows),
     }
 }
@@ -34,14 +39,22 @@ fn table(rows: &[Row]) -> String {
         .iter()
         .map(|r| {
             [
-                r.image.clone(),
+                escape(&r.image),
                 r.digest
                     .as_deref()
                     .map(short_digest)
                     .unwrap_or_else(|| "-".into()),
                 r.verdict.posture.to_string(),
-                r.verdict.signer.clone().unwrap_or_else(|| "-".into()),
-                r.verdict.issuer.clone().unwrap_or_else(|| "-".into()),
+                r.verdict
+                    .signer
+                    .as_deref()
+                    .map(escape)
+                    .unwrap_or_else(|| "-".into()),
+                r.verdict
+                    .issuer
+                    .as_deref()
+                    .map(escape)
+                    .unwrap_or_else(|| "-".into()),
                 r.verdict.reason.to_string(),
             ]
         })
@@ -55,11 +68,11 @@ fn table(rows: &[Row]) -> String {
     let mut out = String::new();
     let mut line = |cols: &[String]| {
         let mut l = String::new();
-        for (i, c) in cols.iter().enumerate() {
+        for (i, (c, w)) in cols.iter().zip(&widths).enumerate() {
             if i + 1 == cols.len() {
                 l.push_str(c);
             } else {
-                l.push_str(&format!("{c:<w$}  ", w = widths[i]));
+                l.push_str(&format!("{c:<w$}  "));
             }
         }
         out.push_str(l.trim_end());
@@ -74,7 +87,7 @@ fn table(rows: &[Row]) -> String {
 
 /// `sha256:0123456789ab` — enough to tell images apart in a terminal.
 fn short_digest(d: &str) -> String {
-    d.chars().take(19).collect()
+    escape(&d.chars().take(19).collect::<String>())
 }
 
 /// One line per failed signature, for the table's footer.
@@ -85,7 +98,7 @@ pub fn failures(rows: &[Row]) -> Vec<String> {
                 .signatures
                 .iter()
                 .filter(|s: &&SignatureRecord| !s.verified)
-                .map(move |s| format!("{}: {} {}", r.image, s.reason, s.message))
+                .map(move |s| format!("{}: {} {}", escape(&r.image), s.reason, escape(&s.message)))
         })
         .collect()
 }

@@ -87,6 +87,8 @@ pub enum Reason {
     InvalidReference,
     DigestUnknown,
     Deferred,
+    /// The verifier itself failed (a panic caught for this image); never a resting posture.
+    InternalError,
 }
 
 impl Reason {
@@ -111,6 +113,7 @@ impl Reason {
             Reason::InvalidReference => "InvalidReference",
             Reason::DigestUnknown => "DigestUnknown",
             Reason::Deferred => "Deferred",
+            Reason::InternalError => "InternalError",
         }
     }
 }

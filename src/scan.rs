@@ -47,14 +47,19 @@ pub async fn scan(pods: &[Pod], observer: &Observer) -> Vec<ImagePosture> {
     let now = chrono::Utc::now();
     let mut inv = Inventory::from_pods(pods, &NamespaceFilter::default());
     for (reference, why) in &inv.invalid {
-        eprintln!("imageposture: skipping {reference:?}: {why}");
+        eprintln!(
+            "imageposture: skipping {}: {}",
+            crate::text::escape(reference),
+            crate::text::escape(why)
+        );
     }
     for tag in inv.unresolved.keys().cloned().collect::<Vec<_>>() {
         match observer.resolve(&tag, now).await {
             Ok(id) => inv.resolve(&tag, id),
             Err(v) => eprintln!(
                 "imageposture: {tag} has no digest yet ({}: {})",
-                v.reason, v.message
+                v.reason,
+                crate::text::escape(&v.message)
             ),
         }
     }
@@ -62,12 +67,13 @@ pub async fn scan(pods: &[Pod], observer: &Observer) -> Vec<ImagePosture> {
     let observed = observer.observe_all(&order, now).await;
     order
         .iter()
-        .map(|id| {
-            let o = &observed[id];
+        .filter_map(|id| {
+            // Both maps hold every id of `order`; a miss would be our bug, not a crash.
+            let (o, usage) = (observed.get(id)?, inv.images.get(id)?);
             let mut r = crd::new_resource(id);
             r.metadata.labels = Some(crd::labels(id, Some(o.verdict.posture)));
-            r.status = Some(desired_status(&inv.images[id], o, None, now));
-            r
+            r.status = Some(desired_status(usage, o, None, now));
+            Some(r)
         })
         .collect()
 }

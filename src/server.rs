@@ -69,11 +69,10 @@ pub async fn serve(
     tracing::info!(%addr, "serving /metrics, /healthz, /readyz");
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
-        let permit = slots
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("the connection semaphore is never closed");
+        // The semaphore is never closed; if it were, stop serving rather than panic.
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return Ok(());
+        };
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
             Err(error) => {

@@ -7,6 +7,7 @@
 //!
 //! A pass with nothing changed makes no registry request and no API write.
 
+use crate::lock::LockExt as _;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -160,7 +161,11 @@ impl Sweeper {
             Inventory::from_pods(pods.iter().map(|p| p.as_ref()), &self.config.namespaces);
         report.invalid = inv.invalid.len();
         for (reference, why) in &inv.invalid {
-            tracing::warn!(%reference, %why, "pod image reference does not parse");
+            tracing::warn!(
+                reference = %crate::text::escape(reference),
+                why = %crate::text::escape(why),
+                "pod image reference does not parse"
+            );
         }
         let tags: Vec<_> = inv.unresolved.keys().cloned().collect();
         for tag in tags {
@@ -189,7 +194,10 @@ impl Sweeper {
                 tracing::warn!("leadership lost; sweep stopped before writing");
                 return report;
             }
-            let o = &observed[id];
+            // Both maps hold every id of `order`; a miss would be our bug, not a crash.
+            let (Some(o), Some(usage)) = (observed.get(id), inv.images.get(id)) else {
+                continue;
+            };
             *counts.entry(o.verdict.posture).or_default() += 1;
             if o.verdict.reason == Reason::Deferred {
                 report.deferred += 1;
@@ -197,7 +205,7 @@ impl Sweeper {
             let name = id.resource_name();
             let current = existing.get(name.as_str()).copied();
             if let Err(e) = self
-                .materialize(id, &inv.images[id], o, current, now, &mut report)
+                .materialize(id, usage, o, current, now, &mut report)
                 .await
             {
                 report.errors += 1;
@@ -316,7 +324,7 @@ impl Sweeper {
         report: &mut SweepReport,
     ) {
         let due: Vec<String> = {
-            let mut unused = self.unused_since.lock().unwrap();
+            let mut unused = self.unused_since.locked();
             unused.retain(|name, _| existing.contains_key(name.as_str()) && !live.contains(name));
             let grace =
                 chrono::Duration::from_std(self.config.grace).unwrap_or(chrono::Duration::MAX);
@@ -343,7 +351,7 @@ impl Sweeper {
             {
                 Ok(()) => {
                     report.deleted += 1;
-                    self.unused_since.lock().unwrap().remove(&name);
+                    self.unused_since.locked().remove(&name);
                     if let Some(id) = existing.get(name.as_str()).and_then(|cr| cr_id(cr)) {
                         self.observer.forget(&id);
                     }

@@ -117,21 +117,14 @@ impl Challenge {
 
 /// Splits `a="x,y",b=z` on commas outside quotes.
 fn split_params(s: &str) -> Vec<&str> {
-    let mut out = Vec::new();
-    let mut start = 0;
     let mut quoted = false;
-    for (i, c) in s.char_indices() {
-        match c {
-            '"' => quoted = !quoted,
-            ',' if !quoted => {
-                out.push(&s[start..i]);
-                start = i + 1;
-            }
-            _ => {}
+    s.split(|c| {
+        if c == '"' {
+            quoted = !quoted;
         }
-    }
-    out.push(&s[start..]);
-    out
+        c == ',' && !quoted
+    })
+    .collect()
 }
 
 #[cfg(test)]

@@ -331,8 +331,12 @@ fn verify(
     // 4. Identity.
     match signer {
         Signer::Certificate => {
-            let leaf = leaf.expect("certificate signer has a leaf");
-            let entry = entry.expect("keyless bundle has a log entry");
+            let (Some(leaf), Some(entry)) = (leaf, entry) else {
+                return Err(Failure::new(
+                    Reason::Malformed,
+                    "keyless signature without a certificate or a log entry",
+                ));
+            };
             leaf.verify_chain(ctx.trust, &chain, entry.integrated_time)
                 .map_err(|m| Failure::new(Reason::UntrustedCertificate, m))?;
             let (signer, issuer) = leaf

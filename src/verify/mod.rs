@@ -96,8 +96,26 @@ impl Verifier {
         })
     }
 
+    /// [`observe`](Self::observe) in a task of its own: images verify in parallel on every
+    /// core, and nothing one image does can reach another's verification.
+    pub async fn observe_task(self: &Arc<Self>, image: &ImageId) -> Verdict {
+        let (verifier, id) = (Arc::clone(self), image.clone());
+        let mut task = AbortOnDrop(tokio::spawn(async move { verifier.observe(&id).await }));
+        match (&mut task.0).await {
+            Ok(v) => v,
+            Err(_) => internal_error(),
+        }
+    }
+
     /// The manifest digest a tag points at now (one HEAD request).
     pub async fn resolve(&self, image: &ImageRef) -> Result<ImageId, Verdict> {
+        match crate::isolate::catch(self.resolve_unisolated(image)).await {
+            Ok(r) => r,
+            Err(_) => Err(internal_error()),
+        }
+    }
+
+    async fn resolve_unisolated(&self, image: &ImageRef) -> Result<ImageId, Verdict> {
         if let Some(id) = image.id() {
             return Ok(id);
         }
@@ -125,11 +143,14 @@ impl Verifier {
         }
     }
 
-    /// The posture of one image. Never fails: anything that is not a verdict is `checking`.
+    /// The posture of one image. Never fails: anything that is not a verdict is `checking`,
+    /// a panic included (caught here, see [`crate::isolate`]).
     pub async fn observe(&self, image: &ImageId) -> Verdict {
-        match tokio::time::timeout(self.limits.budget, self.observe_within_budget(image)).await {
-            Ok(v) => v,
-            Err(_) => Verdict::checking(
+        let within = tokio::time::timeout(self.limits.budget, self.observe_within_budget(image));
+        match crate::isolate::catch(within).await {
+            Ok(Ok(v)) => v,
+            Err(_) => internal_error(),
+            Ok(Err(_)) => Verdict::checking(
                 Reason::Timeout,
                 format!(
                     "verification exceeded the {}s time budget",
@@ -277,7 +298,10 @@ impl Verifier {
             )]);
         }
         *skipped += layers.len().saturating_sub(self.limits.max_signatures);
-        let layers = &layers[..layers.len().min(self.limits.max_signatures)];
+        let layers: Vec<_> = layers
+            .into_iter()
+            .take(self.limits.max_signatures)
+            .collect();
         let blobs = join_all(layers.iter().map(|l| async move {
             if l.size < 0 || l.size as usize > self.limits.max_blob_bytes {
                 return Ok(None);
@@ -351,7 +375,10 @@ impl Verifier {
             })
             .collect();
         *skipped += candidates.len().saturating_sub(self.limits.max_signatures);
-        let candidates = &candidates[..candidates.len().min(self.limits.max_signatures)];
+        let candidates: Vec<_> = candidates
+            .into_iter()
+            .take(self.limits.max_signatures)
+            .collect();
         let fetched = join_all(
             candidates
                 .iter()
@@ -418,5 +445,23 @@ impl Verifier {
             .blob(repo, &layer.digest, self.limits.max_blob_bytes)
             .await
             .map(Ok)
+    }
+}
+
+/// What a caught panic leaves in the image's status: the panic text went to the log (escaped),
+/// not here.
+fn internal_error() -> Verdict {
+    Verdict::checking(
+        Reason::InternalError,
+        "verification failed with an internal error (logged); retried on the next pass",
+    )
+}
+
+/// Aborts the spawned verification when its caller gives up on it (a timeout, a shutdown).
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }

@@ -7,6 +7,7 @@
 //! the "no false clean" and "bounded resources" rules, so requests and classification live here;
 //! `oci_client` still provides reference parsing and the manifest/index types.
 
+use crate::lock::LockExt as _;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -184,13 +185,16 @@ impl RegistryClient {
         format!("{scheme}://{host}/v2")
     }
 
-    /// GET a manifest by tag or digest. A digest reference is checked against the body.
+    /// GET a manifest by tag or digest. A digest reference is checked against the body, and
+    /// the answer must say it is a manifest or an index (a `200 text/html` login page is a
+    /// registry fault, not an artifact).
     pub async fn manifest(
         &self,
         repo: Repo<'_>,
         reference: &str,
         max: usize,
     ) -> Result<Fetched, FetchError> {
+        check_reference(reference)?;
         let url = format!(
             "{}/{}/manifests/{}",
             self.base(repo.host),
@@ -198,6 +202,7 @@ impl RegistryClient {
             reference
         );
         let fetched = self.get(repo, &url, MANIFEST_ACCEPT, max).await?;
+        check_manifest_type(fetched.media_type.as_deref())?;
         if reference.contains(':') && fetched.digest != reference {
             return Err(FetchError::Protocol(format!(
                 "manifest {reference} has digest {}",
@@ -213,6 +218,7 @@ impl RegistryClient {
         repo: Repo<'_>,
         reference: &str,
     ) -> Result<String, FetchError> {
+        check_reference(reference)?;
         let url = format!(
             "{}/{}/manifests/{}",
             self.base(repo.host),
@@ -220,12 +226,17 @@ impl RegistryClient {
             reference
         );
         let resp = self.send(Method::HEAD, repo, &url, MANIFEST_ACCEPT).await?;
-        resp.headers()
+        let header = resp
+            .headers()
             .get("docker-content-digest")
-            .and_then(|v| v.to_str().ok())
-            .filter(|d| d.starts_with("sha256:") && d.len() == 71)
-            .map(str::to_string)
-            .ok_or_else(|| FetchError::Protocol("no Docker-Content-Digest header".into()))
+            .ok_or_else(|| FetchError::Protocol("no Docker-Content-Digest header".into()))?;
+        // The digest becomes part of later URLs and of the image's identity: it must be a
+        // digest, not merely look like one (`sha256:` + 64 characters of anything).
+        header
+            .to_str()
+            .ok()
+            .and_then(|d| crate::image::validate_digest(d).ok())
+            .ok_or_else(|| FetchError::Protocol("malformed Docker-Content-Digest header".into()))
     }
 
     /// GET a blob and check it against its digest.
@@ -235,6 +246,7 @@ impl RegistryClient {
         digest: &str,
         max: usize,
     ) -> Result<Bytes, FetchError> {
+        check_digest(digest)?;
         let url = format!("{}/{}/blobs/{}", self.base(repo.host), repo.name, digest);
         let fetched = self.get(repo, &url, "*/*", max).await?;
         if fetched.digest != digest {
@@ -304,6 +316,7 @@ impl RegistryClient {
         digest: &str,
         max: usize,
     ) -> Result<Option<Fetched>, FetchError> {
+        check_digest(digest)?;
         let url = format!(
             "{}/{}/referrers/{}",
             self.base(repo.host),
@@ -312,7 +325,8 @@ impl RegistryClient {
         );
         let result = self
             .get(repo, &url, "application/vnd.oci.image.index.v1+json", max)
-            .await;
+            .await
+            .and_then(|f| check_manifest_type(f.media_type.as_deref()).map(|()| f));
         let learned = match &result {
             Ok(_) => Some(true),
             // Per the distribution spec a registry with the API answers 200 even with no
@@ -322,8 +336,7 @@ impl RegistryClient {
         };
         if let Some(supported) = learned {
             self.referrers_api
-                .lock()
-                .unwrap()
+                .locked()
                 .insert(repo.host.to_string(), (supported, Instant::now()));
         }
         found(result)
@@ -340,7 +353,7 @@ impl RegistryClient {
 
     /// What we learned about the host's referrers API, if it is still fresh.
     fn has_referrers_api(&self, host: &str) -> Option<bool> {
-        let mut map = self.referrers_api.lock().unwrap();
+        let mut map = self.referrers_api.locked();
         match map.get(host) {
             Some((supported, at)) if at.elapsed() < REFERRERS_API_TTL => Some(*supported),
             Some(_) => {
@@ -358,24 +371,13 @@ impl RegistryClient {
         accept: &str,
         max: usize,
     ) -> Result<Fetched, FetchError> {
-        let mut resp = self.send(Method::GET, repo, url, accept).await?;
-        if let Some(len) = resp.content_length() {
-            if len > max as u64 {
-                return Err(FetchError::TooLarge(max));
-            }
-        }
+        let resp = self.send(Method::GET, repo, url, accept).await?;
         let media_type = resp
             .headers()
             .get(reqwest::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .map(|s| bound(s, 128));
-        let mut body = Vec::new();
-        while let Some(chunk) = resp.chunk().await.map_err(classify_transport)? {
-            if body.len() + chunk.len() > max {
-                return Err(FetchError::TooLarge(max));
-            }
-            body.extend_from_slice(&chunk);
-        }
+        let body = read_bounded(resp, max).await?;
         let digest = format!("sha256:{}", hex::encode(Sha256::digest(&body)));
         Ok(Fetched {
             body: body.into(),
@@ -396,16 +398,16 @@ impl RegistryClient {
     ) -> Result<reqwest::Response, FetchError> {
         // The first request to a host goes alone: it learns whether (and how) the host wants
         // auth, so concurrent requests do not each collect the same 401 challenge.
-        let first_contact = if self.contacted.lock().unwrap().contains(repo.host) {
+        let first_contact = if self.contacted.locked().contains(repo.host) {
             None
         } else {
             let lock = self.flights.get(format!("contact {}", repo.host));
             let guard = lock.lock_owned().await;
-            (!self.contacted.lock().unwrap().contains(repo.host)).then_some(guard)
+            (!self.contacted.locked().contains(repo.host)).then_some(guard)
         };
         let result = self.send_authenticated(method, repo, url, accept).await;
         if first_contact.is_some() {
-            self.contacted.lock().unwrap().insert(repo.host.to_string());
+            self.contacted.locked().insert(repo.host.to_string());
         }
         result
     }
@@ -438,8 +440,7 @@ impl RegistryClient {
             if status == StatusCode::UNAUTHORIZED && attempt == 0 {
                 if let Some(challenge) = Challenge::parse(resp.headers()) {
                     self.challenges
-                        .lock()
-                        .unwrap()
+                        .locked()
                         .insert(repo.host.to_string(), challenge);
                     let next = self.auth_header(repo, auth.as_ref()).await?;
                     if next.is_some() && next != auth {
@@ -471,17 +472,17 @@ impl RegistryClient {
         let fresh = |tokens: &HashMap<(String, String), HeaderValue>| {
             tokens.get(&key).filter(|t| Some(*t) != stale).cloned()
         };
-        if let Some(token) = fresh(&self.tokens.lock().unwrap()) {
+        if let Some(token) = fresh(&self.tokens.locked()) {
             return Ok(Some(token));
         }
         let flight = self
             .flights
             .get(format!("token {} {}", repo.host, repo.name));
         let _one_fetch = flight.lock().await;
-        if let Some(token) = fresh(&self.tokens.lock().unwrap()) {
+        if let Some(token) = fresh(&self.tokens.locked()) {
             return Ok(Some(token));
         }
-        let challenge = self.challenges.lock().unwrap().get(repo.host).cloned();
+        let challenge = self.challenges.locked().get(repo.host).cloned();
         let basic = self.credentials.basic_header(repo.host);
         let header = match challenge {
             None => return Ok(None),
@@ -498,11 +499,8 @@ impl RegistryClient {
                     req = req.header(AUTHORIZATION, basic.clone());
                 }
                 let resp = req.send().await.map_err(classify_transport)?;
-                let resp = check_status(resp).await?;
-                let body = resp.bytes().await.map_err(classify_transport)?;
-                if body.len() > 64 << 10 {
-                    return Err(FetchError::TooLarge(64 << 10));
-                }
+                let resp = check_status(resp).await.map_err(token_failure)?;
+                let body = read_bounded(resp, MAX_TOKEN_BYTES).await?;
                 let token: TokenResponse = serde_json::from_slice(&body)
                     .map_err(|e| FetchError::Protocol(format!("token response: {e}")))?;
                 let token = token
@@ -516,7 +514,7 @@ impl RegistryClient {
             }
         };
         if let Some(h) = &header {
-            self.tokens.lock().unwrap().insert(key, h.clone());
+            self.tokens.locked().insert(key, h.clone());
         }
         Ok(header)
     }
@@ -528,7 +526,7 @@ struct Flights(Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>);
 
 impl Flights {
     fn get(&self, key: String) -> Arc<tokio::sync::Mutex<()>> {
-        self.0.lock().unwrap().entry(key).or_default().clone()
+        self.0.locked().entry(key).or_default().clone()
     }
 }
 
@@ -536,6 +534,86 @@ impl Flights {
 struct TokenResponse {
     token: Option<String>,
     access_token: Option<String>,
+}
+
+/// Token responses are a few KiB; anything far larger is refused while it streams in.
+const MAX_TOKEN_BYTES: usize = 64 << 10;
+
+/// A token endpoint's refusal is an auth failure, whatever its status: only the registry's own
+/// 404 for a signature artifact may ever mean "no signature".
+fn token_failure(e: FetchError) -> FetchError {
+    match e {
+        FetchError::NotFound => FetchError::Unauthorized("token endpoint answered HTTP 404".into()),
+        FetchError::Status(code, _) => {
+            FetchError::Unauthorized(format!("token endpoint answered HTTP {code}"))
+        }
+        other => other,
+    }
+}
+
+/// Reads a body, refusing it once it passes `max` bytes (by its Content-Length up front, and
+/// by what actually arrives): no response is ever held whole before its size is checked.
+async fn read_bounded(mut resp: reqwest::Response, max: usize) -> Result<Vec<u8>, FetchError> {
+    if resp.content_length().is_some_and(|len| len > max as u64) {
+        return Err(FetchError::TooLarge(max));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(classify_transport)? {
+        if body.len().saturating_add(chunk.len()) > max {
+            return Err(FetchError::TooLarge(max));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// A reference we are about to put into a URL: a valid digest, or a valid tag (the
+/// distribution spec's `[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}`).
+fn check_reference(reference: &str) -> Result<(), FetchError> {
+    if reference.contains(':') {
+        return check_digest(reference);
+    }
+    let mut chars = reference.chars();
+    let first_ok = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
+    if first_ok
+        && reference.len() <= 128
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+    {
+        Ok(())
+    } else {
+        Err(FetchError::Protocol("malformed tag".into()))
+    }
+}
+
+/// A digest from registry data (an index entry, a layer) must be a digest before it is used.
+fn check_digest(digest: &str) -> Result<(), FetchError> {
+    crate::image::validate_digest(digest)
+        .map(drop)
+        .map_err(|why| FetchError::Protocol(format!("registry supplied a malformed digest: {why}")))
+}
+
+/// The media types a manifest or index answer may carry (parameters ignored).
+fn check_manifest_type(content_type: Option<&str>) -> Result<(), FetchError> {
+    let essence = content_type
+        .and_then(|t| t.split(';').next())
+        .map(|t| t.trim().to_ascii_lowercase());
+    match essence.as_deref() {
+        Some(
+            "application/vnd.oci.image.manifest.v1+json"
+            | "application/vnd.oci.image.index.v1+json"
+            | "application/vnd.docker.distribution.manifest.v2+json"
+            | "application/vnd.docker.distribution.manifest.list.v2+json",
+        ) => Ok(()),
+        Some(other) => Err(FetchError::Protocol(format!(
+            "registry answered with Content-Type {:?}, not a manifest",
+            bound(other, 64)
+        ))),
+        None => Err(FetchError::Protocol(
+            "registry answered a manifest request without a Content-Type".into(),
+        )),
+    }
 }
 
 /// Maps an HTTP status to a result; the body of an error is kept short and as data.

@@ -111,8 +111,10 @@ impl LogEntry {
     }
 }
 
-fn short(id: &str) -> &str {
-    &id[..id.len().min(16)]
+/// The first 16 characters of a log ID, for messages. Characters, not bytes: the ID comes
+/// from the artifact and may hold anything.
+fn short(id: &str) -> String {
+    crate::posture::bound(&id.chars().take(16).collect::<String>(), 64)
 }
 
 #[derive(Deserialize)]
