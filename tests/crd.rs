@@ -214,7 +214,6 @@ fn rbac_is_least_privilege() {
         "imageposture.io/imagepostures/delete",
         "imageposture.io/imagepostures/watch",
         "imageposture.io/imagepostures/status/patch",
-        "/events/create",
         "events.k8s.io/events/create",
         "events.k8s.io/events/patch",
         "coordination.k8s.io/leases/update",

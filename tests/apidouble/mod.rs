@@ -15,7 +15,8 @@
 //! paging (`limit` returns everything), no JSON patch (415), no discovery endpoints.
 //!
 //! Usage: `let api = ApiDouble::start().await; let client = api.client();` then inspect
-//! `api.writes()`, `api.image_postures()`, `api.events()`.
+//! `api.writes()`, `api.image_postures()`, `api.events()`, or `api.requests()` (every request,
+//! for deriving the RBAC a client needs: tests/rbac.rs).
 
 #![allow(dead_code)]
 
@@ -129,6 +130,18 @@ pub struct WriteRecord {
     pub status: u16,
 }
 
+/// One request of any method as received, for deriving what a client needs (e.g. RBAC).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestRecord {
+    pub method: String,
+    /// Path without the query string.
+    pub path: String,
+    pub query: String,
+    pub content_type: String,
+    /// HTTP status the double answered (for a watch: the status it started streaming with).
+    pub status: u16,
+}
+
 /// (resource index, namespace or "", name)
 type Key = (usize, String, String);
 
@@ -147,6 +160,8 @@ struct State {
     uid: u64,
     writes: Vec<WriteRecord>,
     reads: Vec<(String, String)>,
+    /// Every request of every method, in arrival order; never reset.
+    requests: Vec<RequestRecord>,
     /// Status codes the next non-Event writes fail with, in order.
     inject: VecDeque<u16>,
     log: Vec<WatchEntry>,
@@ -199,6 +214,7 @@ impl ApiDouble {
             uid: 0,
             writes: Vec::new(),
             reads: Vec::new(),
+            requests: Vec::new(),
             inject: VecDeque::new(),
             log: Vec::new(),
             tx,
@@ -277,12 +293,37 @@ impl ApiDouble {
         self.lock().reads.clone()
     }
 
-    /// Forgets recorded requests and pending injected failures; objects stay.
+    /// Every request received since the double started (all methods, watches included), in
+    /// arrival order. Unlike [`writes`](Self::writes) and [`reads`](Self::reads) it is never
+    /// cleared by [`reset_counters`](Self::reset_counters).
+    pub fn requests(&self) -> Vec<RequestRecord> {
+        self.lock().requests.clone()
+    }
+
+    /// Forgets recorded requests (but not [`requests`](Self::requests)) and pending injected
+    /// failures; objects stay.
     pub fn reset_counters(&self) {
         let mut s = self.lock();
         s.writes.clear();
         s.reads.clear();
         s.inject.clear();
+    }
+
+    /// Removes a stored object without an API request (the counterpart of [`seed`](Self::seed)),
+    /// emitting a DELETED watch event, as if another client had deleted it.
+    pub fn remove(&self, group: &str, plural: &str, namespace: &str, name: &str) -> Option<Value> {
+        let r = RESOURCES
+            .iter()
+            .position(|t| t.group == group && t.plural == plural)
+            .unwrap_or_else(|| panic!("the api double does not serve {plural}.{group}"));
+        let mut s = self.lock();
+        let mut gone = s
+            .objects
+            .remove(&(r, namespace.to_string(), name.to_string()))?;
+        let rv = s.next_rv();
+        gone["metadata"]["resourceVersion"] = json!(rv.to_string());
+        s.emit(r, namespace, "DELETED", &gone);
+        Some(gone)
     }
 
     /// Current global resourceVersion.
@@ -545,14 +586,33 @@ async fn handle(
             .unwrap_or_else(|e| e.into_inner())
             .reads
             .push((path.clone(), query_string.clone()));
-        let Some(t) = route(&path) else {
-            return Ok(unknown_path());
+        let response = match route(&path) {
+            Some(t) => get(&state, t, &query),
+            None => unknown_path(),
         };
-        return Ok(get(&state, t, &query));
+        state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .requests
+            .push(RequestRecord {
+                method: method.to_string(),
+                path,
+                query: query_string,
+                content_type,
+                status: response.status().as_u16(),
+            });
+        return Ok(response);
     }
 
     let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
     let response = write(&mut s, &method, &path, &query, &content_type, &body);
+    s.requests.push(RequestRecord {
+        method: method.to_string(),
+        path: path.clone(),
+        query: query_string.clone(),
+        content_type: content_type.clone(),
+        status: response.status().as_u16(),
+    });
     s.writes.push(WriteRecord {
         method: method.to_string(),
         path,
