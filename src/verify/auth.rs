@@ -47,8 +47,10 @@ impl Credentials {
                 (_, Some(user), Some(pass)) => engine.encode(format!("{user}:{pass}")),
                 _ => continue,
             };
-            let value = HeaderValue::from_str(&format!("Basic {pair}"))
+            let mut value = HeaderValue::from_str(&format!("Basic {pair}"))
                 .map_err(|_| format!("credentials for {host} are not a valid header"))?;
+            // Kept out of any Debug output (hyper/reqwest traces) of the request.
+            value.set_sensitive(true);
             by_host.insert(normalize_host(&host), value);
         }
         Ok(Credentials { by_host })

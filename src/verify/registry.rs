@@ -507,10 +507,10 @@ impl RegistryClient {
                     .token
                     .or(token.access_token)
                     .ok_or_else(|| FetchError::Protocol("token response without a token".into()))?;
-                Some(
-                    HeaderValue::from_str(&format!("Bearer {token}"))
-                        .map_err(|_| FetchError::Protocol("token is not a header value".into()))?,
-                )
+                let mut value = HeaderValue::from_str(&format!("Bearer {token}"))
+                    .map_err(|_| FetchError::Protocol("token is not a header value".into()))?;
+                value.set_sensitive(true);
+                Some(value)
             }
         };
         if let Some(h) = &header {
