@@ -21,10 +21,7 @@ const CRAFTED_LOG_ID: &str = "0123456789abcde\u{e9}\u{1b}[2J\u{1b}]0;pwned\u{7}\
 
 /// A legacy keyless signature whose Rekor bundle annotation names `CRAFTED_LOG_ID`.
 async fn image_with_crafted_log_id(env: &TestEnv) -> ImageId {
-    let img = env
-        .oci
-        .push_image(&unique_repo("attack-logid"), "v1")
-        .await;
+    let img = env.oci.push_image(&unique_repo("attack-logid"), "v1").await;
     let leaf = env.pki.ca.issue(&Identity::github());
     let mut layer = cosign::legacy_layer(
         &img.id,
@@ -61,9 +58,7 @@ async fn crafted_log_id_is_an_invalid_signature_not_a_panic() {
 async fn crafted_log_id_does_not_take_down_observe_or_scan() {
     let env = TestEnv::new();
     let bad = image_with_crafted_log_id(&env).await;
-    let good = env
-        .keyless_image("attack-good", &Identity::github())
-        .await;
+    let good = env.keyless_image("attack-good", &Identity::github()).await;
     let common = [
         "--trusted-root".to_string(),
         env.trusted_root.display().to_string(),
@@ -78,9 +73,15 @@ async fn crafted_log_id_does_not_take_down_observe_or_scan() {
     assert!(out.status.success(), "{out:?}");
     let rows: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(rows[0]["posture"], "invalid-signature", "{rows:#}");
-    assert_eq!(rows[1]["posture"], "signed", "one bad image loses nothing else");
+    assert_eq!(
+        rows[1]["posture"], "signed",
+        "one bad image loses nothing else"
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!stderr.contains('\u{1b}'), "raw escapes on stderr: {stderr:?}");
+    assert!(
+        !stderr.contains('\u{1b}'),
+        "raw escapes on stderr: {stderr:?}"
+    );
 
     // `scan` over a pod running both images.
     let pods = json!({"items": [{
@@ -167,7 +168,10 @@ async fn bogus_content_digest_is_refused_before_any_use() {
         .into_iter()
         .filter(|r| !r.target.starts_with("/v2/team/app/") || r.target.contains(".."))
         .collect();
-    assert!(outside.is_empty(), "requests outside the repository: {outside:?}");
+    assert!(
+        outside.is_empty(),
+        "requests outside the repository: {outside:?}"
+    );
 }
 
 /// A 300 MB token, announced and not announced: refused while it streams, memory bounded.

@@ -51,7 +51,13 @@ impl Evil {
         let (l, s, h) = (log.clone(), streamed.clone(), host.clone());
         let task = tokio::spawn(async move {
             while let Ok((sock, _)) = listener.accept().await {
-                tokio::spawn(serve(sock, handler.clone(), l.clone(), s.clone(), h.clone()));
+                tokio::spawn(serve(
+                    sock,
+                    handler.clone(),
+                    l.clone(),
+                    s.clone(),
+                    h.clone(),
+                ));
             }
         });
         Evil {
