@@ -5,7 +5,9 @@
 //! 3. materialize: server-side apply of what changed only, an Event per posture change, and
 //!    deletion of resources no pod has used for the grace period.
 //!
-//! A pass with nothing changed makes no registry request and no API write.
+//! A pass with nothing changed makes no registry request and no API write. Every write has a
+//! deadline ([`WRITE_TIMEOUT`]); when the API server fails as a whole (no answer, 5xx, 429)
+//! the rest of the pass, garbage collection included, is left to the next pass.
 
 use crate::lock::LockExt as _;
 use std::collections::{HashMap, HashSet};
@@ -78,6 +80,8 @@ pub struct Sweeper {
     /// Leadership: checked before every write, so a replica that lost its Lease mid-sweep
     /// stops writing at once. `None` writes unconditionally (single replica, tests).
     gate: Option<tokio::sync::watch::Receiver<bool>>,
+    /// Deadline of one write, its client-side retries included.
+    write_timeout: Duration,
 }
 
 /// Why a resource was not written.
@@ -85,12 +89,33 @@ pub struct Sweeper {
 enum WriteError {
     #[error("not the leader")]
     NotLeader,
+    #[error("no answer from the API server within {0:?}")]
+    Timeout(Duration),
     #[error(transparent)]
     Api(#[from] kube::Error),
 }
 
+impl WriteError {
+    /// The API server itself is failing (no answer, 5xx, 429, transport), not this one object:
+    /// the rest of the pass would only pile more failing requests onto it.
+    fn server_failing(&self) -> bool {
+        match self {
+            WriteError::NotLeader => false,
+            WriteError::Timeout(_) => true,
+            WriteError::Api(kube::Error::Api(s)) => s.code >= 500 || s.code == 429,
+            WriteError::Api(kube::Error::HyperError(_) | kube::Error::Service(_)) => true,
+            WriteError::Api(_) => false,
+        }
+    }
+}
+
 /// Attempts per write when the API server answers 409 Conflict.
 const CONFLICT_RETRIES: u32 = 4;
+
+/// Default deadline of one API write. kube's client has no response timeout and retries
+/// 429/503/504 up to 15 times with a backoff growing to minutes, so without a deadline one
+/// unanswered write, or a 504 storm, would hold the whole sweep loop.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(15);
 
 impl Sweeper {
     pub fn new(
@@ -106,6 +131,23 @@ impl Sweeper {
             config,
             unused_since: Mutex::default(),
             gate: None,
+            write_timeout: WRITE_TIMEOUT,
+        }
+    }
+
+    /// Deadline of one API write, client retries included (default [`WRITE_TIMEOUT`]).
+    pub fn with_write_timeout(mut self, timeout: Duration) -> Self {
+        self.write_timeout = timeout;
+        self
+    }
+
+    async fn bounded<T>(
+        &self,
+        write: impl std::future::Future<Output = Result<T, kube::Error>>,
+    ) -> Result<T, WriteError> {
+        match tokio::time::timeout(self.write_timeout, write).await {
+            Ok(result) => Ok(result?),
+            Err(_) => Err(WriteError::Timeout(self.write_timeout)),
         }
     }
 
@@ -188,6 +230,9 @@ impl Sweeper {
             .collect();
 
         let mut counts: HashMap<Posture, i64> = HashMap::new();
+        // Set when the API server fails as a whole: the remaining writes wait for the next pass.
+        let mut server_failing = false;
+        let mut skipped = 0usize;
         for id in &order {
             if !self.may_write() {
                 report.aborted = true;
@@ -202,6 +247,10 @@ impl Sweeper {
             if o.verdict.reason == Reason::Deferred {
                 report.deferred += 1;
             }
+            if server_failing {
+                skipped += 1;
+                continue;
+            }
             let name = id.resource_name();
             let current = existing.get(name.as_str()).copied();
             if let Err(e) = self
@@ -209,8 +258,15 @@ impl Sweeper {
                 .await
             {
                 report.errors += 1;
+                server_failing = e.server_failing();
                 tracing::warn!(image = %id, error = %e, "writing ImagePosture failed; retried next pass");
             }
+        }
+        if server_failing {
+            tracing::warn!(
+                skipped,
+                "the API server is failing: the rest of this pass is left to the next one"
+            );
         }
         report.by_posture = [
             Posture::Signed,
@@ -222,9 +278,11 @@ impl Sweeper {
         .map(|p| (p, counts.get(&p).copied().unwrap_or(0)))
         .collect();
 
-        let live: HashSet<String> = order.iter().map(ImageId::resource_name).collect();
-        self.collect_garbage(&existing, &live, now, &mut report)
-            .await;
+        if !server_failing {
+            let live: HashSet<String> = order.iter().map(ImageId::resource_name).collect();
+            self.collect_garbage(&existing, &live, now, &mut report)
+                .await;
+        }
         report
     }
 
@@ -252,7 +310,8 @@ impl Sweeper {
             let params = PatchParams::apply(FIELD_MANAGER).force();
             let patch = Patch::Apply(&body);
             self.gate()?;
-            retry_conflicts(|| self.api.patch(&name, &params, &patch)).await?;
+            self.bounded(retry_conflicts(|| self.api.patch(&name, &params, &patch)))
+                .await?;
             if current.is_none() {
                 report.created += 1;
             }
@@ -267,7 +326,11 @@ impl Sweeper {
             let params = PatchParams::apply(FIELD_MANAGER).force();
             let patch = Patch::Apply(&body);
             self.gate()?;
-            let written = retry_conflicts(|| self.api.patch_status(&name, &params, &patch)).await?;
+            let written = self
+                .bounded(retry_conflicts(|| {
+                    self.api.patch_status(&name, &params, &patch)
+                }))
+                .await?;
             report.status_writes += 1;
             let old = old_status.and_then(|s| s.posture);
             if let Some(old) = old.filter(|old| *old != observed.verdict.posture) {
@@ -307,11 +370,20 @@ impl Sweeper {
             action: format!("{}To{}", camel(old), camel(new.posture)),
             secondary: None,
         };
-        match self.recorder.publish(&event, &cr.object_ref(&())).await {
-            Ok(()) => report.events += 1,
-            Err(e) => {
+        let published = tokio::time::timeout(
+            self.write_timeout,
+            self.recorder.publish(&event, &cr.object_ref(&())),
+        )
+        .await;
+        match published {
+            Ok(Ok(())) => report.events += 1,
+            Ok(Err(e)) => {
                 report.errors += 1;
                 tracing::warn!(name = %cr.name_any(), error = %e, "publishing Event failed");
+            }
+            Err(_) => {
+                report.errors += 1;
+                tracing::warn!(name = %cr.name_any(), "publishing Event timed out");
             }
         }
     }
@@ -343,12 +415,13 @@ impl Sweeper {
                 report.aborted = true;
                 return;
             }
-            let result = self.api.delete(&name, &DeleteParams::default()).await;
-            match result
-                .as_ref()
-                .map(|_| ())
-                .or_else(|e| if is_not_found(e) { Ok(()) } else { Err(e) })
-            {
+            let result = self
+                .bounded(self.api.delete(&name, &DeleteParams::default()))
+                .await;
+            match result.map(|_| ()).or_else(|e| match e {
+                WriteError::Api(ref k) if is_not_found(k) => Ok(()),
+                e => Err(e),
+            }) {
                 Ok(()) => {
                     report.deleted += 1;
                     self.unused_since.locked().remove(&name);
@@ -360,6 +433,9 @@ impl Sweeper {
                 Err(e) => {
                     report.errors += 1;
                     tracing::warn!(%name, error = %e, "deleting ImagePosture failed; retried next pass");
+                    if e.server_failing() {
+                        return;
+                    }
                 }
             }
         }

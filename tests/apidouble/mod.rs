@@ -164,6 +164,21 @@ struct State {
     requests: Vec<RequestRecord>,
     /// Status codes the next non-Event writes fail with, in order.
     inject: VecDeque<u16>,
+    /// (path substring, status, how many more): writes to matching paths fail with the status.
+    inject_for: Vec<(String, u16, usize)>,
+    /// (path substring, delay, how many more): matching non-Event writes are held this long
+    /// before they are processed (a client that gives up first leaves them unapplied).
+    delay_for: Vec<(String, Duration, usize)>,
+    /// Writes that were held by `delay_for` (answered late, or never if the client gave up).
+    held: usize,
+    /// Longest a watch stays open, whatever `timeoutSeconds` asks.
+    watch_cap: Option<Duration>,
+    /// Bumped to end every open watch now.
+    cut: tokio::sync::watch::Sender<u64>,
+    /// The next this-many watches from a resourceVersion answer a 410 Gone `ERROR` event.
+    expire_watches: usize,
+    /// Status codes the next list requests (collection GETs, not watches) fail with.
+    fail_lists: VecDeque<u16>,
     log: Vec<WatchEntry>,
     tx: broadcast::Sender<WatchEntry>,
 }
@@ -216,6 +231,13 @@ impl ApiDouble {
             reads: Vec::new(),
             requests: Vec::new(),
             inject: VecDeque::new(),
+            inject_for: Vec::new(),
+            delay_for: Vec::new(),
+            held: 0,
+            watch_cap: None,
+            cut: tokio::sync::watch::channel(0).0,
+            expire_watches: 0,
+            fail_lists: VecDeque::new(),
             log: Vec::new(),
             tx,
         }));
@@ -265,6 +287,64 @@ impl ApiDouble {
         self.lock().inject.extend(std::iter::repeat_n(code, n));
     }
 
+    /// The next `n` writes whose path contains `needle` (Events included, e.g. `/status` or
+    /// `/events`) answer `code`; other writes are unaffected.
+    pub fn fail_writes_to(&self, needle: &str, code: u16, n: usize) {
+        self.lock().inject_for.push((needle.to_string(), code, n));
+    }
+
+    /// The next `n` writes (not Events) whose path contains `needle` are held for `delay`
+    /// before being processed: an API server that does not answer in time.
+    pub fn delay_writes_to(&self, needle: &str, delay: Duration, n: usize) {
+        self.lock().delay_for.push((needle.to_string(), delay, n));
+    }
+
+    /// Writes held by [`delay_writes_to`](Self::delay_writes_to) since the last reset.
+    pub fn held_writes(&self) -> usize {
+        self.lock().held
+    }
+
+    /// Every watch is closed by the server after at most `cap` (a watch that keeps dropping);
+    /// watches open now are closed at once.
+    pub fn cap_watches(&self, cap: Option<Duration>) {
+        let mut s = self.lock();
+        s.watch_cap = cap;
+        s.cut.send_modify(|g| *g += 1);
+    }
+
+    /// Open watches end, and the next `n` watches started from a resourceVersion get a
+    /// `410 Gone` (`Expired`) `ERROR` event, as a real server sends for a too-old
+    /// resourceVersion: the client must re-list.
+    pub fn expire_next_watches(&self, n: usize) {
+        let mut s = self.lock();
+        s.expire_watches = n;
+        // Open watches end now, so the client's next watch meets the 410.
+        s.cut.send_modify(|g| *g += 1);
+    }
+
+    /// The next `n` list requests (collection GETs that are not watches) answer `code`.
+    pub fn fail_next_lists(&self, code: u16, n: usize) {
+        self.lock().fail_lists.extend(std::iter::repeat_n(code, n));
+    }
+
+    /// List requests (collection GETs without `watch`) received, for `path`.
+    pub fn list_count(&self, path: &str) -> usize {
+        self.lock()
+            .reads
+            .iter()
+            .filter(|(p, q)| p == path && !q.contains("watch=true"))
+            .count()
+    }
+
+    /// Watch requests received, for `path`.
+    pub fn watch_count(&self, path: &str) -> usize {
+        self.lock()
+            .reads
+            .iter()
+            .filter(|(p, q)| p == path && q.contains("watch=true"))
+            .count()
+    }
+
     /// Every write request received since the last [`reset_counters`](Self::reset_counters).
     pub fn writes(&self) -> Vec<WriteRecord> {
         self.lock().writes.clone()
@@ -307,6 +387,11 @@ impl ApiDouble {
         s.writes.clear();
         s.reads.clear();
         s.inject.clear();
+        s.inject_for.clear();
+        s.delay_for.clear();
+        s.held = 0;
+        s.expire_watches = 0;
+        s.fail_lists.clear();
     }
 
     /// Removes a stored object without an API request (the counterpart of [`seed`](Self::seed)),
@@ -441,11 +526,13 @@ fn status_reason(code: u16) -> &'static str {
         404 => "NotFound",
         405 => "MethodNotAllowed",
         409 => "Conflict",
+        410 => "Expired",
         415 => "UnsupportedMediaType",
         422 => "Invalid",
         429 => "TooManyRequests",
         500 => "InternalError",
         503 => "ServiceUnavailable",
+        504 => "Timeout",
         _ => "Unknown",
     }
 }
@@ -604,8 +691,51 @@ async fn handle(
         return Ok(response);
     }
 
+    let delay = {
+        let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
+        let event = route(&path).is_some_and(|t| RESOURCES[t.resource].is_event());
+        let delay = s
+            .delay_for
+            .iter_mut()
+            .find(|(needle, _, n)| *n > 0 && !event && path.contains(needle.as_str()))
+            .map(|(_, d, n)| {
+                *n -= 1;
+                *d
+            });
+        if delay.is_some() {
+            s.held += 1;
+        }
+        delay
+    };
+    if let Some(d) = delay {
+        tokio::time::sleep(d).await;
+    }
     let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
-    let response = write(&mut s, &method, &path, &query, &content_type, &body);
+    let targeted = s
+        .inject_for
+        .iter_mut()
+        .find(|(needle, _, n)| *n > 0 && path.contains(needle.as_str()))
+        .map(|(_, code, n)| {
+            *n -= 1;
+            *code
+        });
+    let response = match (targeted, route(&path)) {
+        (Some(code), Some(t)) => {
+            let rt = RESOURCES[t.resource];
+            let name = t.name.clone().unwrap_or_default();
+            if code == 409 {
+                conflict(&rt, &name)
+            } else {
+                status(
+                    code,
+                    status_reason(code),
+                    "injected failure".into(),
+                    details(&rt, &name),
+                )
+            }
+        }
+        _ => write(&mut s, &method, &path, &query, &content_type, &body),
+    };
     s.requests.push(RequestRecord {
         method: method.to_string(),
         path: path.clone(),
@@ -644,7 +774,15 @@ fn get(state: &Arc<Mutex<State>>, t: Target, query: &BTreeMap<String, String>) -
     if matches!(query.get("watch").map(String::as_str), Some("true" | "1")) {
         return watch(state, t, query, selector);
     }
-    let s = state.lock().unwrap_or_else(|e| e.into_inner());
+    let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(code) = s.fail_lists.pop_front() {
+        return status(
+            code,
+            status_reason(code),
+            "injected list failure".into(),
+            json!({"kind": rt.plural}),
+        );
+    }
     let items: Vec<Value> = s
         .objects
         .iter()
@@ -676,11 +814,32 @@ fn watch(
         .get("resourceVersion")
         .filter(|v| !v.is_empty() && *v != "0")
         .and_then(|v| v.parse().ok());
-    let timeout = query
+    let mut timeout = query
         .get("timeoutSeconds")
         .and_then(|v| v.parse::<u64>().ok())
         .map(Duration::from_secs)
         .unwrap_or(Duration::from_secs(3600));
+    {
+        let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(cap) = s.watch_cap {
+            timeout = timeout.min(cap);
+        }
+        if since.is_some() && s.expire_watches > 0 {
+            s.expire_watches -= 1;
+            let gone = json!({"type": "ERROR", "object": {
+                "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                "message": format!("too old resource version: {} ({})", since.unwrap_or(0), s.rv),
+                "reason": "Expired", "code": 410,
+            }});
+            let mut line = serde_json::to_vec(&gone).unwrap();
+            line.push(b'\n');
+            return Response::builder()
+                .status(200)
+                .header("content-type", "application/json")
+                .body(full(line))
+                .unwrap();
+        }
+    }
     let wanted = {
         let ns = t.namespace.clone();
         let r = t.resource;
@@ -717,6 +876,11 @@ fn watch(
         };
         (replay, s.tx.subscribe())
     };
+    let mut cut = state
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .cut
+        .subscribe();
     let (tx, out) = mpsc::channel::<Bytes>(64);
     let line = |e: &WatchEntry| {
         let mut l = serde_json::to_vec(&json!({"type": e.type_, "object": e.object})).unwrap();
@@ -735,6 +899,7 @@ fn watch(
             tokio::select! {
                 _ = &mut deadline => return,
                 _ = tx.closed() => return,
+                _ = cut.changed() => return,
                 ev = rx.recv() => match ev {
                     Ok(e) if wanted(&e) => {
                         if tx.send(line(&e)).await.is_err() {

@@ -6,6 +6,7 @@
 //! the response relayed with an explicit `Content-Length`.
 
 use std::net::{SocketAddr, TcpListener as StdListener};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -29,6 +30,22 @@ pub enum Mode {
     /// Act like a registry with HTTP Basic auth: requests need `Authorization: Basic <this>`
     /// (base64 of `user:password`), else 401 with a Basic challenge.
     Basic(String),
+    /// 429 Too Many Requests with `Retry-After: <this many seconds>`.
+    RateLimited(u64),
+    /// Every n-th selected request (the n-th, 2n-th, ...) gets the inner mode; the others pass.
+    Every(usize, Box<Mode>),
+    /// Requests whose target contains the needle get the first mode, the others the second.
+    For(String, Box<Mode>, Box<Mode>),
+    /// Read the request, then close the connection without an answer.
+    Drop,
+    /// Forward, but send only half of the body (announcing all of it), then close.
+    Truncate,
+    /// `307 Temporary Redirect` to `http://<this host:port><same target>`: to this proxy itself
+    /// it is a redirect loop, to another proxy a cross-host redirect.
+    Redirect(String),
+    /// Answer bytes that are neither HTTP nor TLS, then close. Unfiltered, it is written as soon
+    /// as a connection is accepted (so a TLS client reads it as its ServerHello).
+    Garbage,
 }
 
 /// One request as the proxy received it.
@@ -52,6 +69,16 @@ struct State {
     mode: Mutex<(Mode, Option<String>)>,
     seen: Mutex<Vec<Seen>>,
     client: reqwest::Client,
+    /// Requests selected by the path filter since the mode was set (for `Mode::Every`).
+    selected: AtomicUsize,
+    /// TCP connections accepted.
+    connections: AtomicUsize,
+    /// Connections that opened with a TLS handshake record (this proxy speaks plain HTTP).
+    tls_hellos: AtomicUsize,
+    /// The `Authorization` header of every request, in arrival order.
+    authorizations: Mutex<Vec<(Seen, Option<String>)>>,
+    /// Bumped by [`Proxy::pause`]: open connections close.
+    shutdown: tokio::sync::watch::Sender<u64>,
 }
 
 pub struct Proxy {
@@ -59,6 +86,8 @@ pub struct Proxy {
     pub host: String,
     state: Arc<State>,
     task: JoinHandle<()>,
+    /// The accept loop is stopped (see [`Proxy::pause`]).
+    paused: Mutex<bool>,
 }
 
 impl Proxy {
@@ -76,24 +105,74 @@ impl Proxy {
                 .no_proxy()
                 .build()
                 .unwrap(),
+            selected: AtomicUsize::new(0),
+            connections: AtomicUsize::new(0),
+            tls_hellos: AtomicUsize::new(0),
+            authorizations: Mutex::new(Vec::new()),
+            shutdown: tokio::sync::watch::channel(0).0,
         });
-        let st = state.clone();
-        let task = tokio::spawn(async move {
-            while let Ok((sock, _)) = listener.accept().await {
-                tokio::spawn(serve_connection(sock, st.clone()));
+        let task = accept_loop(listener, state.clone());
+        Proxy {
+            host,
+            state,
+            task,
+            paused: Mutex::new(false),
+        }
+    }
+
+    /// The registry goes down: the listening socket is closed (connections are refused) and
+    /// open keep-alive connections are closed. Counts and mode are kept.
+    pub fn pause(&mut self) {
+        self.task.abort();
+        *self.paused.lock().unwrap() = true;
+        self.state.shutdown.send_modify(|g| *g += 1);
+    }
+
+    /// Listens again on the same port after [`pause`](Self::pause).
+    pub async fn resume(&mut self) {
+        if !std::mem::replace(&mut *self.paused.lock().unwrap(), false) {
+            return;
+        }
+        // The aborted accept loop drops its listener at its next poll: retry briefly.
+        let mut last = None;
+        for _ in 0..100 {
+            match TcpListener::bind(&self.host).await {
+                Ok(listener) => {
+                    self.task = accept_loop(listener, self.state.clone());
+                    return;
+                }
+                Err(e) => last = Some(e),
             }
-        });
-        Proxy { host, state, task }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("proxy {} could not listen again: {last:?}", self.host);
+    }
+
+    /// TCP connections accepted so far (requests that never parse, e.g. TLS, count here).
+    pub fn connections(&self) -> usize {
+        self.state.connections.load(Ordering::Relaxed)
+    }
+
+    /// Connections that opened with a TLS handshake (answered with a plain-HTTP 400).
+    pub fn tls_hellos(&self) -> usize {
+        self.state.tls_hellos.load(Ordering::Relaxed)
+    }
+
+    /// Every request with the `Authorization` header it carried.
+    pub fn authorizations(&self) -> Vec<(Seen, Option<String>)> {
+        self.state.authorizations.lock().unwrap().clone()
     }
 
     /// Applies `mode` to every request.
     pub fn set_mode(&self, mode: Mode) {
         *self.state.mode.lock().unwrap() = (mode, None);
+        self.state.selected.store(0, Ordering::Relaxed);
     }
 
     /// Applies `mode` only to requests whose target contains `needle`; others pass.
     pub fn set_mode_for(&self, mode: Mode, needle: &str) {
         *self.state.mode.lock().unwrap() = (mode, Some(needle.to_string()));
+        self.state.selected.store(0, Ordering::Relaxed);
     }
 
     /// Every request received so far, in arrival order.
@@ -118,6 +197,25 @@ pub fn refused_address() -> SocketAddr {
     l.local_addr().unwrap()
 }
 
+fn accept_loop(listener: TcpListener, state: Arc<State>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        while let Ok((sock, _)) = listener.accept().await {
+            state.connections.fetch_add(1, Ordering::Relaxed);
+            let mut shutdown = state.shutdown.subscribe();
+            let st = state.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = serve_connection(sock, st) => {}
+                    _ = shutdown.changed() => {}
+                }
+            });
+        }
+    })
+}
+
+/// Neither HTTP nor a TLS record: what a confused middlebox might answer.
+const GARBAGE: &[u8] = b"\x00\xff\xfe garbage, not a protocol \x01\x02\r\n\r\n";
+
 struct Request {
     method: String,
     target: String,
@@ -128,21 +226,61 @@ struct Request {
 async fn serve_connection(sock: TcpStream, state: Arc<State>) {
     let (r, mut w) = sock.into_split();
     let mut reader = BufReader::new(r);
+    if *state.mode.lock().unwrap() == (Mode::Garbage, None) {
+        let _ = w.write_all(GARBAGE).await;
+        return;
+    }
+    // A TLS ClientHello on this plain-HTTP port: answer as a plain HTTP server does.
+    if matches!(reader.fill_buf().await, Ok([0x16, ..])) {
+        state.tls_hellos.fetch_add(1, Ordering::Relaxed);
+        let _ = w
+            .write_all(
+                b"HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\n\r\n",
+            )
+            .await;
+        return;
+    }
     loop {
         let req = match read_request(&mut reader).await {
             Ok(Some(req)) => req,
             _ => return,
         };
-        state.seen.lock().unwrap().push(Seen {
+        let seen = Seen {
             method: req.method.clone(),
             path: req.target.clone(),
-        });
+        };
+        state.seen.lock().unwrap().push(seen.clone());
+        state.authorizations.lock().unwrap().push((
+            seen,
+            header(&req.headers, "authorization").map(str::to_string),
+        ));
         let close =
             header(&req.headers, "connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
         let (mode, filter) = state.mode.lock().unwrap().clone();
         let mode = match filter {
             Some(needle) if !req.target.contains(&needle) => Mode::Pass,
             _ => mode,
+        };
+        let mode = match mode {
+            Mode::For(needle, hit, miss) => {
+                if req.target.contains(&needle) {
+                    *hit
+                } else {
+                    *miss
+                }
+            }
+            m => m,
+        };
+        let mode = match mode {
+            Mode::Every(n, inner) => {
+                let i = state.selected.fetch_add(1, Ordering::Relaxed) + 1;
+                if n > 0 && i.is_multiple_of(n) {
+                    *inner
+                } else {
+                    Mode::Pass
+                }
+            }
+            m => m,
         };
         let response = match mode {
             Mode::Pass => forward(&state, req).await,
@@ -159,6 +297,27 @@ async fn serve_connection(sock: TcpStream, state: Arc<State>) {
                     fault(401, &req.method)
                 }
             }
+            Mode::RateLimited(secs) => rate_limited(secs, &req.method),
+            Mode::Drop => return,
+            Mode::Truncate => {
+                let mut out = forward(&state, req).await;
+                if let Some(end) = out.windows(4).position(|w| w == b"\r\n\r\n") {
+                    let body = out.len() - (end + 4);
+                    out.truncate(end + 4 + body / 2);
+                }
+                let _ = w.write_all(&out).await;
+                return;
+            }
+            Mode::Redirect(to) => format!(
+                "HTTP/1.1 307 Temporary Redirect\r\nlocation: http://{to}{}\r\ncontent-length: 0\r\n\r\n",
+                req.target
+            )
+            .into_bytes(),
+            Mode::Garbage => {
+                let _ = w.write_all(GARBAGE).await;
+                return;
+            }
+            Mode::Every(..) | Mode::For(..) => fault(500, &req.method), // nested: unsupported
         };
         if w.write_all(&response).await.is_err() || w.flush().await.is_err() || close {
             return;
@@ -335,6 +494,20 @@ async fn bearer(state: &State, req: Request, token: &str) -> Vec<u8> {
     )
     .into_bytes();
     if req.method != "HEAD" {
+        out.extend_from_slice(body.as_bytes());
+    }
+    out
+}
+
+/// 429 with an OCI `TOOMANYREQUESTS` body and `Retry-After: secs`.
+fn rate_limited(secs: u64, method: &str) -> Vec<u8> {
+    let body = r#"{"errors":[{"code":"TOOMANYREQUESTS","message":"injected rate limit"}]}"#;
+    let mut out = format!(
+        "HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\nretry-after: {secs}\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    if method != "HEAD" {
         out.extend_from_slice(body.as_bytes());
     }
     out
