@@ -163,7 +163,10 @@ pub fn sigstore_bundle(trust: &Trust, data: &[u8]) -> Reason {
 pub fn oci_manifest(data: &[u8]) {
     if let Ok(index) = serde_json::from_slice::<OciImageIndex>(data) {
         for m in &index.manifests {
-            let _ = m.artifact_type.as_deref().is_some_and(bundle::is_bundle_type);
+            let _ = m
+                .artifact_type
+                .as_deref()
+                .is_some_and(bundle::is_bundle_type);
             let _ = m
                 .annotations
                 .as_ref()
