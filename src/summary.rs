@@ -485,7 +485,7 @@ fn table(s: &Summary) -> String {
     }
     if s.images_with_unlisted_namespaces > 0 {
         out.push_str(&format!(
-            "({} image(s) run in more namespaces than their ImagePosture lists)\n",
+            "(lower bounds: {} image(s) run in more namespaces than their ImagePosture lists)\n",
             s.images_with_unlisted_namespaces
         ));
     }
