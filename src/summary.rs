@@ -41,6 +41,7 @@ pub struct SummaryArgs {
     /// instead of the ImagePostures in the cluster of the current kube context.
     #[arg(long = "from", env = "IMAGEPOSTURE_SUMMARY_FROM")]
     pub from: Option<PathBuf>,
+    /// `table` for people; `json` or `yaml` for machines.
     #[arg(
         short = 'o',
         long,
