@@ -299,6 +299,59 @@ fn result(u: &Use, verdicts: &BTreeMap<String, ImageVerdict>) -> ReportResult {
     }
 }
 
+/// What to write so the server holds exactly `desired`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Server-side apply this report (new, or a result changed).
+    Apply(PolicyReport),
+    /// Delete our report in this namespace (its last pod is gone).
+    Delete { namespace: String },
+}
+
+/// The metadata we set (others may add labels and annotations of their own; server-side
+/// apply leaves those alone, so they are no reason to write).
+fn ours(m: &Metadata) -> (Option<&String>, Option<&String>) {
+    (
+        m.labels.get(crate::crd::LABEL_MANAGED_BY),
+        m.annotations.get(ANNOTATION_OMITTED),
+    )
+}
+
+/// The writes that turn `existing` (our reports as listed from the server, any extra metadata
+/// ignored) into `desired`: nothing for a report whose results, summary and our own labels and
+/// annotations are unchanged, so a steady cluster costs no writes.
+pub fn plan(desired: &[PolicyReport], existing: &[PolicyReport]) -> Vec<Action> {
+    let have: BTreeMap<&str, &PolicyReport> = existing
+        .iter()
+        .filter(|r| r.metadata.name == REPORT_NAME)
+        .map(|r| (r.metadata.namespace.as_str(), r))
+        .collect();
+    let want: BTreeSet<&str> = desired
+        .iter()
+        .map(|r| r.metadata.namespace.as_str())
+        .collect();
+    let mut actions: Vec<Action> = desired
+        .iter()
+        .filter(|d| {
+            have.get(d.metadata.namespace.as_str()).is_none_or(|h| {
+                h.summary != d.summary
+                    || h.results != d.results
+                    || ours(&h.metadata) != ours(&d.metadata)
+            })
+        })
+        .cloned()
+        .map(Action::Apply)
+        .collect();
+    actions.extend(
+        have.keys()
+            .filter(|ns| !want.contains(*ns))
+            .map(|ns| Action::Delete {
+                namespace: ns.to_string(),
+            }),
+    );
+    actions
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -475,6 +528,58 @@ mod tests {
                 kind: "Pod".into(),
                 name: "solo".into(),
                 uid: "p2".into()
+            }
+        );
+    }
+
+    #[test]
+    fn plan_writes_only_changes_and_deletes_emptied_namespaces() {
+        let v = verdicts();
+        let before = reports(
+            &[
+                use_("a", "w", "r/signed@sha256:1"),
+                use_("b", "w", "r/none@sha256:3"),
+                use_("gone", "w", "r/none@sha256:3"),
+            ],
+            &v,
+        );
+        assert_eq!(plan(&before, &[]).len(), 3, "all new");
+        assert!(plan(&before, &before).is_empty(), "unchanged: no write");
+
+        // The server's copy carries more metadata; that is not a change.
+        let mut listed: Vec<PolicyReport> = before.clone();
+        for r in &mut listed {
+            r.metadata
+                .labels
+                .insert("extra.example/label-by-someone".into(), "x".into());
+        }
+        assert!(plan(&before, &listed).is_empty(), "another manager's label");
+        listed[0]
+            .metadata
+            .labels
+            .remove(crate::crd::LABEL_MANAGED_BY);
+        assert_eq!(plan(&before, &listed).len(), 1, "our label was removed");
+
+        let mut v2 = v.clone();
+        if let Some(x) = v2.get_mut("r/none@sha256:3") {
+            x.posture = Posture::InvalidSignature;
+        }
+        let after = reports(
+            &[
+                use_("a", "w", "r/signed@sha256:1"),
+                use_("b", "w", "r/none@sha256:3"),
+            ],
+            &v2,
+        );
+        let actions = plan(&after, &before);
+        assert_eq!(actions.len(), 2, "{actions:?}");
+        assert!(
+            matches!(&actions[0], Action::Apply(r) if r.metadata.namespace == "b" && r.summary.fail == 1)
+        );
+        assert_eq!(
+            actions[1],
+            Action::Delete {
+                namespace: "gone".into()
             }
         );
     }
