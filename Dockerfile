@@ -1,5 +1,6 @@
 # syntax=docker/dockerfile:1
-# Build: docker build -t ghcr.io/imageposture/imageposture:latest .
+# Build: docker build -t imageposture:dev .   (the tag config/default deploys; see README)
+# Then: kind load docker-image imageposture:dev   or   k3d image import imageposture:dev
 
 FROM rust:1-bookworm AS builder
 # cmake: aws-lc-sys falls back to it on some targets; cheap insurance for the TLS crypto build.

@@ -598,6 +598,12 @@ async fn bench() {
 
     let existing = list_postures(&double).await;
     assert_eq!(existing.len(), n_images);
+    // The population as `imageposture summary --from FILE` reads it (README: summary section).
+    if let Some(path) = std::env::var_os("IMAGEPOSTURE_BENCH_POSTURES") {
+        let items: Vec<&ImagePosture> = existing.iter().map(|p| p.as_ref()).collect();
+        let list = json!({"apiVersion": "v1", "kind": "List", "items": items});
+        std::fs::write(&path, list.to_string()).expect("write IMAGEPOSTURE_BENCH_POSTURES");
+    }
     let mut warm_rows = Vec::new();
     for run in 0..WARM_RUNS {
         let row = timed_sweep(

@@ -37,6 +37,8 @@ pub enum Command {
     Run(Box<crate::run::RunArgs>),
     /// Print the ImagePosture CustomResourceDefinition.
     Crd,
+    /// Counts by posture, top signers and issuers, namespaces at risk, images stuck checking.
+    Summary(crate::summary::SummaryArgs),
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]

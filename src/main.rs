@@ -18,6 +18,7 @@ async fn main() -> ExitCode {
         Command::Observe(args) => observe(args).await,
         Command::Scan(args) => imageposture::scan::run(args).await,
         Command::Run(args) => imageposture::run::run(*args).await,
+        Command::Summary(args) => imageposture::summary::run(args).await,
         Command::Crd => {
             print!("{}", imageposture::crd::crd_yaml());
             Ok(())

@@ -64,6 +64,8 @@ pub struct Metrics {
     deferred: Gauge,
     api_writes: Family<KindLabels, Counter>,
     leader: Gauge,
+    verification_duration: Histogram,
+    ready: Gauge,
 }
 
 impl Default for Metrics {
@@ -86,6 +88,9 @@ impl Metrics {
         let deferred = Gauge::default();
         let api_writes = Family::<KindLabels, Counter>::default();
         let leader = Gauge::default();
+        // 10ms .. ~164s: one image's verification, all its registry requests included.
+        let verification_duration = Histogram::new(exponential_buckets(0.01, 2.0, 15));
+        let ready = Gauge::default();
 
         // Counter names omit `_total`: the encoder appends it.
         registry.register(
@@ -135,6 +140,17 @@ impl Metrics {
             "1 while this replica holds the leader lease, else 0",
             leader.clone(),
         );
+        registry.register_with_unit(
+            "verification_duration",
+            "Duration of one image verification against its registry (cache hits not included)",
+            Unit::Seconds,
+            verification_duration.clone(),
+        );
+        registry.register(
+            "ready",
+            "1 while /readyz answers ready (both reflectors synced), else 0",
+            ready.clone(),
+        );
 
         let metrics = Metrics {
             registry,
@@ -147,6 +163,8 @@ impl Metrics {
             deferred,
             api_writes,
             leader,
+            verification_duration,
+            ready,
         };
         metrics.set_images(&[]);
         metrics
@@ -221,6 +239,16 @@ impl Metrics {
         self.leader.set(i64::from(leader));
     }
 
+    /// Records how long one verification took (its result is counted by [`Metrics::verification`]).
+    pub fn verification_duration(&self, secs: f64) {
+        self.verification_duration.observe(secs);
+    }
+
+    /// Mirrors `/readyz`, so an alert can tell "running but not ready" from "not scraped".
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.set(i64::from(ready));
+    }
+
     /// The OpenMetrics text exposition (ends with `# EOF`).
     pub fn encode(&self) -> String {
         let mut out = String::new();
@@ -268,6 +296,8 @@ mod tests {
         m.api_write("status");
         m.api_write("apply");
         m.set_leader(true);
+        m.verification_duration(0.5);
+        m.set_ready(true);
         let text = m.encode();
 
         for line in [
@@ -290,6 +320,8 @@ mod tests {
             "imageposture_api_writes_total{kind=\"apply\"} 2\n",
             "imageposture_api_writes_total{kind=\"status\"} 1\n",
             "imageposture_leader 1\n",
+            "imageposture_verification_duration_seconds_count 1\n",
+            "imageposture_ready 1\n",
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
         }

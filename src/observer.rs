@@ -301,10 +301,12 @@ impl Observer {
             }
         }
         self.stats.locked().misses += 1;
+        let started = std::time::Instant::now();
         let verdict = self.verifier.observe_task(id).await;
         if let Some(m) = &self.metrics {
             m.cache_miss();
             m.verification(verdict.posture);
+            m.verification_duration(started.elapsed().as_secs_f64());
         }
         if verdict.posture.is_resting() {
             self.backoff.locked().remove(&id.registry);

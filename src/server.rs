@@ -119,6 +119,8 @@ fn route(req: &Request<Incoming>, metrics: &Metrics, health: &Health) -> Respons
     }
     match path {
         "/metrics" => {
+            // Readiness lives in `Health`; mirror it at scrape time so the gauge is never stale.
+            metrics.set_ready(health.ready());
             let mut response = Response::new(Full::new(Bytes::from(metrics.encode())));
             response.headers_mut().insert(
                 header::CONTENT_TYPE,
@@ -188,6 +190,12 @@ mod tests {
         let body = r.text().await.unwrap();
         assert!(body.contains("imageposture_cache_hits_total 1\n"), "{body}");
         assert!(body.ends_with("# EOF\n"));
+        // Readiness was set back to false above; the scrape mirrors it, then follows it.
+        assert!(body.contains("imageposture_ready 0\n"), "{body}");
+        health.set_ready(true);
+        let body = http.get(format!("{base}/metrics")).send().await.unwrap();
+        let body = body.text().await.unwrap();
+        assert!(body.contains("imageposture_ready 1\n"), "{body}");
 
         let r = http.get(format!("{base}/nope")).send().await.unwrap();
         assert_eq!(r.status(), 404);

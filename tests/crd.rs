@@ -96,7 +96,8 @@ fn config_parses_and_kustomizations_resolve() {
             "{}: document without apiVersion",
             file.display()
         );
-        if doc["kind"] != "Kustomization" {
+        // A kustomize Component (config/monitoring) is a Kustomization that overlays include.
+        if doc["kind"] != "Kustomization" && doc["kind"] != "Component" {
             assert!(
                 doc["metadata"]["name"].is_string(),
                 "{}: unnamed object",
@@ -106,7 +107,13 @@ fn config_parses_and_kustomizations_resolve() {
         }
         kustomizations += 1;
         let dir = file.parent().unwrap();
-        for r in doc["resources"].as_array().expect("resources") {
+        let components = doc["components"].as_array().into_iter().flatten();
+        for r in doc["resources"]
+            .as_array()
+            .expect("resources")
+            .iter()
+            .chain(components)
+        {
             let target = dir.join(r.as_str().unwrap());
             assert!(
                 target.exists(),

@@ -114,6 +114,16 @@ pub const RESOURCES: &[ResourceType] = &[
         namespaced: true,
         status_subresource: false,
     },
+    // For `install::install_crd`. The double does not establish CRDs by itself: a test plays
+    // the API server's establishing controller by writing `/status` (tests/install.rs).
+    ResourceType {
+        group: "apiextensions.k8s.io",
+        version: "v1",
+        plural: "customresourcedefinitions",
+        kind: "CustomResourceDefinition",
+        namespaced: false,
+        status_subresource: true,
+    },
 ];
 
 const IMAGEPOSTURES: usize = 0;
