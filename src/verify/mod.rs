@@ -7,12 +7,16 @@
 mod auth;
 mod bundle;
 mod cert;
+mod classify;
 mod config;
 mod keys;
 mod legacy;
+mod normalize;
 mod record;
 mod registry;
 mod rekor;
+mod timestamp;
+mod tlog;
 mod trust;
 
 use std::sync::Arc;
@@ -23,7 +27,6 @@ use oci_client::manifest::{OciImageIndex, OciImageManifest};
 pub use self::auth::Credentials;
 pub use self::config::{Limits, SetupError, TrustSource, VerifierConfig};
 pub use self::keys::KeyRing;
-use self::keys::Signer;
 use self::record::{Checked, Context, Failure};
 use self::registry::Repo;
 pub use self::registry::{FetchError, RegistryClient, RequestHook};
@@ -391,9 +394,7 @@ impl Verifier {
                 Ok(Ok(raw)) => {
                     let checked = bundle::classify(&raw, &image.digest, ctx);
                     // A bundle that turns out to be an attestation is not a signature artifact.
-                    if checked.reason == Reason::UnsupportedFormat
-                        && checked.message.starts_with("predicate ")
-                    {
+                    if checked.is_attestation() {
                         continue;
                     }
                     out.push(checked.record());
