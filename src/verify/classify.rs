@@ -285,6 +285,31 @@ fn describes(
             }
             Ok(())
         }
+        // Rekor v2 logs a DSSE envelope as `hashedrekord` 0.0.2 over its PAE (it has no
+        // `dsse` kind), with the envelope signature.
+        (
+            Content::Dsse {
+                payload_type,
+                payload,
+                signature,
+            },
+            Body::Hashed {
+                kind: EntryKind::HashedRekordV002,
+                sha256,
+                signature: logged,
+                verifier,
+            },
+        ) => {
+            let pae_sha256: [u8; 32] =
+                Sha256::digest(super::normalize::pae(payload_type, payload)).into();
+            if *sha256 != pae_sha256 {
+                return Err("logged hash is not the envelope's".into());
+            }
+            if logged != signature || !holds(verifier) {
+                return Err("log entry does not hold this signature and key".into());
+            }
+            Ok(())
+        }
         (Content::SimpleSigning { .. }, b) => Err(format!(
             "a {} entry cannot describe a simple-signing signature",
             b.kind().name()
@@ -303,7 +328,6 @@ pub fn kind_named(kind: &str, version: &str) -> Option<EntryKind> {
         ("hashedrekord", "0.0.2") => EntryKind::HashedRekordV002,
         ("rekord", "0.0.1") => EntryKind::RekordV001,
         ("dsse", "0.0.1") => EntryKind::DsseV001,
-        ("dsse", "0.0.2") => EntryKind::DsseV002,
         _ => return None,
     })
 }

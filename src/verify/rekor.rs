@@ -1,6 +1,8 @@
 //! Transparency-log entry bodies as real logs wrote them: what each says was signed, with
 //! which signature and by which key. Kinds: `hashedrekord` 0.0.1 (Rekor v1) and 0.0.2
-//! (Rekor v2, protobuf-JSON), `rekord` 0.0.1 (cosign 1.x, 2021-22), `dsse` 0.0.1 and 0.0.2.
+//! (Rekor v2, protobuf-JSON; Rekor v2 logs DSSE envelopes this way too, over their PAE),
+//! `rekord` 0.0.1 (cosign 1.x, 2021-22) and `dsse` 0.0.1. Rekor v2's withdrawn `dsse` 0.0.2
+//! is refused, as cosign refuses it.
 
 use base64::Engine as _;
 use serde::Deserialize;
@@ -16,13 +18,12 @@ pub enum EntryKind {
     HashedRekordV002,
     RekordV001,
     DsseV001,
-    DsseV002,
 }
 
 impl EntryKind {
     /// Rekor v2 kinds: proof and checkpoint only, the log does not vouch for a time.
     pub fn is_v2(self) -> bool {
-        matches!(self, EntryKind::HashedRekordV002 | EntryKind::DsseV002)
+        matches!(self, EntryKind::HashedRekordV002)
     }
 
     pub fn name(self) -> &'static str {
@@ -31,7 +32,6 @@ impl EntryKind {
             EntryKind::HashedRekordV002 => "hashedrekord 0.0.2",
             EntryKind::RekordV001 => "rekord 0.0.1",
             EntryKind::DsseV001 => "dsse 0.0.1",
-            EntryKind::DsseV002 => "dsse 0.0.2",
         }
     }
 }
@@ -164,20 +164,6 @@ impl Body {
                                 Verifier::Pem(b64(&sig.verifier, "verifier")?),
                             ))
                         })
-                        .collect::<Result<_, String>>()?,
-                })
-            }
-            ("dsse", "0.0.2") => {
-                let s: DsseV2Spec = serde_json::from_value(spec).map_err(v)?;
-                let d = s.dsse_v002;
-                Ok(Body::Dsse {
-                    kind: EntryKind::DsseV002,
-                    payload_sha256: b64_sha256(&d.payload_hash)?,
-                    signatures: d
-                        .signatures
-                        .iter()
-                        .take(MAX_SIGNATURES)
-                        .map(|sig| Ok((b64(&sig.content, "signature")?, sig.verifier.decode()?)))
                         .collect::<Result<_, String>>()?,
                 })
             }
@@ -336,19 +322,6 @@ struct RawBytes {
     raw_bytes: String,
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct DsseV2Spec {
-    dsse_v002: DsseV2,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct DsseV2 {
-    payload_hash: B64Hash,
-    signatures: Vec<V2Signature>,
-}
-
 /// Whether a logged key/cert PEM holds this DER (certificate or SPKI).
 pub fn pem_holds_der(pem_bytes: &[u8], der: &[u8]) -> bool {
     pem::parse(pem_bytes)
@@ -426,18 +399,9 @@ mod tests {
     }
 
     #[test]
-    fn dsse_v2_and_unknown_kinds() {
-        let body = parse(json!({
-            "apiVersion": "0.0.2", "kind": "dsse",
-            "spec": { "dsseV002": {
-                "payloadHash": { "algorithm": "SHA2_256", "digest": B64.encode([1u8; 32]) },
-                "signatures": [{ "content": "c2ln", "verifier": {
-                    "x509Certificate": { "rawBytes": "Y2VydA==" }, "keyDetails": "PKIX_ECDSA_P256_SHA_256"
-                } }]
-            } }
-        }))
-        .unwrap();
-        assert_eq!(body.kind(), EntryKind::DsseV002);
+    fn withdrawn_and_unknown_kinds_are_refused() {
+        let err = parse(json!({ "apiVersion": "0.0.2", "kind": "dsse", "spec": {} })).unwrap_err();
+        assert!(err.contains("unsupported"), "{err}");
         let err =
             parse(json!({ "apiVersion": "0.0.1", "kind": "intoto", "spec": {} })).unwrap_err();
         assert!(err.contains("unsupported"), "{err}");
