@@ -284,3 +284,87 @@ pub fn chain_from_pem(pem_bytes: &[u8]) -> Result<Vec<Vec<u8>>, String> {
         .map(|b| b.into_contents())
         .collect())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::Engine as _;
+    use rcgen::{
+        BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+        PublicKeyData as _, SanType, PKCS_ECDSA_P256_SHA256,
+    };
+
+    fn now() -> i64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64
+    }
+
+    fn valid(from: i64, to: i64) -> CertificateParams {
+        let epoch = rcgen::date_time_ymd(1970, 1, 1);
+        let mut p = CertificateParams::default();
+        p.not_before = epoch + std::time::Duration::from_secs(from as u64);
+        p.not_after = epoch + std::time::Duration::from_secs(to as u64);
+        p
+    }
+
+    /// A trust root of one CA (and one log key, which a root needs), and a leaf it issued,
+    /// valid for ten minutes around now.
+    fn fixture() -> (TrustMaterial, Leaf) {
+        let b64 = |d: &[u8]| base64::engine::general_purpose::STANDARD.encode(d);
+        let t = now();
+        let ca_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut ca = valid(t - 86_400, t + 86_400);
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let leaf_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut lp = valid(t - 300, t + 300);
+        lp.subject_alt_names = vec![SanType::Rfc822Name("a@example.com".try_into().unwrap())];
+        lp.extended_key_usages = vec![ExtendedKeyUsagePurpose::CodeSigning];
+        let leaf = lp
+            .signed_by(&leaf_key, &Issuer::from_params(&ca, &ca_key))
+            .unwrap();
+        let root = serde_json::json!({
+            "certificateAuthorities": [{ "certChain": { "certificates": [
+                { "rawBytes": b64(ca_cert.der()) }
+            ] } }],
+            "tlogs": [{
+                "publicKey": { "rawBytes": b64(&ca_key.subject_public_key_info()) },
+                "logId": { "keyId": b64(&[1u8; 32]) }
+            }]
+        });
+        let trust = TrustMaterial::from_json(&serde_json::to_vec(&root).unwrap()).unwrap();
+        (trust, Leaf::from_der(leaf.der()).unwrap())
+    }
+
+    #[test]
+    fn a_verified_path_is_cached_for_the_window_it_holds_in() {
+        let (trust, leaf) = fixture();
+        let t = now();
+        assert!(trust.chains.is_empty());
+        leaf.verify_chain(&trust, &[], t).unwrap();
+        assert_eq!(trust.chains.len(), 1);
+        let key = chain_key(leaf.der(), &[]);
+        // Within the leaf's validity the cached path answers; outside it, it does not, and
+        // the full verification refuses the expired leaf.
+        assert!(trust.chains.covers(&key, t + 200));
+        assert!(!trust.chains.covers(&key, t + 600));
+        assert!(leaf.verify_chain(&trust, &[], t + 600).is_err());
+        assert!(leaf.verify_chain(&trust, &[], t - 600).is_err());
+        // The same leaf with another supplied chain is another path.
+        assert!(!trust.chains.covers(&chain_key(leaf.der(), &[vec![0u8]]), t));
+    }
+
+    #[test]
+    fn the_cache_is_bounded() {
+        let cache = ChainCache::default();
+        let w = Window { from: 0, to: 10 };
+        for i in 0..(CHAIN_CACHE_CAPACITY + 10) {
+            cache.insert(chain_key(&i.to_be_bytes(), &[]), w);
+        }
+        assert_eq!(cache.len(), CHAIN_CACHE_CAPACITY);
+        // The oldest went first.
+        assert!(!cache.covers(&chain_key(&0usize.to_be_bytes(), &[]), 5));
+    }
+}
