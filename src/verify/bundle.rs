@@ -308,12 +308,6 @@ fn proof(p: &Proof) -> Result<InclusionProof, Failure> {
             "inclusion proof is too long",
         ));
     }
-    let checkpoint = p.checkpoint.as_ref().ok_or_else(|| {
-        Failure::new(
-            Reason::BadTransparencyLogEntry,
-            "inclusion proof has no checkpoint",
-        )
-    })?;
     Ok(InclusionProof {
         log_index: p.log_index.get()?,
         root_hash: decode("proof root hash", &p.root_hash)?,
@@ -323,6 +317,6 @@ fn proof(p: &Proof) -> Result<InclusionProof, Failure> {
             .iter()
             .map(|h| decode("proof hash", h))
             .collect::<Result<_, _>>()?,
-        checkpoint: checkpoint.envelope.clone(),
+        checkpoint: p.checkpoint.as_ref().map(|c| c.envelope.clone()),
     })
 }

@@ -42,8 +42,9 @@ pub struct InclusionProof {
     pub root_hash: Vec<u8>,
     pub tree_size: i64,
     pub hashes: Vec<Vec<u8>>,
-    /// The signed note text.
-    pub checkpoint: String,
+    /// The signed note text. Bundles v0.1 carried proofs without one: such a proof is
+    /// checked against its own root, and the entry then rests on its SET.
+    pub checkpoint: Option<String>,
 }
 
 /// What verifying an entry established.
@@ -89,6 +90,9 @@ impl LogEntry {
             integrated_time = Some(time);
         }
         if let Some(proof) = &self.proof {
+            if proof.checkpoint.is_none() && self.promise.is_none() {
+                return Err("inclusion proof has no checkpoint and the entry no promise".into());
+            }
             proof.verify(log, &raw, self.log_index, body.kind().is_v2())?;
         }
         Ok(Included {
@@ -115,16 +119,27 @@ impl LogEntry {
 impl InclusionProof {
     /// The leaf (RFC 6962: SHA-256 of 0x00 and the body) is in the tree the checkpoint signs.
     fn verify(&self, log: &Log, body: &[u8], entry_index: i64, v2: bool) -> Result<(), String> {
-        let checkpoint = verify_checkpoint(log, &self.checkpoint)?;
-        let root = *checkpoint.root_hash();
-        // Rekor v1 repeats the root beside the checkpoint; Rekor v2 leaves it unauthenticated.
-        if !v2 && self.root_hash != root.as_bytes() {
-            return Err("inclusion proof root is not the checkpoint's root".into());
-        }
-        let tree_size = checkpoint.tree_size();
-        if !v2 && u64::try_from(self.tree_size).ok() != Some(tree_size) {
-            return Err("inclusion proof tree size is not the checkpoint's".into());
-        }
+        let (root, tree_size) = match &self.checkpoint {
+            Some(text) => {
+                let checkpoint = verify_checkpoint(log, text)?;
+                let root = *checkpoint.root_hash();
+                // Rekor v1 repeats the root beside the checkpoint; Rekor v2 leaves it
+                // unauthenticated.
+                if !v2 && self.root_hash != root.as_bytes() {
+                    return Err("inclusion proof root is not the checkpoint's root".into());
+                }
+                let tree_size = checkpoint.tree_size();
+                if !v2 && u64::try_from(self.tree_size).ok() != Some(tree_size) {
+                    return Err("inclusion proof tree size is not the checkpoint's".into());
+                }
+                (root, tree_size)
+            }
+            None => (
+                Sha256Hash::try_from(self.root_hash.as_slice())
+                    .map_err(|_| "proof root hash is not 32 bytes")?,
+                u64::try_from(self.tree_size).map_err(|_| "negative tree size")?,
+            ),
+        };
         // Rekor v1's proof index is within the shard; Rekor v2 has one index.
         let index = if v2 { entry_index } else { self.log_index };
         let index = u64::try_from(index).map_err(|_| "negative log index")?;
@@ -255,5 +270,61 @@ mod tests {
             &Sha256Hash::new(root),
         );
         assert!(bad.is_err());
+    }
+
+    fn log() -> Log {
+        use rcgen::PublicKeyData as _;
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let spki = key.subject_public_key_info();
+        Log {
+            key: CosignVerificationKey::try_from_der(&spki).unwrap(),
+            id: Sha256::digest(&spki).to_vec(),
+            spki,
+            valid_from: None,
+            valid_to: None,
+        }
+    }
+
+    #[test]
+    fn a_proof_without_checkpoint_is_checked_against_its_own_root() {
+        // Bundle v0.1: the proof carries its root, no checkpoint; the SET authenticates.
+        let (l0, l1) = (leaf(b"entry"), leaf(b"other"));
+        let proof = |root: [u8; 32]| InclusionProof {
+            log_index: 0,
+            root_hash: root.to_vec(),
+            tree_size: 2,
+            hashes: vec![l1.to_vec()],
+            checkpoint: None,
+        };
+        let log = log();
+        assert!(proof(node(&l0, &l1))
+            .verify(&log, b"entry", 0, false)
+            .is_ok());
+        assert!(proof(node(&l1, &l0))
+            .verify(&log, b"entry", 0, false)
+            .is_err());
+        assert!(proof(node(&l0, &l1))
+            .verify(&log, b"tampered", 0, false)
+            .is_err());
+    }
+
+    #[test]
+    fn checkpoints_need_the_log_signature() {
+        let log = log();
+        let note = "log.example\n1\nAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\n";
+        let sign = |hint: &[u8]| {
+            use base64::Engine as _;
+            let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+            let mut sig = hint.to_vec();
+            sig.extend(rcgen::SigningKey::sign(&kp, note.as_bytes()).unwrap());
+            format!("{note}\n\u{2014} log.example {}\n", B64.encode(sig))
+        };
+        // Right hint, wrong key; wrong hint.
+        let err = verify_checkpoint(&log, &sign(&log.id[..4])).unwrap_err();
+        assert!(err.contains("does not verify"), "{err}");
+        let err = verify_checkpoint(&log, &sign(&[0, 0, 0, 0])).unwrap_err();
+        assert!(err.contains("not signed by the log"), "{err}");
+        assert!(verify_checkpoint(&log, "garbage").is_err());
+        assert!(verify_checkpoint(&log, &"x".repeat(MAX_CHECKPOINT + 1)).is_err());
     }
 }
