@@ -126,7 +126,6 @@ pub(crate) fn verify(
             format!("more than {MAX_ENTRIES} log entries"),
         ));
     }
-    let bodies: Vec<Result<Body, String>> = a.entries.iter().map(|e| e.body()).collect();
     let signer = match &a.material {
         Material::Certificate { leaf, .. } => {
             let key = leaf.key().map_err(|m| Failure::new(Reason::Malformed, m))?;
@@ -140,10 +139,12 @@ pub(crate) fn verify(
             Signer::Certificate
         }
         Material::Key => {
-            let logged = bodies
+            // The key a log entry recorded for this signature (the entry is verified below).
+            let logged = a
+                .entries
                 .iter()
-                .flatten()
-                .find_map(|b| logged_key(b, signature));
+                .filter_map(|e| e.body().ok())
+                .find_map(|b| logged_key(&b, signature));
             ctx.keys
                 .signer_for(signature, &message, logged.as_deref())?
         }
