@@ -475,6 +475,8 @@ mod tests {
             message: "m".repeat(10_000),
             rekor_log_index: None,
             integrated_time: None,
+            signing_time: None,
+            signing_time_source: None,
         };
         let v = Verdict::from_signatures(vec![rec; 100]);
         let mut s = ImagePostureStatus::from_verdict(&v);

@@ -10,14 +10,15 @@ use std::collections::BTreeMap;
 use base64::Engine as _;
 use oci_client::manifest::{OciImageIndex, OciImageManifest, OciManifest};
 use reqwest::header::{HeaderMap, HeaderValue, WWW_AUTHENTICATE};
-use sigstore::trust::sigstore::SigstoreTrustRoot;
 
 use crate::image::{self, ImageId, ImageRef};
 use crate::posture::Reason;
 use crate::verify::auth::Challenge;
 use crate::verify::cert::{chain_from_pem, Leaf};
 use crate::verify::record::Context;
-use crate::verify::rekor::{pem_holds_der, Body, LogEntry};
+use crate::verify::rekor::Body;
+use crate::verify::tlog::{InclusionProof, LogEntry};
+use crate::verify::timestamp;
 use crate::verify::{bundle, legacy, KeyRing, TrustMaterial};
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
@@ -34,8 +35,7 @@ pub struct Trust {
 impl Trust {
     /// From a Sigstore `trusted_root.json`, parsed the way `--trusted-root` is.
     pub fn from_trusted_root(json: &[u8], at: i64) -> Option<Trust> {
-        let root = SigstoreTrustRoot::from_trusted_root_json_unchecked(json).ok()?;
-        let material = TrustMaterial::from_root(&root).ok()?;
+        let material = TrustMaterial::from_json(json).ok()?;
         Some(Trust {
             material,
             keys: KeyRing::default(),
@@ -46,11 +46,7 @@ impl Trust {
     /// Trusts nothing: every input fails, but only after being parsed.
     pub fn empty() -> Trust {
         Trust {
-            material: TrustMaterial {
-                anchors: Vec::new(),
-                ca_certs: Vec::new(),
-                rekor_keys: BTreeMap::new(),
-            },
+            material: TrustMaterial::empty(),
             keys: KeyRing::default(),
             at: 0,
         }
@@ -187,45 +183,59 @@ pub fn oci_manifest(data: &[u8]) {
     let _ = serde_json::from_slice::<OciManifest>(data);
 }
 
-/// A Rekor entry: `body` 0xFF `integratedTime` 0xFF `logIndex` 0xFF `logID` 0xFF `SET`. A body
-/// starting with `{` is entry JSON and is base64-encoded first (as the log would); anything
-/// else is taken as the base64 text. Runs `LogEntry::body` and `LogEntry::verify_promise`, and
-/// the logged key through the key parser.
+/// A log entry: `body` 0xFF `integratedTime` 0xFF `logIndex` 0xFF `logID` 0xFF `SET` 0xFF
+/// `checkpoint` 0xFF `proof hashes`. A body starting with `{` is entry JSON and is
+/// base64-encoded first (as the log would); anything else is taken as the base64 text. Runs
+/// `LogEntry::verify` (SET, inclusion proof, checkpoint), the body parser, the logged key
+/// through the key ring, and the bytes as an RFC 3161 timestamp token.
 pub fn rekor_entry(trust: &Trust, data: &[u8]) {
     let mut f = fields(data);
     let body = f.next().unwrap_or_default();
-    let body = if body.first() == Some(&b'{') {
+    let body_b64 = if body.first() == Some(&b'{') {
         B64.encode(body)
     } else {
         text(body)
     };
     let number = |f: Option<&[u8]>| text(f.unwrap_or_default()).trim().parse().unwrap_or(0);
+    let integrated_time: i64 = number(f.next());
+    let log_index = number(f.next());
+    let log_id = f.next().unwrap_or_default().to_vec();
+    let promise = f.next().map(<[u8]>::to_vec);
+    let checkpoint = f.next().map(text);
+    let hashes: Vec<Vec<u8>> = f.map(<[u8]>::to_vec).take(70).collect();
+    let proof = checkpoint.map(|c| InclusionProof {
+        log_index,
+        root_hash: hashes.first().cloned().unwrap_or_default(),
+        tree_size: log_index.saturating_add(1),
+        hashes,
+        checkpoint: Some(c),
+    });
     let entry = LogEntry {
-        body,
-        integrated_time: number(f.next()),
-        log_index: number(f.next()),
-        log_id: text(f.next().unwrap_or_default()),
-        signed_entry_timestamp: text(f.next().unwrap_or_default()),
+        body_b64,
+        log_index,
+        log_id,
+        integrated_time: (integrated_time != 0).then_some(integrated_time),
+        promise,
+        proof,
     };
-    let _ = entry.verify_promise(&trust.material);
-    match entry.body() {
-        Ok(Body::HashedRekord {
+    let _ = entry.verify(&trust.material);
+    let _ = timestamp::verify(&[data.to_vec()], b"", &trust.material);
+    let (signature, verifiers) = match entry.body() {
+        Ok(Body::Hashed {
             signature,
-            public_key_pem,
+            verifier,
             ..
-        }) => {
-            let _ = pem_holds_der(&public_key_pem, &signature);
-            let _ = trust
-                .keys
-                .signer_for(&signature, b"", Some(public_key_pem.as_slice()));
-        }
+        }) => (signature, vec![verifier]),
         Ok(Body::Dsse { signatures, .. }) => {
-            for (sig, verifier) in signatures.iter().take(4) {
-                let _ = pem_holds_der(verifier, sig);
-                let _ = trust.keys.signer_for(sig, b"", Some(verifier.as_slice()));
-            }
+            let first = signatures.first().map(|(s, _)| s.clone()).unwrap_or_default();
+            (first, signatures.into_iter().map(|(_, v)| v).take(4).collect())
         }
-        Err(_) => {}
+        Err(_) => return,
+    };
+    for v in verifiers {
+        let _ = v.holds(&signature);
+        let key = v.public_key();
+        let _ = trust.keys.signer_for(&signature, b"", key.as_deref());
     }
 }
 

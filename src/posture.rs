@@ -73,6 +73,8 @@ pub enum Reason {
     BadSignature,
     UntrustedCertificate,
     BadTransparencyLogEntry,
+    /// An RFC 3161 timestamp does not verify, or a keyless signature has no trusted time.
+    BadTimestamp,
     UnverifiableKey,
     Malformed,
     UnsupportedFormat,
@@ -100,6 +102,7 @@ impl Reason {
             Reason::BadSignature => "BadSignature",
             Reason::UntrustedCertificate => "UntrustedCertificate",
             Reason::BadTransparencyLogEntry => "BadTransparencyLogEntry",
+            Reason::BadTimestamp => "BadTimestamp",
             Reason::UnverifiableKey => "UnverifiableKey",
             Reason::Malformed => "Malformed",
             Reason::UnsupportedFormat => "UnsupportedFormat",
@@ -159,6 +162,16 @@ pub enum SignatureFormat {
     Bundle,
 }
 
+/// What vouches for the time a signature was made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum TimeSource {
+    /// The log's integrated time, under its signed entry timestamp (Rekor v1).
+    Tlog,
+    /// An RFC 3161 timestamp from a trusted timestamp authority.
+    Timestamp,
+}
+
 /// The verdict on one signature artifact.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -179,6 +192,11 @@ pub struct SignatureRecord {
     pub rekor_log_index: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub integrated_time: Option<i64>,
+    /// The earliest verified signing time (unix seconds) and what vouches for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signing_time: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signing_time_source: Option<TimeSource>,
 }
 
 /// What one observation of one image concluded.

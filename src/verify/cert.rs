@@ -1,7 +1,8 @@
-//! Fulcio-issued signing certificates: the path to a trusted CA at the Rekor integrated time,
-//! and the identity they carry (SAN URI or email, OIDC issuer extension).
+//! Fulcio-issued signing certificates: the path to a trusted CA at the signing time (cached
+//! per process), and the identity they carry (SAN URI or email, OIDC issuer extension).
 
 use rustls_pki_types::{CertificateDer, UnixTime};
+use sha2::{Digest as _, Sha256};
 use sigstore::cosign::signature_layers::CertificateSubject;
 use sigstore::crypto::CosignVerificationKey;
 use x509_cert::der::asn1::Utf8StringRef;
@@ -87,16 +88,22 @@ impl Leaf {
         find(OID_ISSUER_V1).map(|v| String::from_utf8_lossy(v).into_owned())
     }
 
-    /// A path from this leaf to a trusted CA, valid at `integrated_time` (the moment Rekor
-    /// witnessed the signature: Fulcio certificates live minutes, so "now" is meaningless).
+    /// A path from this leaf to a trusted CA, valid at `time` (the signing time: the log's
+    /// integrated time or a verified RFC 3161 timestamp; Fulcio certificates live minutes, so
+    /// "now" is meaningless). A path already verified in this process is not verified again
+    /// when `time` falls within the validity of every certificate it can run through.
     pub fn verify_chain(
         &self,
         trust: &TrustMaterial,
         extra_chain: &[Vec<u8>],
-        integrated_time: i64,
+        time: i64,
     ) -> Result<(), String> {
         if trust.anchors.is_empty() {
             return Err("trusted root has no certificate authority".into());
+        }
+        let key = chain_key(&self.der, extra_chain);
+        if trust.chains.covers(&key, time) {
+            return Ok(());
         }
         let leaf = CertificateDer::from(self.der.as_slice());
         let ee = webpki::EndEntityCert::try_from(&leaf).map_err(|e| format!("leaf: {e}"))?;
@@ -106,22 +113,163 @@ impl Leaf {
                 .iter()
                 .map(|c| CertificateDer::from(c.as_slice())),
         );
-        let secs = u64::try_from(integrated_time).map_err(|_| "negative integrated time")?;
-        let time = UnixTime::since_unix_epoch(std::time::Duration::from_secs(secs));
+        let secs = u64::try_from(time).map_err(|_| "negative signing time")?;
+        let at = UnixTime::since_unix_epoch(std::time::Duration::from_secs(secs));
         ee.verify_for_usage(
             webpki::ALL_VERIFICATION_ALGS,
             &trust.anchors,
             &intermediates,
-            time,
+            at,
             webpki::KeyUsage::required(EKU_CODE_SIGNING),
             None,
             None,
         )
-        .map(|_| ())
         .map_err(|e| {
-            format!("certificate does not chain to a trusted Fulcio CA at the integrated time: {e}")
-        })
+            format!("certificate does not chain to a trusted Fulcio CA at the signing time: {e}")
+        })?;
+        if let Some(window) = self.path_window(trust, extra_chain) {
+            trust.chains.insert(key, window);
+        }
+        Ok(())
     }
+
+    /// The times at which every certificate a path from this leaf may run through is valid:
+    /// the leaf, then, by issuer name, every candidate issuer up to a self-issued one. Any
+    /// doubt (a name loop, an unparsable certificate) answers `None`: nothing is cached.
+    fn path_window(&self, trust: &TrustMaterial, extra_chain: &[Vec<u8>]) -> Option<Window> {
+        let mut window = Window::of(&self.cert);
+        let extra: Vec<Certificate> = extra_chain
+            .iter()
+            .map(|d| Certificate::from_der(d).ok())
+            .collect::<Option<_>>()?;
+        let cas = trust.chains.cas(&trust.ca_certs)?;
+        let mut issuer = self.cert.tbs_certificate().issuer().clone();
+        for _ in 0..MAX_PATH {
+            let candidates: Vec<&Certificate> = extra
+                .iter()
+                .chain(cas.iter())
+                .filter(|c| *c.tbs_certificate().subject() == issuer)
+                .collect();
+            let first = candidates.first()?;
+            for c in &candidates {
+                window = window.intersect(Window::of(c));
+            }
+            let next = first.tbs_certificate().issuer().clone();
+            if next == issuer {
+                return (window.from <= window.to).then_some(window);
+            }
+            // Candidates with different issuers make the path ambiguous: do not cache.
+            if candidates
+                .iter()
+                .any(|c| *c.tbs_certificate().issuer() != next)
+            {
+                return None;
+            }
+            issuer = next;
+        }
+        None
+    }
+}
+
+/// Longest certificate path walked when computing a cached path's validity.
+const MAX_PATH: usize = 8;
+/// Verified paths remembered per trust root (a Fulcio certificate signs one CI run's images).
+const CHAIN_CACHE_CAPACITY: usize = 4096;
+
+/// A closed interval of unix seconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Window {
+    from: i64,
+    to: i64,
+}
+
+impl Window {
+    fn of(cert: &Certificate) -> Window {
+        let v = cert.tbs_certificate().validity();
+        let secs = |t: x509_cert::time::Time| {
+            i64::try_from(t.to_unix_duration().as_secs()).unwrap_or(i64::MAX)
+        };
+        Window {
+            from: secs(v.not_before),
+            to: secs(v.not_after),
+        }
+    }
+
+    fn intersect(self, other: Window) -> Window {
+        Window {
+            from: self.from.max(other.from),
+            to: self.to.min(other.to),
+        }
+    }
+
+    fn contains(&self, t: i64) -> bool {
+        self.from <= t && t <= self.to
+    }
+}
+
+/// Certificate paths verified against one trust root, by SHA-256 of the leaf and the chain
+/// the artifact supplied, with the window in which the path holds. Bounded: the oldest entry
+/// goes first.
+#[derive(Default)]
+pub struct ChainCache {
+    state: std::sync::Mutex<CacheState>,
+    cas: std::sync::OnceLock<Option<Vec<Certificate>>>,
+}
+
+#[derive(Default)]
+struct CacheState {
+    paths: std::collections::HashMap<[u8; 32], Window>,
+    order: std::collections::VecDeque<[u8; 32]>,
+}
+
+impl ChainCache {
+    fn covers(&self, key: &[u8; 32], time: i64) -> bool {
+        self.state
+            .lock()
+            .map(|s| s.paths.get(key).is_some_and(|w| w.contains(time)))
+            .unwrap_or(false)
+    }
+
+    fn insert(&self, key: [u8; 32], window: Window) {
+        let Ok(mut s) = self.state.lock() else { return };
+        if s.paths.insert(key, window).is_none() {
+            s.order.push_back(key);
+        }
+        while s.order.len() > CHAIN_CACHE_CAPACITY {
+            if let Some(old) = s.order.pop_front() {
+                s.paths.remove(&old);
+            }
+        }
+    }
+
+    /// The trusted CA certificates, parsed once.
+    fn cas(&self, ders: &[CertificateDer<'static>]) -> Option<&Vec<Certificate>> {
+        self.cas
+            .get_or_init(|| {
+                ders.iter()
+                    .map(|d| Certificate::from_der(d).ok())
+                    .collect::<Option<Vec<_>>>()
+            })
+            .as_ref()
+    }
+
+    /// How many paths are remembered.
+    pub fn len(&self) -> usize {
+        self.state.lock().map(|s| s.paths.len()).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+fn chain_key(leaf: &[u8], chain: &[Vec<u8>]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    for part in std::iter::once(leaf).chain(chain.iter().map(Vec::as_slice)) {
+        h.update((part.len() as u64).to_be_bytes());
+        h.update(part);
+    }
+    h.finalize().into()
 }
 
 /// Parses a PEM bundle of certificates (the cosign `chain` annotation) to DER.
@@ -135,4 +283,88 @@ pub fn chain_from_pem(pem_bytes: &[u8]) -> Result<Vec<Vec<u8>>, String> {
         .filter(|b| b.tag() == "CERTIFICATE")
         .map(|b| b.into_contents())
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::Engine as _;
+    use rcgen::{
+        BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+        PublicKeyData as _, SanType, PKCS_ECDSA_P256_SHA256,
+    };
+
+    fn now() -> i64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64
+    }
+
+    fn valid(from: i64, to: i64) -> CertificateParams {
+        let epoch = rcgen::date_time_ymd(1970, 1, 1);
+        let mut p = CertificateParams::default();
+        p.not_before = epoch + std::time::Duration::from_secs(from as u64);
+        p.not_after = epoch + std::time::Duration::from_secs(to as u64);
+        p
+    }
+
+    /// A trust root of one CA (and one log key, which a root needs), and a leaf it issued,
+    /// valid for ten minutes around now.
+    fn fixture() -> (TrustMaterial, Leaf) {
+        let b64 = |d: &[u8]| base64::engine::general_purpose::STANDARD.encode(d);
+        let t = now();
+        let ca_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut ca = valid(t - 86_400, t + 86_400);
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let leaf_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut lp = valid(t - 300, t + 300);
+        lp.subject_alt_names = vec![SanType::Rfc822Name("a@example.com".try_into().unwrap())];
+        lp.extended_key_usages = vec![ExtendedKeyUsagePurpose::CodeSigning];
+        let leaf = lp
+            .signed_by(&leaf_key, &Issuer::from_params(&ca, &ca_key))
+            .unwrap();
+        let root = serde_json::json!({
+            "certificateAuthorities": [{ "certChain": { "certificates": [
+                { "rawBytes": b64(ca_cert.der()) }
+            ] } }],
+            "tlogs": [{
+                "publicKey": { "rawBytes": b64(&ca_key.subject_public_key_info()) },
+                "logId": { "keyId": b64(&[1u8; 32]) }
+            }]
+        });
+        let trust = TrustMaterial::from_json(&serde_json::to_vec(&root).unwrap()).unwrap();
+        (trust, Leaf::from_der(leaf.der()).unwrap())
+    }
+
+    #[test]
+    fn a_verified_path_is_cached_for_the_window_it_holds_in() {
+        let (trust, leaf) = fixture();
+        let t = now();
+        assert!(trust.chains.is_empty());
+        leaf.verify_chain(&trust, &[], t).unwrap();
+        assert_eq!(trust.chains.len(), 1);
+        let key = chain_key(leaf.der(), &[]);
+        // Within the leaf's validity the cached path answers; outside it, it does not, and
+        // the full verification refuses the expired leaf.
+        assert!(trust.chains.covers(&key, t + 200));
+        assert!(!trust.chains.covers(&key, t + 600));
+        assert!(leaf.verify_chain(&trust, &[], t + 600).is_err());
+        assert!(leaf.verify_chain(&trust, &[], t - 600).is_err());
+        // The same leaf with another supplied chain is another path.
+        assert!(!trust.chains.covers(&chain_key(leaf.der(), &[vec![0u8]]), t));
+    }
+
+    #[test]
+    fn the_cache_is_bounded() {
+        let cache = ChainCache::default();
+        let w = Window { from: 0, to: 10 };
+        for i in 0..(CHAIN_CACHE_CAPACITY + 10) {
+            cache.insert(chain_key(&i.to_be_bytes(), &[]), w);
+        }
+        assert_eq!(cache.len(), CHAIN_CACHE_CAPACITY);
+        // The oldest went first.
+        assert!(!cache.covers(&chain_key(&0usize.to_be_bytes(), &[]), 5));
+    }
 }

@@ -49,12 +49,12 @@ impl KeyRing {
     }
 
     /// Finds the key that made `signature` over `message`: a configured key first, then the
-    /// key the log entry recorded (which the caller then checks against the log promise).
+    /// key a log entry recorded (SPKI DER; the caller then verifies that entry).
     pub(crate) fn signer_for(
         &self,
         signature: &[u8],
         message: &[u8],
-        logged_key_pem: Option<&[u8]>,
+        logged_spki: Option<&[u8]>,
     ) -> Result<Signer, Failure> {
         for k in &self.keys {
             if k.key
@@ -67,13 +67,13 @@ impl KeyRing {
                 });
             }
         }
-        let Some(pem_bytes) = logged_key_pem else {
+        let Some(spki) = logged_spki else {
             return Err(Failure::new(
                 Reason::UnverifiableKey,
                 "no certificate, no Rekor entry and no configured key verifies this signature",
             ));
         };
-        let (key, spki) = parse_public_key(pem_bytes).map_err(|e| {
+        let key = CosignVerificationKey::try_from_der(spki).map_err(|e| {
             Failure::new(Reason::BadTransparencyLogEntry, format!("logged key: {e}"))
         })?;
         key.verify_signature(Signature::Raw(signature), message)
@@ -89,8 +89,11 @@ impl KeyRing {
             .iter()
             .find(|k| k.spki == spki)
             .map(|k| k.name.clone())
-            .unwrap_or_else(|| fingerprint(&spki));
-        Ok(Signer::Key { name, spki })
+            .unwrap_or_else(|| fingerprint(spki));
+        Ok(Signer::Key {
+            name,
+            spki: spki.to_vec(),
+        })
     }
 }
 

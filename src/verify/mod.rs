@@ -8,12 +8,16 @@
 pub(crate) mod auth;
 pub(crate) mod bundle;
 pub(crate) mod cert;
+mod classify;
 mod config;
 mod keys;
 pub(crate) mod legacy;
+mod normalize;
 pub(crate) mod record;
 mod registry;
 pub(crate) mod rekor;
+pub(crate) mod timestamp;
+pub(crate) mod tlog;
 mod trust;
 
 use std::sync::Arc;
@@ -24,7 +28,6 @@ use oci_client::manifest::{OciImageIndex, OciImageManifest};
 pub use self::auth::Credentials;
 pub use self::config::{Limits, SetupError, TrustSource, VerifierConfig};
 pub use self::keys::KeyRing;
-use self::keys::Signer;
 use self::record::{Checked, Context, Failure};
 use self::registry::Repo;
 pub use self::registry::{FetchError, RegistryClient, RequestHook};
@@ -392,9 +395,7 @@ impl Verifier {
                 Ok(Ok(raw)) => {
                     let checked = bundle::classify(&raw, &image.digest, ctx);
                     // A bundle that turns out to be an attestation is not a signature artifact.
-                    if checked.reason == Reason::UnsupportedFormat
-                        && checked.message.starts_with("predicate ")
-                    {
+                    if checked.is_attestation() {
                         continue;
                     }
                     out.push(checked.record());

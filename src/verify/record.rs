@@ -29,23 +29,41 @@ impl Failure {
     }
 }
 
-/// A signature record under construction.
-pub(crate) struct Checked(SignatureRecord);
+/// A signature record under construction. An artifact that turned out to be an attestation
+/// (an in-toto statement with another predicate) is marked so: it is not a signature.
+pub(crate) struct Checked(SignatureRecord, bool);
 
 impl Checked {
     pub(super) fn new(source: SignatureSource, format: SignatureFormat) -> Self {
-        Checked(SignatureRecord {
-            source,
-            format,
-            verified: false,
-            signer: None,
-            issuer: None,
-            signer_type: None,
-            reason: Reason::Malformed,
-            message: String::new(),
-            rekor_log_index: None,
-            integrated_time: None,
-        })
+        Checked(
+            SignatureRecord {
+                source,
+                format,
+                verified: false,
+                signer: None,
+                issuer: None,
+                signer_type: None,
+                reason: Reason::Malformed,
+                message: String::new(),
+                rekor_log_index: None,
+                integrated_time: None,
+                signing_time: None,
+                signing_time_source: None,
+            },
+            false,
+        )
+    }
+
+    pub(super) fn attestation(mut self) -> Checked {
+        self.1 = true;
+        self.0.reason = Reason::UnsupportedFormat;
+        self.0.message = "attestation (not an image signature)".into();
+        self
+    }
+
+    /// Whether the artifact is an attestation rather than a signature.
+    pub(crate) fn is_attestation(&self) -> bool {
+        self.1
     }
 
     pub(super) fn keyless(&mut self, signer: String, issuer: Option<String>) {
@@ -70,6 +88,8 @@ impl Checked {
                 self.0.signer = None;
                 self.0.issuer = None;
                 self.0.signer_type = None;
+                self.0.signing_time = None;
+                self.0.signing_time_source = None;
                 self.0.reason = f.reason;
                 self.0.message = bound(&f.message, MAX_MESSAGE);
             }

@@ -4,11 +4,14 @@
 //! Included from each test file with `mod support;`. Not every test binary uses every helper.
 #![allow(dead_code)]
 
+pub mod bundles;
 pub mod cosign;
 pub mod evil;
 pub mod pki;
 pub mod proxy;
 pub mod registry;
+pub mod tlog;
+pub mod tsa;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -1,0 +1,337 @@
+//! Proof-based verification end to end, over a real Distribution 2.8 registry: cosign v3
+//! image-signature bundles (DSSE over the cosign signing statement) logged in the test Rekor v1
+//! log (SET + inclusion proof + checkpoint) and in the test Rekor v2 logs (proof + checkpoint,
+//! RFC 3161 timestamp, no SET), keyless and key-based, and their broken twins. The fixtures are
+//! `tests/support/{tlog,tsa,bundles}.rs`; `tests/tlog_matrix.rs` has the real cosign CLI judge
+//! the same bundles.
+
+mod support;
+
+use imageposture::image::ImageId;
+use imageposture::posture::{Posture, Reason, SignerType, TimeSource, Verdict};
+use imageposture::verify::{TrustSource, VerifierConfig};
+use support::bundles::{self, expired_leaf, Sigstore, Twist};
+use support::cosign::{self, Pushed};
+use support::pki::{Identity, Leaf, Signer, WORKFLOW_URI};
+use support::tlog::Log;
+use support::{unique_repo, TestEnv};
+
+struct World {
+    env: TestEnv,
+    sigstore: Sigstore,
+    config: VerifierConfig,
+}
+
+impl World {
+    fn new() -> World {
+        let env = TestEnv::new();
+        let sigstore = Sigstore::new();
+        let mut config = env.config(&[]);
+        config.trust = TrustSource::File(sigstore.write_trusted_root(&env.pki, env.dir.path()));
+        World {
+            env,
+            sigstore,
+            config,
+        }
+    }
+
+    async fn image(&self, name: &str) -> Pushed {
+        self.env.oci.push_image(&unique_repo(name), "v1").await
+    }
+
+    /// Attaches `bundle` to `img` and observes it.
+    async fn observe(&self, img: &Pushed, bundle: &[u8]) -> Verdict {
+        self.env.oci.push_bundle_referrer(img, bundle).await;
+        let verifier = self.env.verifier(self.config.clone()).await;
+        verifier.observe(&img.id).await
+    }
+
+    /// A cosign v3 image-signature bundle for `id` in `log`.
+    fn bundle(&self, log: &Log, id: &ImageId, signer: &Signer, twist: Twist) -> Vec<u8> {
+        let statement = cosign::cosign_statement(id);
+        bundles::dsse_bundle(&self.sigstore, log, &statement, signer, false, twist)
+    }
+}
+
+fn assert_verdict(v: &Verdict, posture: Posture, reason: Reason) {
+    assert_eq!((v.posture, v.reason), (posture, reason), "{v:#?}");
+}
+
+/// The failure is the one the fixture was broken for, not another on the way.
+fn assert_says(v: &Verdict, what: &str) {
+    assert!(
+        v.message.contains(what),
+        "{:?} does not say {what:?}",
+        v.message
+    );
+}
+
+fn assert_keyless(v: &Verdict, source: TimeSource) {
+    assert_verdict(v, Posture::Signed, Reason::Verified);
+    assert_eq!(v.signer.as_deref(), Some(WORKFLOW_URI));
+    assert_eq!(v.signer_type, Some(SignerType::Keyless));
+    assert_eq!(v.signatures[0].signing_time_source, Some(source), "{v:#?}");
+}
+
+fn github(w: &World) -> Leaf {
+    w.env.pki.ca.issue(&Identity::github())
+}
+
+#[tokio::test]
+async fn rekor_v2_keyless_bundle_without_set_is_signed_at_the_timestamp() {
+    let w = World::new();
+    let img = w.image("v2-keyless").await;
+    let leaf = github(&w);
+    let b = w.bundle(
+        &w.sigstore.rekor_v2,
+        &img.id,
+        &Signer::Keyless(&leaf),
+        Twist::None,
+    );
+    let v = w.observe(&img, &b).await;
+    assert_keyless(&v, TimeSource::Timestamp);
+    assert_eq!(v.signatures[0].integrated_time, None);
+}
+
+#[tokio::test]
+async fn rekor_v2_ecdsa_log_keyless_bundle_is_signed() {
+    let w = World::new();
+    let img = w.image("v2-ecdsa").await;
+    let leaf = github(&w);
+    let b = w.bundle(
+        &w.sigstore.rekor_v2_ecdsa,
+        &img.id,
+        &Signer::Keyless(&leaf),
+        Twist::None,
+    );
+    assert_keyless(&w.observe(&img, &b).await, TimeSource::Timestamp);
+}
+
+#[tokio::test]
+async fn rekor_v2_key_bundle_is_signed_by_fingerprint() {
+    let w = World::new();
+    let img = w.image("v2-key").await;
+    let b = w.bundle(
+        &w.sigstore.rekor_v2,
+        &img.id,
+        &Signer::Key(&w.env.pki.key),
+        Twist::None,
+    );
+    let v = w.observe(&img, &b).await;
+    assert_verdict(&v, Posture::Signed, Reason::Verified);
+    assert_eq!(
+        v.signer.as_deref(),
+        Some(w.env.pki.key.fingerprint.as_str())
+    );
+    assert_eq!(v.signer_type, Some(SignerType::Key));
+}
+
+#[tokio::test]
+async fn rekor_v1_keyless_bundle_with_set_and_proof_is_signed() {
+    let w = World::new();
+    let img = w.image("v1-proof").await;
+    let leaf = github(&w);
+    let b = w.bundle(
+        &w.sigstore.rekor_v1,
+        &img.id,
+        &Signer::Keyless(&leaf),
+        Twist::None,
+    );
+    assert_keyless(&w.observe(&img, &b).await, TimeSource::Tlog);
+}
+
+#[tokio::test]
+async fn rekor_v1_bad_proof_with_a_good_set_is_invalid() {
+    let w = World::new();
+    let img = w.image("v1-badproof").await;
+    let leaf = github(&w);
+    let b = w.bundle(
+        &w.sigstore.rekor_v1,
+        &img.id,
+        &Signer::Keyless(&leaf),
+        Twist::BadProof,
+    );
+    let v = w.observe(&img, &b).await;
+    assert_verdict(
+        &v,
+        Posture::InvalidSignature,
+        Reason::BadTransparencyLogEntry,
+    );
+    assert_says(&v, "inclusion proof does not verify");
+}
+
+#[tokio::test]
+async fn rekor_v2_bad_proof_is_invalid() {
+    let w = World::new();
+    for (name, signer) in [
+        ("v2-badproof-keyless", Signer::Keyless(&github(&w))),
+        ("v2-badproof-key", Signer::Key(&w.env.pki.key)),
+    ] {
+        let img = w.image(name).await;
+        let b = w.bundle(&w.sigstore.rekor_v2, &img.id, &signer, Twist::BadProof);
+        let v = w.observe(&img, &b).await;
+        assert_verdict(
+            &v,
+            Posture::InvalidSignature,
+            Reason::BadTransparencyLogEntry,
+        );
+        assert_says(&v, "inclusion proof does not verify");
+    }
+}
+
+#[tokio::test]
+async fn checkpoint_signed_by_another_key_is_invalid() {
+    let w = World::new();
+    for (name, log) in [
+        ("cp-v1", &w.sigstore.rekor_v1),
+        ("cp-v2", &w.sigstore.rekor_v2),
+        ("cp-v2-ecdsa", &w.sigstore.rekor_v2_ecdsa),
+    ] {
+        let img = w.image(name).await;
+        let leaf = github(&w);
+        let b = w.bundle(
+            log,
+            &img.id,
+            &Signer::Keyless(&leaf),
+            Twist::ForeignCheckpoint,
+        );
+        let v = w.observe(&img, &b).await;
+        assert_verdict(
+            &v,
+            Posture::InvalidSignature,
+            Reason::BadTransparencyLogEntry,
+        );
+        assert_says(&v, "checkpoint signature does not verify with the log key");
+    }
+}
+
+#[tokio::test]
+async fn timestamp_from_an_untrusted_authority_is_invalid() {
+    let w = World::new();
+    for (name, signer) in [
+        ("tsa-rogue-keyless", Signer::Keyless(&github(&w))),
+        ("tsa-rogue-key", Signer::Key(&w.env.pki.key)),
+    ] {
+        let img = w.image(name).await;
+        let b = w.bundle(
+            &w.sigstore.rekor_v2,
+            &img.id,
+            &signer,
+            Twist::UntrustedTimestamp,
+        );
+        let v = w.observe(&img, &b).await;
+        assert_verdict(&v, Posture::InvalidSignature, Reason::BadTimestamp);
+        assert_says(&v, "trusted timestamp authority");
+    }
+}
+
+#[tokio::test]
+async fn timestamp_over_other_bytes_is_invalid() {
+    let w = World::new();
+    let img = w.image("tsa-imprint").await;
+    let leaf = github(&w);
+    let b = w.bundle(
+        &w.sigstore.rekor_v2,
+        &img.id,
+        &Signer::Keyless(&leaf),
+        Twist::ImprintOverOtherBytes,
+    );
+    let v = w.observe(&img, &b).await;
+    assert_verdict(&v, Posture::InvalidSignature, Reason::BadTimestamp);
+}
+
+#[tokio::test]
+async fn certificate_expired_at_the_timestamp_is_untrusted() {
+    let w = World::new();
+    let img = w.image("tsa-expired").await;
+    let leaf = expired_leaf(&w.env.pki.ca, &Identity::github());
+    let b = w.bundle(
+        &w.sigstore.rekor_v2,
+        &img.id,
+        &Signer::Keyless(&leaf),
+        Twist::None,
+    );
+    let v = w.observe(&img, &b).await;
+    assert_verdict(&v, Posture::InvalidSignature, Reason::UntrustedCertificate);
+    assert_says(&v, "at the signing time");
+}
+
+#[tokio::test]
+async fn withdrawn_dsse_v002_entry_is_invalid() {
+    let w = World::new();
+    let img = w.image("v2-dsse002").await;
+    let leaf = github(&w);
+    let b = w.bundle(
+        &w.sigstore.rekor_v2,
+        &img.id,
+        &Signer::Keyless(&leaf),
+        Twist::ObsoleteDsseV002,
+    );
+    let v = w.observe(&img, &b).await;
+    assert_verdict(
+        &v,
+        Posture::InvalidSignature,
+        Reason::BadTransparencyLogEntry,
+    );
+    assert_says(&v, "unsupported log entry kind");
+}
+
+#[tokio::test]
+async fn rekor_v2_keyless_bundle_for_another_image_is_a_digest_mismatch() {
+    let w = World::new();
+    let img = w.image("v2-other").await;
+    let other = w.image("v2-other-2").await;
+    let leaf = github(&w);
+    let b = w.bundle(
+        &w.sigstore.rekor_v2,
+        &other.id,
+        &Signer::Keyless(&leaf),
+        Twist::None,
+    );
+    let v = w.observe(&img, &b).await;
+    assert_verdict(&v, Posture::InvalidSignature, Reason::DigestMismatch);
+}
+
+/// The bundle without its RFC 3161 timestamps.
+fn without_timestamps(bundle: &[u8]) -> Vec<u8> {
+    let mut b: serde_json::Value = serde_json::from_slice(bundle).unwrap();
+    b["verificationMaterial"]
+        .as_object_mut()
+        .unwrap()
+        .remove("timestampVerificationData")
+        .expect("a timestamped fixture");
+    serde_json::to_vec(&b).unwrap()
+}
+
+#[tokio::test]
+async fn rekor_v2_keyless_bundle_without_a_timestamp_has_no_signing_time() {
+    let w = World::new();
+    let img = w.image("v2-notime").await;
+    let leaf = github(&w);
+    let b = w.bundle(
+        &w.sigstore.rekor_v2,
+        &img.id,
+        &Signer::Keyless(&leaf),
+        Twist::None,
+    );
+    let v = w.observe(&img, &without_timestamps(&b)).await;
+    assert_verdict(&v, Posture::InvalidSignature, Reason::BadTimestamp);
+    assert_says(&v, "no verified signing time");
+}
+
+#[tokio::test]
+async fn rekor_v2_key_bundle_needs_no_timestamp() {
+    // A key-based signature is not bound to a certificate's validity: the inclusion proof is
+    // the log evidence, and no signing time is needed.
+    let w = World::new();
+    let img = w.image("v2-key-notime").await;
+    let b = w.bundle(
+        &w.sigstore.rekor_v2,
+        &img.id,
+        &Signer::Key(&w.env.pki.key),
+        Twist::None,
+    );
+    let v = w.observe(&img, &without_timestamps(&b)).await;
+    assert_verdict(&v, Posture::Signed, Reason::Verified);
+    assert_eq!(v.signatures[0].signing_time, None);
+}
