@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod cosign;
+pub mod cosign_cli;
 pub mod evil;
 pub mod pki;
 pub mod proxy;
