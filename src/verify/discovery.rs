@@ -90,7 +90,7 @@ struct Listing {
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct Entry {
+pub(crate) struct Entry {
     digest: String,
     #[serde(default)]
     artifact_type: Option<String>,
@@ -134,7 +134,7 @@ struct ReferrerManifest {
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct Descriptor {
+pub(crate) struct Descriptor {
     media_type: String,
     #[serde(default)]
     digest: String,
@@ -242,35 +242,15 @@ impl Discovery<'_> {
             format: SignatureFormat::Bundle,
             failure,
         };
-        let parsed: Listing = match serde_json::from_slice(&listing.body) {
-            Ok(l) => l,
-            Err(e) => {
-                let why = format!("referrers index: {e}");
+        let entries = match read_listing(&listing.body, &listing.digest, self.image_digest) {
+            ListingKind::Entries(entries) => entries,
+            ListingKind::NotAListing => return Ok(()),
+            ListingKind::Malformed(why) => {
                 out.artifacts
                     .push(broken(Failure::new(Reason::Malformed, why)));
                 return Ok(());
             }
         };
-        let Some(entries) = parsed.manifests else {
-            // GitLab answers the `sha256-<hex>` tag with the image manifest itself: there is
-            // no referrers list there, which is neither an error nor a signature.
-            if listing.digest == self.image_digest
-                || parsed.config.is_some()
-                || parsed.layers.is_some()
-            {
-                return Ok(());
-            }
-            out.artifacts.push(broken(Failure::new(
-                Reason::Malformed,
-                "referrers index has no manifests list",
-            )));
-            return Ok(());
-        };
-        if listing.digest == self.image_digest {
-            // The tag answered with the image itself (a multi-platform index): its entries
-            // are the image's platforms, not referrers.
-            return Ok(());
-        }
         let mut seen = HashSet::new();
         let mut entries: Vec<Entry> = entries
             .into_iter()
@@ -314,37 +294,12 @@ impl Discovery<'_> {
             .manifest(self.repo, &entry.digest, self.limits.max_manifest_bytes)
             .await
             .map_err(unfetched("referrer"))?;
-        let manifest: ReferrerManifest = match serde_json::from_slice(&fetched.body) {
-            Ok(m) => m,
-            // A manifest we cannot read: a signature if the listing said so, else unknown.
-            Err(e) if labelled_bundle => {
-                return Ok(broken(Reason::Malformed, format!("referrer manifest: {e}")))
-            }
-            Err(_) => return Ok(Examined::Other),
+        let layer = match judge(&fetched.body, labelled_bundle) {
+            Judged::Bundle(layer) => layer,
+            Judged::Attestation => return Ok(Examined::Attestation),
+            Judged::Other => return Ok(Examined::Other),
+            Judged::Broken(why) => return Ok(broken(Reason::Malformed, why)),
         };
-        let layer = manifest
-            .layers
-            .iter()
-            .find(|l| bundle::is_bundle_type(&l.media_type));
-        let declared_bundle = manifest.declared_type().is_some_and(bundle::is_bundle_type);
-        let layer = match layer {
-            Some(l) => l,
-            None if declared_bundle => {
-                return Ok(broken(
-                    Reason::Malformed,
-                    "referrer manifest has no bundle layer".into(),
-                ))
-            }
-            None => return Ok(Examined::Other),
-        };
-        // cosign v3 names the predicate on the manifest; another predicate is an attestation
-        // and needs no download. The annotation is unsigned, but trusting it can only turn a
-        // signature into "not counted", never make one.
-        if predicate_annotation(manifest.annotations.as_ref())
-            .is_some_and(|p| p != bundle::SIGN_PREDICATE)
-        {
-            return Ok(Examined::Attestation);
-        }
         let max = self.limits.max_blob_bytes;
         if !fits(layer.size, max) {
             return Ok(broken(
@@ -364,13 +319,84 @@ impl Discovery<'_> {
     }
 }
 
+/// What a referrers listing holds.
+pub(crate) enum ListingKind {
+    Entries(Vec<Entry>),
+    /// The image itself answered (GitLab's `sha256-<hex>` tag, or the image's own index).
+    NotAListing,
+    Malformed(String),
+}
+
+/// Reads a referrers listing; `listing_digest` is the digest of `body` as received.
+pub(crate) fn read_listing(body: &[u8], listing_digest: &str, image_digest: &str) -> ListingKind {
+    let parsed: Listing = match serde_json::from_slice(body) {
+        Ok(l) => l,
+        Err(e) => return ListingKind::Malformed(format!("referrers index: {e}")),
+    };
+    // GitLab answers the `sha256-<hex>` tag with the image manifest itself, and a
+    // multi-platform image's own index lists platforms, not referrers: no referrers list
+    // there, which is neither an error nor a signature.
+    if listing_digest == image_digest {
+        return ListingKind::NotAListing;
+    }
+    match parsed.manifests {
+        Some(entries) => ListingKind::Entries(entries),
+        None if parsed.config.is_some() || parsed.layers.is_some() => ListingKind::NotAListing,
+        None => ListingKind::Malformed("referrers index has no manifests list".into()),
+    }
+}
+
+/// What a referrer manifest says it is.
+pub(crate) enum Judged {
+    /// A Sigstore bundle to download and verify: its bundle layer.
+    Bundle(Descriptor),
+    Attestation,
+    Other,
+    /// Declares a bundle but cannot be one (unreadable, no bundle layer).
+    Broken(String),
+}
+
+/// Judges a referrer from its manifest: `artifactType`, else `config.mediaType`, and the layer
+/// media types. `labelled_bundle`: the listing called it a bundle (only used to report an
+/// unreadable manifest as a broken signature rather than as an unknown artifact).
+pub(crate) fn judge(body: &[u8], labelled_bundle: bool) -> Judged {
+    let manifest: ReferrerManifest = match serde_json::from_slice(body) {
+        Ok(m) => m,
+        Err(e) if labelled_bundle => return Judged::Broken(format!("referrer manifest: {e}")),
+        Err(_) => return Judged::Other,
+    };
+    let declared_bundle = manifest.declared_type().is_some_and(bundle::is_bundle_type);
+    let ReferrerManifest {
+        layers,
+        annotations,
+        ..
+    } = manifest;
+    let Some(layer) = layers
+        .into_iter()
+        .find(|l| bundle::is_bundle_type(&l.media_type))
+    else {
+        return if declared_bundle {
+            Judged::Broken("referrer manifest has no bundle layer".into())
+        } else {
+            Judged::Other
+        };
+    };
+    // cosign v3 names the predicate on the manifest; another predicate is an attestation and
+    // needs no download. The annotation is unsigned, but trusting it can only turn a
+    // signature into "not counted", never make one.
+    if predicate_annotation(annotations.as_ref()).is_some_and(|p| p != bundle::SIGN_PREDICATE) {
+        return Judged::Attestation;
+    }
+    Judged::Bundle(layer)
+}
+
 fn fits(size: i64, max: usize) -> bool {
     usize::try_from(size).is_ok_and(|s| s <= max)
 }
 
 /// The in-toto predicate type of a DSSE bundle, when it has one. Anything else (no envelope,
 /// another payload type, unreadable) is `None`: the verifier reports it.
-fn statement_predicate(raw: &[u8]) -> Option<String> {
+pub(crate) fn statement_predicate(raw: &[u8]) -> Option<String> {
     #[derive(Deserialize)]
     #[serde(rename_all = "camelCase")]
     struct Bundle {
@@ -467,6 +493,64 @@ mod tests {
         assert_eq!(statement_predicate(&bundle(intoto, "not json")), None);
         assert_eq!(statement_predicate(b"{\"messageSignature\":{}}"), None);
         assert_eq!(statement_predicate(b"\xff"), None);
+    }
+
+    const IMAGE: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
+    const BUNDLE: &str = "application/vnd.dev.sigstore.bundle.v0.3+json";
+
+    fn listing(v: serde_json::Value, digest: &str) -> ListingKind {
+        read_listing(&serde_json::to_vec(&v).unwrap(), digest, IMAGE)
+    }
+
+    #[test]
+    fn listings() {
+        let other = "sha256:2222222222222222222222222222222222222222222222222222222222222222";
+        // cosign 3.1's fallback index, as the real CLI writes it.
+        let index = serde_json::json!({"schemaVersion": 2, "manifests": [
+            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "size": 877,
+             "digest": other, "artifactType": "application/vnd.oci.empty.v1+json"},
+            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "size": 1, "digest": other}]});
+        assert!(matches!(listing(index.clone(), other), ListingKind::Entries(e) if e.len() == 2));
+        // GitLab: the tag answers with the image manifest (or the image's own index).
+        let image =
+            serde_json::json!({"schemaVersion": 2, "config": {"mediaType": "x"}, "layers": []});
+        assert!(matches!(listing(image, other), ListingKind::NotAListing));
+        assert!(matches!(listing(index, IMAGE), ListingKind::NotAListing));
+        assert!(matches!(
+            listing(serde_json::json!({}), other),
+            ListingKind::Malformed(_)
+        ));
+        assert!(matches!(
+            read_listing(b"<html>", other, IMAGE),
+            ListingKind::Malformed(_)
+        ));
+    }
+
+    fn judged(v: serde_json::Value, labelled: bool) -> Judged {
+        judge(&serde_json::to_vec(&v).unwrap(), labelled)
+    }
+
+    #[test]
+    fn referrer_manifests() {
+        let layer = serde_json::json!({"mediaType": BUNDLE, "digest": IMAGE, "size": 659});
+        // As cosign 3.1 writes a signature: artifactType and layer say bundle.
+        let sig = serde_json::json!({"artifactType": BUNDLE,
+            "config": {"mediaType": "application/vnd.oci.empty.v1+json"}, "layers": [layer],
+            "annotations": {"dev.sigstore.bundle.predicateType": bundle::SIGN_PREDICATE}});
+        assert!(matches!(judged(sig, false), Judged::Bundle(l) if l.size == 659));
+        // No artifactType, no annotation: the layer alone tells.
+        let bare = serde_json::json!({"config": {"mediaType": "application/vnd.oci.empty.v1+json"}, "layers": [layer]});
+        assert!(matches!(judged(bare, false), Judged::Bundle(_)));
+        let att = serde_json::json!({"artifactType": BUNDLE, "layers": [layer],
+            "annotations": {"dev.sigstore.bundle.predicateType": "https://slsa.dev/provenance/v1"}});
+        assert!(matches!(judged(att, false), Judged::Attestation));
+        let no_layer = serde_json::json!({"config": {"mediaType": BUNDLE}, "layers": []});
+        assert!(matches!(judged(no_layer, false), Judged::Broken(_)));
+        let sbom = serde_json::json!({"artifactType": "application/spdx+json",
+            "layers": [{"mediaType": "application/spdx+json", "digest": IMAGE, "size": 1}]});
+        assert!(matches!(judged(sbom, true), Judged::Other));
+        assert!(matches!(judge(b"nope", true), Judged::Broken(_)));
+        assert!(matches!(judge(b"nope", false), Judged::Other));
     }
 
     #[test]
