@@ -21,6 +21,8 @@
 
 pub mod cli;
 pub mod crd;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod image;
 pub mod inventory;
 pub mod isolate;

@@ -803,7 +803,6 @@ async fn redirect_loop_is_checking_and_bounded() {
 /// (`classify_transport`) maps every non-timeout reqwest error, `is_redirect()` included, to
 /// `Unreachable`.
 #[tokio::test]
-#[ignore = "bug: a redirect loop is reported RegistryUnreachable, not RegistryError (src/verify/registry.rs classify_transport)"]
 async fn redirect_loop_is_a_registry_error() {
     let mut w = World::new().await;
     let id = w.signed("loop-reason", &w.a).await;

@@ -99,9 +99,13 @@ pub(crate) struct Entry {
 }
 
 impl Entry {
+    pub(crate) fn digest(&self) -> &str {
+        &self.digest
+    }
+
     /// Examination order: what the listing labels a signature first, then whatever it labels
     /// as unknown or empty (cosign's fallback index), last what it labels an attestation.
-    fn rank(&self) -> u8 {
+    pub(crate) fn rank(&self) -> u8 {
         let labelled_bundle = self
             .artifact_type
             .as_deref()
@@ -140,6 +144,12 @@ pub(crate) struct Descriptor {
     digest: String,
     #[serde(default)]
     size: i64,
+}
+
+impl Descriptor {
+    pub(crate) fn digest(&self) -> &str {
+        &self.digest
+    }
 }
 
 impl ReferrerManifest {

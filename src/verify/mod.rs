@@ -4,16 +4,17 @@
 //! failed fetches and failed layers, which would read as not-signed); the sigstore crate does
 //! the cryptography and parses the trust root.
 
-mod auth;
-mod bundle;
-mod cert;
+// `pub(crate)`: reached by `crate::fuzzing` (the cargo-fuzz entry points).
+pub(crate) mod auth;
+pub(crate) mod bundle;
+pub(crate) mod cert;
 mod config;
-mod discovery;
+pub(crate) mod discovery;
 mod keys;
-mod legacy;
-mod record;
+pub(crate) mod legacy;
+pub(crate) mod record;
 mod registry;
-mod rekor;
+pub(crate) mod rekor;
 mod trust;
 
 use std::sync::Arc;

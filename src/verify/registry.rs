@@ -659,6 +659,10 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
 fn classify_transport(e: reqwest::Error) -> FetchError {
     if e.is_timeout() {
         FetchError::Timeout
+    } else if e.is_redirect() {
+        // The registry answered, with a redirect loop or chain: a broken registry, not an
+        // unreachable one.
+        FetchError::Protocol(bound(&error_chain(&e), 200))
     } else {
         // Connection refused, DNS, TLS, a reset mid-body: the registry was not reachable.
         FetchError::Unreachable(bound(&error_chain(&e), 200))

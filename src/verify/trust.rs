@@ -63,7 +63,7 @@ impl TrustMaterial {
         Self::from_root(&root)
     }
 
-    fn from_root(root: &SigstoreTrustRoot) -> Result<Self, TrustError> {
+    pub(crate) fn from_root(root: &SigstoreTrustRoot) -> Result<Self, TrustError> {
         let ca_certs: Vec<CertificateDer<'static>> = root
             .fulcio_certs()
             .map_err(|e| TrustError::Invalid(e.to_string()))?

@@ -1,0 +1,13 @@
+#![no_main]
+//! Certificates (DER or PEM chains): key, identity, chain check.
+use std::sync::OnceLock;
+
+use imageposture::fuzzing::Trust;
+use libfuzzer_sys::fuzz_target;
+
+static TRUST: OnceLock<Trust> = OnceLock::new();
+
+fuzz_target!(|data: &[u8]| {
+    let trust = TRUST.get_or_init(Trust::empty);
+    imageposture::fuzzing::certificate(trust, data);
+});
