@@ -8,8 +8,9 @@
 use std::collections::BTreeMap;
 
 use base64::Engine as _;
-use oci_client::manifest::{OciImageIndex, OciImageManifest, OciManifest};
+use oci_client::manifest::{OciImageManifest, OciManifest};
 use reqwest::header::{HeaderMap, HeaderValue, WWW_AUTHENTICATE};
+use sha2::Digest as _;
 
 use crate::image::{self, ImageId, ImageRef};
 use crate::posture::Reason;
@@ -19,7 +20,7 @@ use crate::verify::record::Context;
 use crate::verify::rekor::Body;
 use crate::verify::tlog::{InclusionProof, LogEntry};
 use crate::verify::timestamp;
-use crate::verify::{bundle, legacy, KeyRing, TrustMaterial};
+use crate::verify::{bundle, discovery, legacy, KeyRing, TrustMaterial};
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 const SEP: u8 = 0xFF;
@@ -136,9 +137,7 @@ pub fn legacy_layer(trust: &Trust, data: &[u8]) -> Reason {
             }
         })
         .collect();
-    legacy::classify(&annotations, payload, &digest, &trust.ctx())
-        .reason
-        .clone()
+    legacy::classify(&annotations, payload, &digest, &trust.ctx()).reason
 }
 
 /// One Sigstore bundle referrer: `image digest` 0xFF `bundle JSON`, classified by
@@ -151,26 +150,28 @@ pub fn sigstore_bundle(trust: &Trust, data: &[u8]) -> Reason {
         ),
         None => (String::new(), data),
     };
-    bundle::classify(raw, &digest, &trust.ctx()).reason.clone()
+    bundle::classify(raw, &digest, &trust.ctx()).reason
 }
 
-/// A referrers index or a manifest, deserialized into the `oci_client` types the verifier
-/// uses, then filtered the way discovery filters them.
+/// A referrers listing or a referrer / `.sig` manifest, read by discovery's own parsers
+/// (listing, referrer judgement, bundle predicate peek) and the `oci_client` types the legacy
+/// path uses.
 pub fn oci_manifest(data: &[u8]) {
-    if let Ok(index) = serde_json::from_slice::<OciImageIndex>(data) {
-        for m in &index.manifests {
-            let _ = m
-                .artifact_type
-                .as_deref()
-                .is_some_and(bundle::is_bundle_type);
-            let _ = m
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get(bundle::PREDICATE_ANNOTATION))
-                .is_none_or(|p| p == bundle::SIGN_PREDICATE);
-            let _ = image::validate_digest(&m.digest);
+    const IMAGE: &str = "sha256:0000000000000000000000000000000000000000000000000000000000000000";
+    let digest = format!("sha256:{}", hex::encode(sha2::Sha256::digest(data)));
+    if let discovery::ListingKind::Entries(entries) = discovery::read_listing(data, &digest, IMAGE)
+    {
+        for e in &entries {
+            let _ = image::validate_digest(e.digest());
+            let _ = e.rank();
         }
     }
+    for labelled in [false, true] {
+        if let discovery::Judged::Bundle(layer) = discovery::judge(data, labelled) {
+            let _ = image::validate_digest(layer.digest());
+        }
+    }
+    let _ = discovery::statement_predicate(data);
     if let Ok(manifest) = serde_json::from_slice::<OciImageManifest>(data) {
         for l in &manifest.layers {
             let _ = l.media_type == legacy::SIMPLESIGNING_MEDIA_TYPE;

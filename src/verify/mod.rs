@@ -10,6 +10,7 @@ pub(crate) mod bundle;
 pub(crate) mod cert;
 mod classify;
 mod config;
+pub(crate) mod discovery;
 mod keys;
 pub(crate) mod legacy;
 mod normalize;
@@ -22,11 +23,9 @@ mod trust;
 
 use std::sync::Arc;
 
-use futures::future::join_all;
-use oci_client::manifest::{OciImageIndex, OciImageManifest};
-
 pub use self::auth::Credentials;
 pub use self::config::{Limits, SetupError, TrustSource, VerifierConfig};
+use self::discovery::{Artifact, Discovered, Discovery};
 pub use self::keys::KeyRing;
 use self::record::{Checked, Context, Failure};
 use self::registry::Repo;
@@ -35,9 +34,7 @@ use self::trust::TrustCell;
 pub use self::trust::{TrustError, TrustMaterial};
 use crate::image::{ImageId, ImageRef};
 use crate::posture::EVIDENCE_SIG_TAG;
-use crate::posture::{
-    bound, Reason, SignatureFormat, SignatureRecord, SignatureSource, Verdict, MAX_MESSAGE,
-};
+use crate::posture::{bound, Posture, Reason, SignatureRecord, Verdict, MAX_MESSAGE};
 
 pub struct Verifier {
     registry: RegistryClient,
@@ -199,33 +196,36 @@ impl Verifier {
             evidence.insert(source.key().to_string(), index.digest.clone());
         }
 
-        let mut records = Vec::new();
-        let mut skipped = 0usize;
-        if let Some(sig) = sig {
-            match self
-                .legacy_signatures(repo, image, &sig.body, &ctx, &mut skipped)
-                .await
-            {
-                Ok(mut r) => records.append(&mut r),
-                Err(v) => return v,
+        let discovery = Discovery {
+            registry: &self.registry,
+            limits: &self.limits,
+            repo,
+            image_digest: &image.digest,
+        };
+        let mut found = Discovered::default();
+        if let Some(sig) = &sig {
+            if let Err(e) = discovery.legacy(&sig.body, &mut found).await {
+                return e.checking();
             }
         }
-        if let Some((_, index)) = referrers {
-            match self
-                .bundle_signatures(repo, image, &index.body, &ctx, &mut skipped)
-                .await
-            {
-                Ok(mut r) => records.append(&mut r),
-                Err(v) => return v,
+        if let Some((_, listing)) = &referrers {
+            if let Err(e) = discovery.referrers(listing, &mut found).await {
+                return e.checking();
             }
         }
+        let records = found
+            .artifacts
+            .into_iter()
+            .map(|artifact| verify_artifact(artifact, &image.digest, &ctx))
+            .collect();
         let mut verdict = Verdict::from_signatures(records);
         verdict.artifact_digests = evidence;
-        if skipped > 0 {
+        note_attestations(&mut verdict, found.attestations);
+        if found.skipped > 0 {
             verdict.message = bound(
                 &format!(
-                    "{}; {skipped} more artifact(s) over the limit were not examined",
-                    verdict.message
+                    "{}; {} more artifact(s) over the limit were not examined",
+                    verdict.message, found.skipped
                 ),
                 MAX_MESSAGE,
             );
@@ -266,188 +266,40 @@ impl Verifier {
             Ok(Some(true))
         )
     }
+}
 
-    async fn legacy_signatures(
-        &self,
-        repo: Repo<'_>,
-        image: &ImageId,
-        manifest: &[u8],
-        ctx: &Context<'_>,
-        skipped: &mut usize,
-    ) -> Result<Vec<SignatureRecord>, Verdict> {
-        let (src, fmt) = (SignatureSource::Tag, SignatureFormat::Simplesigning);
-        let manifest: OciImageManifest = match serde_json::from_slice(manifest) {
-            Ok(m) => m,
-            Err(e) => {
-                return Ok(vec![Checked::failed(
-                    src,
-                    fmt,
-                    Failure::new(Reason::Malformed, format!("signature manifest: {e}")),
-                )]);
-            }
-        };
-        let layers: Vec<_> = manifest
-            .layers
-            .iter()
-            .filter(|l| l.media_type == legacy::SIMPLESIGNING_MEDIA_TYPE)
-            .collect();
-        if layers.is_empty() {
-            return Ok(vec![Checked::failed(
-                src,
-                fmt,
-                Failure::new(
-                    Reason::Malformed,
-                    "signature manifest has no simple-signing layer",
-                ),
-            )]);
-        }
-        *skipped += layers.len().saturating_sub(self.limits.max_signatures);
-        let layers: Vec<_> = layers
-            .into_iter()
-            .take(self.limits.max_signatures)
-            .collect();
-        let blobs = join_all(layers.iter().map(|l| async move {
-            if l.size < 0 || l.size as usize > self.limits.max_blob_bytes {
-                return Ok(None);
-            }
-            self.registry
-                .blob(repo, &l.digest, self.limits.max_blob_bytes)
-                .await
-                .map(Some)
-        }))
-        .await;
-        let mut out = Vec::new();
-        for (layer, blob) in layers.iter().zip(blobs) {
-            let record = match blob {
-                Ok(Some(payload)) => {
-                    let annotations = layer
-                        .annotations
-                        .clone()
-                        .unwrap_or_default()
-                        .into_iter()
-                        .collect();
-                    legacy::classify(&annotations, &payload, &image.digest, ctx).record()
-                }
-                Ok(None) => Checked::failed(
-                    src,
-                    fmt,
-                    Failure::new(
-                        Reason::Malformed,
-                        format!("signature layer of {} bytes is over the limit", layer.size),
-                    ),
-                ),
-                Err(e) => return Err(e.checking("signature payload")),
-            };
-            out.push(record);
-        }
-        Ok(out)
+/// One discovered artifact, verified.
+fn verify_artifact(artifact: Artifact, image_digest: &str, ctx: &Context<'_>) -> SignatureRecord {
+    match artifact {
+        Artifact::Legacy {
+            annotations,
+            payload,
+        } => legacy::classify(&annotations, &payload, image_digest, ctx).record(),
+        Artifact::Bundle(raw) => bundle::classify(&raw, image_digest, ctx).record(),
+        Artifact::Broken {
+            source,
+            format,
+            failure,
+        } => Checked::failed(source, format, failure),
     }
+}
 
-    async fn bundle_signatures(
-        &self,
-        repo: Repo<'_>,
-        image: &ImageId,
-        index: &[u8],
-        ctx: &Context<'_>,
-        skipped: &mut usize,
-    ) -> Result<Vec<SignatureRecord>, Verdict> {
-        let (src, fmt) = (SignatureSource::Referrer, SignatureFormat::Bundle);
-        let index: OciImageIndex = match serde_json::from_slice(index) {
-            Ok(i) => i,
-            Err(e) => {
-                return Ok(vec![Checked::failed(
-                    src,
-                    fmt,
-                    Failure::new(Reason::Malformed, format!("referrers index: {e}")),
-                )]);
-            }
-        };
-        let candidates: Vec<_> = index
-            .manifests
-            .iter()
-            .filter(|m| {
-                m.artifact_type
-                    .as_deref()
-                    .is_some_and(bundle::is_bundle_type)
-            })
-            .filter(|m| {
-                // Attestations are bundles too; only the cosign signing predicate is a signature.
-                m.annotations
-                    .as_ref()
-                    .and_then(|a| a.get(bundle::PREDICATE_ANNOTATION))
-                    .is_none_or(|p| p == bundle::SIGN_PREDICATE)
-            })
-            .collect();
-        *skipped += candidates.len().saturating_sub(self.limits.max_signatures);
-        let candidates: Vec<_> = candidates
-            .into_iter()
-            .take(self.limits.max_signatures)
-            .collect();
-        let fetched = join_all(
-            candidates
-                .iter()
-                .map(|entry| self.bundle_blob(repo, &entry.digest)),
+/// Attestations are reported beside the verdict, never counted as signatures.
+fn note_attestations(verdict: &mut Verdict, attestations: usize) {
+    if attestations == 0 {
+        return;
+    }
+    let note = if verdict.posture == Posture::NotSigned {
+        format!(
+            "no signature artifact for this digest; {attestations} attestation(s) found, which are not signatures"
         )
-        .await;
-        let mut out = Vec::new();
-        for result in fetched {
-            match result {
-                Ok(Ok(raw)) => {
-                    let checked = bundle::classify(&raw, &image.digest, ctx);
-                    // A bundle that turns out to be an attestation is not a signature artifact.
-                    if checked.is_attestation() {
-                        continue;
-                    }
-                    out.push(checked.record());
-                }
-                Ok(Err(failure)) => out.push(Checked::failed(src, fmt, failure)),
-                Err(e) => return Err(e.checking("referrer")),
-            }
-        }
-        Ok(out)
-    }
-
-    /// The bundle blob of one referrer manifest. Outer error: could not fetch (checking);
-    /// inner error: the artifact itself is broken (invalid-signature).
-    async fn bundle_blob(
-        &self,
-        repo: Repo<'_>,
-        digest: &str,
-    ) -> Result<Result<bytes::Bytes, Failure>, FetchError> {
-        let manifest = self
-            .registry
-            .manifest(repo, digest, self.limits.max_manifest_bytes)
-            .await?;
-        let manifest: OciImageManifest = match serde_json::from_slice(&manifest.body) {
-            Ok(m) => m,
-            Err(e) => {
-                return Ok(Err(Failure::new(
-                    Reason::Malformed,
-                    format!("referrer manifest: {e}"),
-                )))
-            }
-        };
-        let Some(layer) = manifest
-            .layers
-            .iter()
-            .find(|l| bundle::is_bundle_type(&l.media_type))
-        else {
-            return Ok(Err(Failure::new(
-                Reason::Malformed,
-                "referrer manifest has no bundle layer",
-            )));
-        };
-        if layer.size < 0 || layer.size as usize > self.limits.max_blob_bytes {
-            return Ok(Err(Failure::new(
-                Reason::Malformed,
-                format!("bundle of {} bytes is over the limit", layer.size),
-            )));
-        }
-        self.registry
-            .blob(repo, &layer.digest, self.limits.max_blob_bytes)
-            .await
-            .map(Ok)
-    }
+    } else {
+        format!(
+            "{}; {attestations} attestation(s) beside the signatures, not counted",
+            verdict.message
+        )
+    };
+    verdict.message = bound(&note, MAX_MESSAGE);
 }
 
 /// What a caught panic leaves in the image's status: the panic text went to the log (escaped),

@@ -6,6 +6,7 @@
 
 pub mod bundles;
 pub mod cosign;
+pub mod cosign_cli;
 pub mod evil;
 pub mod pki;
 pub mod proxy;
