@@ -531,3 +531,78 @@ fn component_ships_the_rule_the_monitor_and_the_dashboard() {
     let default = std::fs::read_to_string(root().join("../default/kustomization.yaml")).unwrap();
     assert!(!default.contains("monitoring"), "{default}");
 }
+
+/// The alerts behave: `promtool test rules` (Prometheus' own PromQL engine, Debian package
+/// `prometheus`) runs tests/promtool/alerts.yaml against the rules of the PrometheusRule, e.g. a
+/// standby's stale `invalid-signature` gauge must not page, a break in `checking` resets the
+/// stuck clock. Annotations are dropped for promtool (they are checked above).
+#[test]
+fn alerts_fire_when_they_should_under_promtool() {
+    let promtool = std::env::var("IMAGEPOSTURE_PROMTOOL").unwrap_or_else(|_| "promtool".into());
+    let rule = &yaml_documents(&root().join("prometheus_rule.yaml"))[0];
+    let mut groups = rule["spec"]["groups"].clone();
+    for g in groups.as_array_mut().unwrap() {
+        for r in g["rules"].as_array_mut().unwrap() {
+            r.as_object_mut().unwrap().remove("annotations");
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("rules.yaml"),
+        serde_yaml::to_string(&serde_json::json!({ "groups": groups })).unwrap(),
+    )
+    .unwrap();
+    let tests = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/promtool/alerts.yaml");
+    std::fs::copy(&tests, dir.path().join("alerts.yaml")).unwrap();
+    let out = std::process::Command::new(&promtool)
+        .args(["test", "rules", "alerts.yaml"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "{promtool}: {e}; install the Debian package `prometheus` (promtool), as .ci/run \
+                 does, or set IMAGEPOSTURE_PROMTOOL"
+            )
+        });
+    assert!(
+        out.status.success(),
+        "promtool test rules failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Every dashboard query parses as PromQL (`promtool check rules` on them as recording rules,
+/// Grafana's variables replaced by values they take).
+#[test]
+fn dashboard_queries_parse_under_promtool() {
+    let promtool = std::env::var("IMAGEPOSTURE_PROMTOOL").unwrap_or_else(|_| "promtool".into());
+    let rules: Vec<Value> = dashboard_expressions(&dashboard())
+        .into_iter()
+        .filter(|(place, _)| place.starts_with("panel"))
+        .enumerate()
+        .map(|(i, (_, expr))| {
+            let expr = expr
+                .replace("$__rate_interval", "5m")
+                .replace("$__range", "1h")
+                .replace("$registry", ".*");
+            serde_json::json!({"record": format!("dashboard:query{i}"), "expr": expr})
+        })
+        .collect();
+    assert!(rules.len() >= 10);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("dashboard-rules.yaml");
+    let doc = serde_json::json!({"groups": [{"name": "dashboard", "rules": rules}]});
+    std::fs::write(&file, serde_yaml::to_string(&doc).unwrap()).unwrap();
+    let out = std::process::Command::new(&promtool)
+        .args(["check", "rules"])
+        .arg(&file)
+        .output()
+        .unwrap_or_else(|e| panic!("{promtool}: {e}; install the Debian package `prometheus`"));
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
