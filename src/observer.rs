@@ -378,7 +378,7 @@ pub fn registry_wide(reason: Reason) -> bool {
     )
 }
 
-/// A resting verdict recorded for digests kept by a resource, for callers that rebuild one.
+/// A record as a status keeps it; `lastChecked` defaults to (and is never before) `lastVerified`.
 pub fn recorded(
     verdict: Verdict,
     verified_at: DateTime<Utc>,

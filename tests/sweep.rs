@@ -921,3 +921,41 @@ async fn each_manager_owns_its_fields() {
     let ver_main = owned("imageposture-verifier", "");
     assert!(ver_main["f:metadata"]["f:labels"]["f:imageposture.io/posture"].is_object());
 }
+
+// ---- leadership: no write lands after the claim on the Lease ends -----------------------------
+
+/// A write held up by a slow API server is abandoned when this replica's claim on the Lease
+/// ends, so it cannot land after another replica may have taken over.
+#[tokio::test]
+async fn no_write_lands_after_the_lease_claim_ends() {
+    let mut w = World::new().await;
+    let id = w.unsigned_image("claim").await;
+    w.init_pods(&[pod("a", "p", &[pinned(&id)])]);
+    let claim = tokio::time::Instant::now() + Duration::from_millis(400);
+    let (_tx, rx) = tokio::sync::watch::channel(Some(claim));
+    let op = w
+        .new_operator(harness::Config {
+            gate: Gate::claim(rx),
+            ..config()
+        })
+        .await;
+    w.api
+        .delay_writes_to("/apis/imageposture.io/", Duration::from_secs(3), 1000);
+    let started = std::time::Instant::now();
+    let r = w.pass_with(&op, Utc::now()).await;
+    let took = started.elapsed();
+    assert!(took < Duration::from_millis(1500), "the pass took {took:?}");
+    assert_eq!((r.created, r.errors), (0, 1), "{r:#?}");
+    assert_eq!(w.api.held_writes(), 1, "one write was in flight");
+    // Past the API server's delay: the abandoned write was never applied.
+    tokio::time::sleep(Duration::from_millis(3200)).await;
+    assert!(
+        w.api.image_postures().is_empty(),
+        "a write landed after the claim ended"
+    );
+    // And nothing more is even tried once the claim is over.
+    w.reset_counters();
+    let r = w.pass_with(&op, Utc::now()).await;
+    assert!(r.aborted, "{r:#?}");
+    assert!(w.api.writes().is_empty(), "{:#?}", w.api.writes());
+}

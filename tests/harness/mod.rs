@@ -115,9 +115,6 @@ impl Operator {
         let inv = self.sweeper.sweep(pods, &list(api).await, now).await;
         let results = controller::reconcile_pass(&self.ctx, &list(api).await, now).await;
         let after = self.ctx.stats();
-        if std::env::var_os("HARNESS_DEBUG").is_some() {
-            eprintln!("reconciles: {results:?}");
-        }
         let failed = results
             .iter()
             .filter(|r| {
