@@ -609,6 +609,65 @@ mod tests {
     }
 
     #[test]
+    fn status_and_verdict_map_both_ways() {
+        let t0 = parse_time("2026-01-01T00:00:00Z").unwrap();
+        let t1 = parse_time("2026-01-01T07:00:00Z").unwrap();
+        let rec = SignatureRecord {
+            source: SignatureSource::Tag,
+            format: SignatureFormat::Simplesigning,
+            verified: true,
+            signer: Some("me@example.com".into()),
+            issuer: Some("https://issuer".into()),
+            signer_type: Some(SignerType::Keyless),
+            reason: Reason::Verified,
+            message: String::new(),
+            rekor_log_index: Some(1),
+            integrated_time: Some(2),
+        };
+        let mut v = Verdict::from_signatures(vec![rec]);
+        v.artifact_digests
+            .insert(DIGEST_SIG_TAG.into(), "sha256:aa".into());
+
+        // Pending: no verdict recorded yet.
+        let pending = ImagePostureStatus::pending(t0);
+        assert_eq!(pending.reason, Some(Reason::Pending));
+        assert_eq!(pending.checking_since, Some(rfc3339(t0)));
+        assert!(pending.recorded().is_none());
+
+        // A resting verdict round-trips, with the TTL running from lastChecked.
+        let signed = ImagePostureStatus::verdict_fields(&v, Some(t0), Some(t0), Some(&pending), t0);
+        assert_eq!(signed.checking_since, None);
+        let r = signed.recorded().unwrap();
+        assert_eq!(
+            (r.verdict.clone(), r.verified_at, r.stale),
+            (v.clone(), t0, false)
+        );
+
+        // `checking` keeps the last verification's evidence, recorded as stale, signer gone.
+        let down = Verdict::checking(Reason::Timeout, "slow");
+        let checking = ImagePostureStatus::verdict_fields(&down, None, None, Some(&signed), t1);
+        assert_eq!(checking.signer, None);
+        assert_eq!(checking.last_verified, Some(rfc3339(t0)));
+        assert_eq!(checking.signatures, signed.signatures);
+        assert_eq!(checking.signature_digests, signed.signature_digests);
+        let r = checking.recorded().unwrap();
+        assert!(r.stale);
+        assert_eq!(r.verdict.posture, Posture::Signed);
+        assert_eq!(r.verdict.artifact_digests, v.artifact_digests);
+
+        // The two managers' fields never overlap.
+        for f in INVENTORY_FIELDS {
+            assert!(!VERDICT_FIELDS.contains(f), "{f}");
+        }
+        let both = ImagePostureStatus::combined(
+            signed.clone(),
+            ImagePostureStatus::inventory_fields(vec!["x:1".into()], ImageUsage::new(2, ["a"])),
+        );
+        assert_eq!(both.only(VERDICT_FIELDS), signed.only(VERDICT_FIELDS));
+        assert_eq!(both.only(INVENTORY_FIELDS)["usage"]["pods"], 2);
+    }
+
+    #[test]
     fn crd_is_cluster_scoped_with_printer_columns() {
         let crd = ImagePosture::crd();
         assert_eq!(crd.spec.scope, "Cluster");

@@ -69,3 +69,62 @@ fn fields(cr: &ImagePosture, part: Part, select: impl Fn(&str) -> bool) -> BTree
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntry};
+    use serde_json::json;
+
+    fn entry(manager: &str, fields: Value) -> ManagedFieldsEntry {
+        ManagedFieldsEntry {
+            manager: Some(manager.into()),
+            operation: Some("Apply".into()),
+            fields_v1: Some(FieldsV1(fields)),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn reads_owned_and_foreign_fields() {
+        let mut cr = crate::crd::ImagePosture::new(
+            "x",
+            crate::crd::ImagePostureSpec {
+                image: "a".into(),
+                repository: "b".into(),
+                digest: "c".into(),
+            },
+        );
+        assert_eq!(
+            owned(&cr, "me", Part::Status),
+            None,
+            "no managedFields at all"
+        );
+        cr.metadata.managed_fields = Some(vec![
+            entry(
+                "me",
+                json!({"f:status": {"f:posture": {}, "f:usage": {"f:pods": {}}}}),
+            ),
+            entry(
+                "other",
+                json!({"f:status": {"f:signer": {}},
+                                   "f:metadata": {"f:labels": {"f:team": {}}}}),
+            ),
+        ]);
+        let mine = owned(&cr, "me", Part::Status).unwrap();
+        assert_eq!(mine.into_iter().collect::<Vec<_>>(), ["posture", "usage"]);
+        assert_eq!(
+            foreign(&cr, "me", Part::Status)
+                .into_iter()
+                .collect::<Vec<_>>(),
+            ["signer"]
+        );
+        assert_eq!(
+            foreign(&cr, "me", Part::Labels)
+                .into_iter()
+                .collect::<Vec<_>>(),
+            ["team"]
+        );
+        assert!(owned(&cr, "me", Part::Labels).unwrap().is_empty());
+    }
+}
