@@ -1,4 +1,4 @@
-//! Benchmark: registry requests per image, sweep time at 10,000 pods, memory.
+//! Benchmark: registry requests per image, passes of both loops at 10,000 pods, memory.
 //!
 //! `cargo bench --bench sweep` (release profile). Everything runs on 127.0.0.1: a real CNCF
 //! Distribution 2.8 `docker-registry` process, the counting proxy in front of it (requests are
@@ -15,24 +15,24 @@ mod support;
 #[path = "../tests/apidouble/mod.rs"]
 mod apidouble;
 
+#[path = "../tests/harness/mod.rs"]
+mod harness;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use futures::stream::{self, StreamExt};
-use imageposture::crd::ImagePosture;
+use harness::{Operator, Report};
 use imageposture::image::ImageId;
+use imageposture::inventory::sweep::SweepConfig;
 use imageposture::inventory::{Inventory, NamespaceFilter};
-use imageposture::observer::{Observer, ObserverConfig};
+use imageposture::observer::{Observed, Observer, ObserverConfig, Recorded};
 use imageposture::posture::Posture;
-use imageposture::sweep::{SweepConfig, SweepReport, Sweeper};
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, ListParams};
-use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher;
-use kube::ResourceExt;
 use serde_json::json;
 
 use apidouble::ApiDouble;
@@ -90,11 +90,12 @@ async fn push_fixture(env: &TestEnv, repo: &str, kind: Kind) -> ImageId {
     img.id
 }
 
-fn observer_config(images: usize) -> ObserverConfig {
+/// Reconciles in flight at once.
+const CONCURRENCY: u16 = 16;
+
+fn observer_config() -> ObserverConfig {
     ObserverConfig {
         ttl: Duration::from_secs(6 * 3600),
-        max_images: images.max(1000),
-        concurrency: 16,
         per_registry: 16,
         ..ObserverConfig::default()
     }
@@ -218,15 +219,21 @@ async fn requests_per_image(env: &TestEnv) -> Vec<PerImage> {
         let verifier = Arc::new(env.verifier(env.config(&[&proxy.host])).await);
         let config = ObserverConfig {
             ttl: Duration::from_secs(3600),
-            ..observer_config(2)
+            ..observer_config()
         };
         let observer = Observer::new(verifier, config);
         let (a, b) = (via(&a, &proxy.host), via(&b, &proxy.host));
         let t0 = Utc::now();
         let later = t0 + chrono::Duration::hours(2);
-        let first = counted(&observer, &proxy, &a, kind, t0).await;
-        let subsequent = counted(&observer, &proxy, &b, kind, t0).await;
-        let revalidation = counted(&observer, &proxy, &b, kind, later).await;
+        let (first, _) = counted(&observer, &proxy, &a, None, kind, t0).await;
+        let (subsequent, seen) = counted(&observer, &proxy, &b, None, kind, t0).await;
+        let recorded = Recorded {
+            verdict: seen.verdict.clone(),
+            verified_at: seen.verified_at.unwrap_or(t0),
+            checked_at: seen.checked_at.unwrap_or(t0),
+            stale: false,
+        };
+        let (revalidation, _) = counted(&observer, &proxy, &b, Some(&recorded), kind, later).await;
         out.push(PerImage {
             kind,
             first,
@@ -242,18 +249,19 @@ async fn counted(
     observer: &Observer,
     proxy: &Proxy,
     id: &ImageId,
+    recorded: Option<&Recorded>,
     kind: Kind,
     at: chrono::DateTime<Utc>,
-) -> Vec<Seen> {
+) -> (Vec<Seen>, Observed) {
     proxy.reset_requests();
-    let got = observer.observe_all(std::slice::from_ref(id), at).await;
-    let v = &got[id].verdict;
+    let got = observer.observe(id, recorded, at).await;
+    let v = &got.verdict;
     assert_eq!(
         v.posture,
         kind.posture(),
         "{kind:?} fixture verdict: {v:#?}"
     );
-    proxy.requests()
+    (proxy.requests(), got)
 }
 
 // ---- pods -----------------------------------------------------------------------------------
@@ -404,7 +412,7 @@ fn pod_store(n: usize, images: &[ImageId], trim: bool) -> (Store<Pod>, usize) {
     (store, json_bytes)
 }
 
-// ---- (b) sweeps ------------------------------------------------------------------------------
+// ---- (b) passes -----------------------------------------------------------------------------
 
 struct SweepRow {
     wall: Duration,
@@ -412,21 +420,21 @@ struct SweepRow {
     /// Requests to the OCI 1.1 referrers API (404 on Distribution 2.8).
     referrers_api: usize,
     api_writes: usize,
-    report: SweepReport,
+    report: Report,
 }
 
-async fn timed_sweep(
+/// One pass of both loops: the inventory, then a reconcile of every resource.
+async fn timed_pass(
     label: &str,
-    sweeper: &Sweeper,
+    op: &Operator,
     pods: &[Arc<Pod>],
-    existing: &[Arc<ImagePosture>],
     proxy: &Proxy,
     double: &ApiDouble,
 ) -> SweepRow {
     proxy.reset_requests();
     double.reset_counters();
     let started = Instant::now();
-    let report = sweeper.sweep(pods, existing, Utc::now()).await;
+    let report = op.pass(double, pods, Utc::now()).await;
     let wall = started.elapsed();
     let requests = proxy.requests();
     let row = SweepRow {
@@ -449,32 +457,25 @@ async fn timed_sweep(
     row
 }
 
-fn sweeper_for(double: &ApiDouble, observer: Arc<Observer>) -> Sweeper {
-    let client = double.client();
-    Sweeper::new(
-        Api::all(client.clone()),
-        Recorder::new(client, Reporter::from("imageposture-bench")),
-        observer,
-        SweepConfig::default(),
+async fn operator_for(env: &TestEnv, proxy: &Proxy, double: &ApiDouble, images: usize) -> Operator {
+    let verifier = env.verifier(env.config(&[&proxy.host])).await;
+    Operator::new(
+        double,
+        verifier,
+        harness::Config {
+            observer: observer_config(),
+            sweep: SweepConfig {
+                max_images: images.max(1000),
+                ..SweepConfig::default()
+            },
+            concurrency: CONCURRENCY,
+            ..harness::Config::default()
+        },
     )
+    .await
 }
 
-async fn list_postures(double: &ApiDouble) -> Vec<Arc<ImagePosture>> {
-    let api: Api<ImagePosture> = Api::all(double.client());
-    api.list(&ListParams::default())
-        .await
-        .expect("list ImagePostures")
-        .items
-        .into_iter()
-        .map(|mut cr| {
-            // As the operator's ImagePosture reflector keeps them.
-            cr.managed_fields_mut().clear();
-            Arc::new(cr)
-        })
-        .collect()
-}
-
-fn posture_count(report: &SweepReport, p: Posture) -> i64 {
+fn posture_count(report: &Report, p: Posture) -> i64 {
     report
         .by_posture
         .iter()
@@ -575,12 +576,10 @@ async fn bench() {
     // (b) sweeps through the real registry + proxy and the API double.
     let hwm_before_sweeps = proc_kb("VmHWM");
     let double = ApiDouble::start().await;
-    let verifier = Arc::new(env.verifier(env.config(&[&proxy.host])).await);
-    let config = observer_config(n_images);
-    let observer = Arc::new(Observer::new(verifier, config.clone()));
-    let sweeper = sweeper_for(&double, observer.clone());
-    eprintln!("(b) sweeps ...");
-    let cold = timed_sweep("cold sweep", &sweeper, &pods, &[], &proxy, &double).await;
+    let config = observer_config();
+    let op = operator_for(&env, &proxy, &double, n_images).await;
+    eprintln!("(b) passes ...");
+    let cold = timed_pass("cold pass", &op, &pods, &proxy, &double).await;
     let signed_expected = (mix.get(&Kind::Keyless).copied().unwrap_or(0)
         + mix.get(&Kind::Bundle).copied().unwrap_or(0)) as i64;
     let unsigned_expected = mix.get(&Kind::Unsigned).copied().unwrap_or(0) as i64;
@@ -596,21 +595,21 @@ async fn bench() {
         cold.report
     );
 
-    let existing = list_postures(&double).await;
+    let existing = harness::list(&double).await;
     assert_eq!(existing.len(), n_images);
     // The population as `imageposture summary --from FILE` reads it (README: summary section).
     if let Some(path) = std::env::var_os("IMAGEPOSTURE_BENCH_POSTURES") {
-        let items: Vec<&ImagePosture> = existing.iter().map(|p| p.as_ref()).collect();
+        let items: Vec<&imageposture::crd::ImagePosture> =
+            existing.iter().map(|p| p.as_ref()).collect();
         let list = json!({"apiVersion": "v1", "kind": "List", "items": items});
         std::fs::write(&path, list.to_string()).expect("write IMAGEPOSTURE_BENCH_POSTURES");
     }
     let mut warm_rows = Vec::new();
     for run in 0..WARM_RUNS {
-        let row = timed_sweep(
-            &format!("warm sweep #{}", run + 1),
-            &sweeper,
+        let row = timed_pass(
+            &format!("warm pass #{}", run + 1),
+            &op,
             &pods,
-            &existing,
             &proxy,
             &double,
         )
@@ -621,23 +620,25 @@ async fn bench() {
     let warm_requests: usize = warm_rows.iter().map(|r| r.registry_requests).sum();
     let warm_writes: usize = warm_rows.iter().map(|r| r.api_writes).sum();
 
-    // Where the cold time goes: the same sweep with every verdict cached, into an empty API.
+    // Where the cold time goes: the inventory alone creates every resource (`checking` /
+    // `Pending`) with no registry I/O, into an empty API.
     let double2 = ApiDouble::start().await;
-    let sweeper2 = sweeper_for(&double2, observer.clone());
-    let writes_only = timed_sweep(
-        "cold sweep, verdicts cached (API writes only)",
-        &sweeper2,
-        &pods,
-        &[],
-        &proxy,
-        &double2,
-    )
-    .await;
+    let op2 = operator_for(&env, &proxy, &double2, n_images).await;
+    proxy.reset_requests();
+    double2.reset_counters();
+    let started = Instant::now();
+    let created = op2.sweeper.sweep(&pods, &[], Utc::now()).await;
+    let inventory_cold = started.elapsed();
+    let inventory_cold_writes = double2.writes().len();
+    eprintln!(
+        "  cold inventory alone: {} | {created:?}",
+        ms(inventory_cold)
+    );
 
     let hwm_after_sweeps = proc_kb("VmHWM");
     let rss_after_sweeps = proc_kb("VmRSS");
-    let stats = observer.stats();
-    drop(sweeper2);
+    let stats = op.observer().stats();
+    drop(op2);
     drop(double2);
 
     // (c, part 2) for comparison: the same pods untrimmed (measured last: it raises the peak).
@@ -656,13 +657,11 @@ async fn bench() {
     println!(
         "Machine: {cpus} CPU(s) (`nproc`), {}; registry: {} on 127.0.0.1 behind the counting \
          proxy; Kubernetes API: the in-process API double over a real `kube::Client`. \
-         Observer settings: concurrency {}, per_registry {}, max_images {}, ttl {}h; verifier \
+         Controller concurrency {CONCURRENCY}, per_registry {}, ttl {}h; verifier \
          limits: defaults (30 s budget per image).",
         cpu_model(),
         registry_version(),
-        config.concurrency,
         config.per_registry,
-        config.max_images,
         config.ttl.as_secs() / 3600
     );
     println!();
@@ -682,7 +681,7 @@ async fn bench() {
     }
     println!();
     println!(
-        "**Sweep at {n_pods} pods** ({n_images} images: {} keyless `.sig`, {} unsigned, {} bundle \
+        "**Both loops at {n_pods} pods** ({n_images} images: {} keyless `.sig`, {} unsigned, {} bundle \
          referrer; {NAMESPACES} namespaces; one container per pod):",
         mix.get(&Kind::Keyless).copied().unwrap_or(0),
         mix.get(&Kind::Unsigned).copied().unwrap_or(0),
@@ -692,7 +691,7 @@ async fn bench() {
     println!("| pass | wall time | registry requests | API writes |");
     println!("|---|---:|---:|---:|");
     println!(
-        "| cold: verify {n_images} images + write {} ImagePostures | {} | {} ({} to the referrers API) | {} |",
+        "| cold: create {} ImagePostures + verify {n_images} images | {} | {} ({} to the referrers API) | {} |",
         cold.report.created,
         ms(cold.wall),
         cold.registry_requests,
@@ -700,10 +699,9 @@ async fn bench() {
         cold.api_writes
     );
     println!(
-        "| cold, verdicts already cached (API writes alone) | {} | {} | {} |",
-        ms(writes_only.wall),
-        writes_only.registry_requests,
-        writes_only.api_writes
+        "| cold inventory alone: every resource created, `checking`/`Pending` | {} | 0 | {} |",
+        ms(inventory_cold),
+        inventory_cold_writes
     );
     println!(
         "| warm: nothing changed (median of {WARM_RUNS}) | {} | {} | {} |",
@@ -745,7 +743,7 @@ async fn bench() {
         mib(hwm_before_sweeps)
     );
     println!(
-        "| peak RSS (VmHWM) after cold + {WARM_RUNS} warm + cached-cold sweeps | {} |",
+        "| peak RSS (VmHWM) after cold + {WARM_RUNS} warm passes + a cold inventory | {} |",
         mib(hwm_after_sweeps)
     );
     println!("| RSS after the sweeps | {} |", mib(rss_after_sweeps));
@@ -753,7 +751,7 @@ async fn bench() {
     println!(
         "Setup (not in the numbers above): registry start {}, pushing {n_images} images with their \
          signatures {PUSH_CONCURRENCY} at a time {}, building the {n_pods}-pod store {}. \
-         Observer: {} verifications, {} cache hits. Whole run {:.1} s.",
+         Observer: {} verifications, {} status hits. Whole run {:.1} s.",
         ms(registry_start),
         ms(push_time),
         ms(store_build),
@@ -772,7 +770,9 @@ async fn bench() {
         );
     }
     if warm_requests != 0 || warm_writes != 0 {
-        eprintln!("FAIL: a warm sweep made {warm_requests} registry requests and {warm_writes} API writes");
+        eprintln!(
+            "FAIL: a warm pass made {warm_requests} registry requests and {warm_writes} API writes"
+        );
         std::process::exit(1);
     }
 }

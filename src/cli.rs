@@ -33,8 +33,8 @@ pub enum Command {
     Observe(ObserveArgs),
     /// Read `kubectl get pods -A -o json` and print the ImagePosture objects the operator would write.
     Scan(ScanArgs),
-    /// Run the operator: sweep pods into ImagePosture resources.
-    Run(Box<crate::run::RunArgs>),
+    /// Run the operator: record running images as ImagePosture resources and verify them.
+    Run(Box<RunArgs>),
     /// Print the ImagePosture CustomResourceDefinition.
     Crd,
     /// Counts by posture, top signers and issuers, namespaces at risk, images stuck checking.
@@ -86,6 +86,67 @@ pub struct ScanArgs {
     pub output: OutputFormat,
     #[command(flatten)]
     pub verify: VerifyArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub verify: VerifyArgs,
+    /// How long a resting posture is trusted before the image is verified again.
+    #[arg(long, env = "IMAGEPOSTURE_TTL", default_value = "6h", value_parser = parse_duration)]
+    pub ttl: Duration,
+    /// Most ImagePosture resources kept (most-used images first); the overflow is not
+    /// recorded, and counted in `imageposture_images_deferred`.
+    #[arg(long, env = "IMAGEPOSTURE_MAX_IMAGES", default_value_t = 5000)]
+    pub max_images: usize,
+    /// Verifications in flight against one registry.
+    #[arg(long, env = "IMAGEPOSTURE_REGISTRY_CONCURRENCY", default_value_t = 4)]
+    pub registry_concurrency: usize,
+    /// How long an ImagePosture outlives the last pod running its image.
+    #[arg(long, env = "IMAGEPOSTURE_GRACE", default_value = "1h", value_parser = parse_duration)]
+    pub grace: Duration,
+    /// Inventory pass at least this often, even with no pod change.
+    #[arg(long, env = "IMAGEPOSTURE_RESYNC", default_value = "10m", value_parser = parse_duration)]
+    pub resync: Duration,
+    /// Quiet time after a pod change before the inventory pass (batches bursts of pod events).
+    #[arg(long, env = "IMAGEPOSTURE_DEBOUNCE", default_value = "5s", value_parser = parse_duration)]
+    pub debounce: Duration,
+    /// Only record pods of these namespaces (repeatable; default all).
+    #[arg(
+        long = "include-namespace",
+        env = "IMAGEPOSTURE_INCLUDE_NAMESPACES",
+        value_delimiter = ','
+    )]
+    pub include_namespaces: Vec<String>,
+    /// Never record pods of these namespaces (repeatable).
+    #[arg(
+        long = "exclude-namespace",
+        env = "IMAGEPOSTURE_EXCLUDE_NAMESPACES",
+        value_delimiter = ','
+    )]
+    pub exclude_namespaces: Vec<String>,
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(
+        long,
+        env = "IMAGEPOSTURE_METRICS_ADDR",
+        default_value = "0.0.0.0:8080"
+    )]
+    pub metrics_addr: std::net::SocketAddr,
+    /// Elect a leader through a Lease so replicas never both write.
+    #[arg(long, env = "IMAGEPOSTURE_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_election: bool,
+    /// Lease name.
+    #[arg(long, env = "IMAGEPOSTURE_LEASE_NAME", default_value = "imageposture")]
+    pub lease_name: String,
+    /// Namespace of the Lease (the operator's own).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "imageposture-system")]
+    pub lease_namespace: String,
+    /// This replica's identity in the Lease and in Events.
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+    /// Lease duration; a new leader waits at most this long after a crash.
+    #[arg(long, env = "IMAGEPOSTURE_LEASE_DURATION", default_value = "15s", value_parser = parse_duration)]
+    pub lease_duration: Duration,
 }
 
 /// How images are verified; shared by every command that verifies.

@@ -9,11 +9,13 @@
 
 use std::collections::BTreeMap;
 
+use chrono::{DateTime, SecondsFormat, Utc};
 use kube::{CustomResource, CustomResourceExt};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::image::ImageId;
+use crate::observer::Recorded;
 use crate::posture::{
     bound, Posture, Reason, SignatureRecord, SignerType, Verdict, MAX_MESSAGE, MAX_TEXT,
 };
@@ -22,8 +24,30 @@ use crate::posture::{
 pub const GROUP: &str = "imageposture.io";
 /// `app.kubernetes.io/managed-by` value: lets `kubectl get ipost -l` and GC select our objects.
 pub const MANAGER: &str = "imageposture";
-/// Field manager for server-side apply; one name so our writes never fight each other.
-pub const FIELD_MANAGER: &str = "imageposture";
+/// Field manager of the inventory loop: `spec`, the ownership and registry labels,
+/// `status.references` and `status.usage`.
+pub const FIELD_MANAGER_INVENTORY: &str = "imageposture-inventory";
+/// Field manager of the verification controller: the posture label and every verdict field
+/// of the status ([`VERDICT_FIELDS`]).
+pub const FIELD_MANAGER_VERIFIER: &str = "imageposture-verifier";
+
+/// The status fields the inventory owns (JSON names).
+pub const INVENTORY_FIELDS: &[&str] = &["references", "usage"];
+/// The status fields the verifier owns (JSON names): everything but the inventory's.
+pub const VERDICT_FIELDS: &[&str] = &[
+    "posture",
+    "signer",
+    "issuer",
+    "signerType",
+    "reason",
+    "message",
+    "signatures",
+    "lastVerified",
+    "lastChecked",
+    "checkingSince",
+    "signatureDigests",
+    "conditions",
+];
 
 pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 pub const LABEL_POSTURE: &str = "imageposture.io/posture";
@@ -127,6 +151,11 @@ pub struct ImagePostureStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(extend("format" = "date-time"))]
     pub last_verified: Option<String>,
+    /// When the verdict was last confirmed: verified, or revalidated unchanged by the digests
+    /// of its signature listings (RFC 3339). The TTL runs from here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("format" = "date-time"))]
+    pub last_checked: Option<String>,
     /// While `checking`: since when (RFC 3339), so a stuck image is visible.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(extend("format" = "date-time"))]
@@ -357,6 +386,165 @@ pub fn new_resource(id: &ImageId) -> ImagePosture {
     r
 }
 
+impl ImagePosture {
+    /// The identity this resource was written for (`None`: a spec we did not write).
+    pub fn image_id(&self) -> Option<ImageId> {
+        crate::image::ImageRef::parse(&self.spec.image).ok()?.id()
+    }
+
+    /// Carries our `app.kubernetes.io/managed-by` label (only those are collected or verified).
+    pub fn is_managed(&self) -> bool {
+        self.metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(LABEL_MANAGED_BY))
+            .map(String::as_str)
+            == Some(MANAGER)
+    }
+}
+
+/// Resources by posture (all four, zeros included), for the `images` gauge.
+pub fn posture_counts<'a>(
+    resources: impl IntoIterator<Item = &'a ImagePosture>,
+) -> Vec<(Posture, i64)> {
+    let mut counts = [
+        (Posture::Signed, 0),
+        (Posture::InvalidSignature, 0),
+        (Posture::NotSigned, 0),
+        (Posture::Checking, 0),
+    ];
+    for cr in resources {
+        let posture = cr.status.as_ref().and_then(|s| s.posture);
+        if let Some(entry) = counts.iter_mut().find(|(p, _)| Some(*p) == posture) {
+            entry.1 += 1;
+        }
+    }
+    counts.to_vec()
+}
+
+/// How every timestamp of the status is written: RFC 3339, whole seconds, UTC.
+pub fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+pub fn parse_time(s: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(s)
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
+}
+
+/// The status <-> verdict mapping, in one place: what each field manager states, and what a
+/// stored status tells the observer.
+impl ImagePostureStatus {
+    /// The verdict fields the verifier states for an observation. Timestamps carry over unless
+    /// something changed, so an unchanged image yields identical fields and therefore no write.
+    /// While `checking`, the signature records and listing digests of the last verification
+    /// stay (with `lastVerified`), so recovery is a cheap revalidation, not a download.
+    pub fn verdict_fields(
+        v: &Verdict,
+        verified_at: Option<DateTime<Utc>>,
+        checked_at: Option<DateTime<Utc>>,
+        old: Option<&ImagePostureStatus>,
+        now: DateTime<Utc>,
+    ) -> Self {
+        let mut s = ImagePostureStatus::from_verdict(v);
+        s.last_verified = verified_at
+            .map(rfc3339)
+            .or_else(|| old.and_then(|o| o.last_verified.clone()));
+        s.last_checked = checked_at
+            .map(rfc3339)
+            .or_else(|| old.and_then(|o| o.last_checked.clone()));
+        if v.posture == Posture::Checking {
+            s.checking_since = old
+                .filter(|o| o.posture == Some(Posture::Checking))
+                .and_then(|o| o.checking_since.clone())
+                .or_else(|| Some(rfc3339(now)));
+            if let Some(o) = old.filter(|o| o.last_verified.is_some()) {
+                s.signatures = o.signatures.clone();
+                s.signature_digests = o.signature_digests.clone();
+            }
+        }
+        let condition = Condition::verified(v.posture, v.reason, &v.message, &rfc3339(now));
+        let previous =
+            old.and_then(|o| o.conditions.iter().find(|c| c.type_ == CONDITION_VERIFIED));
+        let since = match previous {
+            Some(p) if p.status == condition.status => p.last_transition_time.clone(),
+            _ => condition.last_transition_time.clone(),
+        };
+        s.conditions = vec![Condition {
+            last_transition_time: since,
+            ..condition
+        }];
+        s.enforce_bounds();
+        s
+    }
+
+    /// The verdict fields of a resource the inventory has just created: `checking`/`Pending`
+    /// until the controller's first verification.
+    pub fn pending(now: DateTime<Utc>) -> Self {
+        let v = Verdict::checking(Reason::Pending, "queued for its first verification");
+        Self::verdict_fields(&v, None, None, None, now)
+    }
+
+    /// The fields the inventory states: who runs the image now (0 pods once the last is gone).
+    pub fn inventory_fields(references: Vec<String>, usage: ImageUsage) -> Self {
+        let mut s = ImagePostureStatus {
+            references,
+            usage: Some(usage),
+            ..Default::default()
+        };
+        s.enforce_bounds();
+        s
+    }
+
+    /// One status from the two managers' parts (what `scan` prints).
+    pub fn combined(verdict: Self, inventory: Self) -> Self {
+        ImagePostureStatus {
+            references: inventory.references,
+            usage: inventory.usage,
+            ..verdict
+        }
+    }
+
+    /// The verdict this status records, for the observer. A resting posture is recorded as
+    /// it stands; `checking` after an earlier verification records that verification as stale
+    /// (revalidated by its digests before anything else).
+    pub fn recorded(&self) -> Option<Recorded> {
+        let verified_at = parse_time(self.last_verified.as_deref()?)?;
+        let checked_at = self.last_checked.as_deref().and_then(parse_time);
+        let posture = self.posture?;
+        let verdict = if posture.is_resting() {
+            Verdict {
+                posture,
+                reason: self.reason?,
+                message: self.message.clone(),
+                signer: self.signer.clone(),
+                issuer: self.issuer.clone(),
+                signer_type: self.signer_type,
+                signatures: self.signatures.clone(),
+                artifact_digests: self.signature_digests.clone(),
+                retry_after: None,
+            }
+        } else {
+            let mut v = Verdict::from_signatures(self.signatures.clone());
+            v.artifact_digests = self.signature_digests.clone();
+            v
+        };
+        let mut r = crate::observer::recorded(verdict, verified_at, checked_at);
+        r.stale = !posture.is_resting();
+        Some(r)
+    }
+
+    /// The stored values of `fields` (JSON names), for comparing with what one manager states.
+    pub fn only(&self, fields: &[&str]) -> serde_json::Value {
+        let mut v = serde_json::to_value(self).unwrap_or_default();
+        if let Some(map) = v.as_object_mut() {
+            map.retain(|k, _| fields.contains(&k.as_str()));
+        }
+        v
+    }
+}
+
 /// The CustomResourceDefinition as YAML; `crds/imageposture.yaml` holds exactly this text.
 #[allow(clippy::expect_used, reason = "our own static types, no outside data")]
 pub fn crd_yaml() -> String {
@@ -418,6 +606,65 @@ mod tests {
         assert_eq!(l[LABEL_MANAGED_BY], "imageposture");
         assert!(!labels(&id("nginx"), None).contains_key(LABEL_POSTURE));
         assert_eq!(label_value("-:-"), "");
+    }
+
+    #[test]
+    fn status_and_verdict_map_both_ways() {
+        let t0 = parse_time("2026-01-01T00:00:00Z").unwrap();
+        let t1 = parse_time("2026-01-01T07:00:00Z").unwrap();
+        let rec = SignatureRecord {
+            source: SignatureSource::Tag,
+            format: SignatureFormat::Simplesigning,
+            verified: true,
+            signer: Some("me@example.com".into()),
+            issuer: Some("https://issuer".into()),
+            signer_type: Some(SignerType::Keyless),
+            reason: Reason::Verified,
+            message: String::new(),
+            rekor_log_index: Some(1),
+            integrated_time: Some(2),
+        };
+        let mut v = Verdict::from_signatures(vec![rec]);
+        v.artifact_digests
+            .insert(DIGEST_SIG_TAG.into(), "sha256:aa".into());
+
+        // Pending: no verdict recorded yet.
+        let pending = ImagePostureStatus::pending(t0);
+        assert_eq!(pending.reason, Some(Reason::Pending));
+        assert_eq!(pending.checking_since, Some(rfc3339(t0)));
+        assert!(pending.recorded().is_none());
+
+        // A resting verdict round-trips, with the TTL running from lastChecked.
+        let signed = ImagePostureStatus::verdict_fields(&v, Some(t0), Some(t0), Some(&pending), t0);
+        assert_eq!(signed.checking_since, None);
+        let r = signed.recorded().unwrap();
+        assert_eq!(
+            (r.verdict.clone(), r.verified_at, r.stale),
+            (v.clone(), t0, false)
+        );
+
+        // `checking` keeps the last verification's evidence, recorded as stale, signer gone.
+        let down = Verdict::checking(Reason::Timeout, "slow");
+        let checking = ImagePostureStatus::verdict_fields(&down, None, None, Some(&signed), t1);
+        assert_eq!(checking.signer, None);
+        assert_eq!(checking.last_verified, Some(rfc3339(t0)));
+        assert_eq!(checking.signatures, signed.signatures);
+        assert_eq!(checking.signature_digests, signed.signature_digests);
+        let r = checking.recorded().unwrap();
+        assert!(r.stale);
+        assert_eq!(r.verdict.posture, Posture::Signed);
+        assert_eq!(r.verdict.artifact_digests, v.artifact_digests);
+
+        // The two managers' fields never overlap.
+        for f in INVENTORY_FIELDS {
+            assert!(!VERDICT_FIELDS.contains(f), "{f}");
+        }
+        let both = ImagePostureStatus::combined(
+            signed.clone(),
+            ImagePostureStatus::inventory_fields(vec!["x:1".into()], ImageUsage::new(2, ["a"])),
+        );
+        assert_eq!(both.only(VERDICT_FIELDS), signed.only(VERDICT_FIELDS));
+        assert_eq!(both.only(INVENTORY_FIELDS)["usage"]["pods"], 2);
     }
 
     #[test]

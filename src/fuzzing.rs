@@ -18,8 +18,8 @@ use crate::verify::auth::Challenge;
 use crate::verify::cert::{chain_from_pem, Leaf};
 use crate::verify::record::Context;
 use crate::verify::rekor::Body;
-use crate::verify::tlog::{InclusionProof, LogEntry};
 use crate::verify::timestamp;
+use crate::verify::tlog::{InclusionProof, LogEntry};
 use crate::verify::{bundle, discovery, legacy, KeyRing, TrustMaterial};
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
@@ -228,8 +228,14 @@ pub fn rekor_entry(trust: &Trust, data: &[u8]) {
             ..
         }) => (signature, vec![verifier]),
         Ok(Body::Dsse { signatures, .. }) => {
-            let first = signatures.first().map(|(s, _)| s.clone()).unwrap_or_default();
-            (first, signatures.into_iter().map(|(_, v)| v).take(4).collect())
+            let first = signatures
+                .first()
+                .map(|(s, _)| s.clone())
+                .unwrap_or_default();
+            (
+                first,
+                signatures.into_iter().map(|(_, v)| v).take(4).collect(),
+            )
         }
         Err(_) => return,
     };

@@ -13,7 +13,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::{Api, Patch, PatchParams};
 use kube::CustomResourceExt;
 
-use crate::crd::{ImagePosture, FIELD_MANAGER};
+use crate::crd::{ImagePosture, MANAGER};
 
 /// How long [`install_crd`] waits for `Established` (a real API server takes about a second).
 pub const ESTABLISH_TIMEOUT: Duration = Duration::from_secs(30);
@@ -53,7 +53,7 @@ pub async fn install_crd_within(
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
     let crd = ImagePosture::crd();
     let name = crd.metadata.name.clone().unwrap_or_default();
-    let params = PatchParams::apply(FIELD_MANAGER).force();
+    let params = PatchParams::apply(MANAGER).force();
     api.patch(&name, &params, &Patch::Apply(&crd))
         .await
         .map_err(|e| match &e {

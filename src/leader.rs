@@ -128,9 +128,11 @@ impl LeaderElector {
             &self.identity,
             now,
         );
+        let mut created = false;
         let result = match (decision, current) {
             (Decision::Wait, _) => return Ok(false),
             (Decision::Create, _) | (_, None) => {
+                created = true;
                 let lease = Lease {
                     metadata: ObjectMeta {
                         name: Some(self.name.clone()),
@@ -179,6 +181,16 @@ impl LeaderElector {
         };
         match result {
             Ok(_) => Ok(true),
+            // AlreadyExists on our own create: a retried or slow earlier create of ours may
+            // have landed. The Lease then names us, and this round won it.
+            Err(kube::Error::Api(status)) if created && status.code == 409 => {
+                let now = self.api.get_opt(&self.name).await?;
+                let holder = now
+                    .as_ref()
+                    .and_then(|l| l.spec.as_ref())
+                    .and_then(|s| s.holder_identity.as_deref());
+                Ok(holder == Some(self.identity.as_str()) && !self.is_released())
+            }
             // 409: AlreadyExists on create, Conflict on replace. Another writer won this round.
             Err(kube::Error::Api(status)) if status.code == 409 => Ok(false),
             Err(e) => Err(e),
@@ -192,7 +204,18 @@ impl LeaderElector {
     /// has passed since the start of the last successful round: by then another replica may
     /// have taken over. The task ends when every receiver is dropped.
     pub fn spawn(self, renew_every: Duration) -> watch::Receiver<bool> {
+        self.spawn_with_claim(renew_every).0
+    }
+
+    /// Like [`spawn`](Self::spawn), with a second watch telling until when our claim on the
+    /// lease holds (`None` while not leading): writers bound each write by it, so that no
+    /// write of ours can land after another replica may have taken over.
+    pub fn spawn_with_claim(
+        self,
+        renew_every: Duration,
+    ) -> (watch::Receiver<bool>, watch::Receiver<Option<Instant>>) {
         let (tx, rx) = watch::channel(false);
+        let (claim_tx, claim_rx) = watch::channel(None);
         tokio::spawn(async move {
             let lease = Duration::from_secs(self.lease_seconds().unsigned_abs().into());
             // Until when our last successful round lets us claim the lease.
@@ -230,6 +253,7 @@ impl LeaderElector {
                 if !leading {
                     valid_until = None;
                 }
+                claim_tx.send_replace(valid_until.filter(|_| leading));
                 report(&tx, leading, &self.name);
 
                 let next = started + renew_every;
@@ -238,6 +262,7 @@ impl LeaderElector {
                         _ = tx.closed() => return,
                         _ = tokio::time::sleep_until(until) => {
                             valid_until = None;
+                            claim_tx.send_replace(None);
                             report(&tx, false, &self.name);
                         }
                     }
@@ -248,7 +273,7 @@ impl LeaderElector {
                 }
             }
         });
-        rx
+        (rx, claim_rx)
     }
 
     /// Gives the lease up (clears the holder) so another replica need not wait for it to

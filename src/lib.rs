@@ -1,7 +1,9 @@
 //! imageposture: observes the signing posture of every image a cluster runs.
 //!
 //! Layers, bottom up: [`image`] (identity), [`posture`] (vocabulary), [`verify`] (registry I/O
-//! and signature classification), [`observer`] (cache), then the operator pieces.
+//! and signature classification), [`observer`] (the cache in front of the verifier, backed by
+//! the ImagePosture status), then the operator: [`inventory`] (pods -> resources) and
+//! [`controller`] (one verification per resource), both writing through [`apply`].
 //!
 //! Everything here reads data that registries and pods control, so outside tests the crate
 //! denies the constructs that can panic on such data: string slicing at byte indexes,
@@ -19,8 +21,11 @@
     )
 )]
 
+pub mod apply;
 pub mod cli;
+pub mod controller;
 pub mod crd;
+pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod image;
@@ -30,14 +35,15 @@ pub mod isolate;
 pub mod leader;
 pub mod lock;
 pub mod metrics;
+pub mod observe;
 pub mod observer;
 pub mod output;
+pub mod ownership;
 pub mod policy_report;
 pub mod posture;
 pub mod run;
 pub mod scan;
 pub mod server;
 pub mod summary;
-pub mod sweep;
 pub mod text;
 pub mod verify;

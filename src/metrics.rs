@@ -45,6 +45,11 @@ struct RegistryLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ErrorLabels {
+    error: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabels {
     kind: String,
 }
@@ -66,6 +71,9 @@ pub struct Metrics {
     leader: Gauge,
     verification_duration: Histogram,
     ready: Gauge,
+    reconciles: Counter,
+    reconcile_failures: Family<ErrorLabels, Counter>,
+    reconcile_duration: Histogram,
 }
 
 impl Default for Metrics {
@@ -91,6 +99,10 @@ impl Metrics {
         // 10ms .. ~164s: one image's verification, all its registry requests included.
         let verification_duration = Histogram::new(exponential_buckets(0.01, 2.0, 15));
         let ready = Gauge::default();
+        let reconciles = Counter::default();
+        let reconcile_failures = Family::<ErrorLabels, Counter>::default();
+        // 1ms .. ~16s: most reconciles read the status and return; a verification is slower.
+        let reconcile_duration = Histogram::new(exponential_buckets(0.001, 2.0, 15));
 
         // Counter names omit `_total`: the encoder appends it.
         registry.register(
@@ -116,13 +128,13 @@ impl Metrics {
         );
         registry.register_with_unit(
             "sweep_duration",
-            "Duration of one sweep over the running images",
+            "Duration of one inventory pass over the running pods",
             Unit::Seconds,
             sweep_duration.clone(),
         );
         registry.register(
             "images_deferred",
-            "Images held back from verification by the max-images cap",
+            "Images not recorded because the max-images cap of ImagePosture resources is reached",
             deferred.clone(),
         );
         registry.register(
@@ -134,6 +146,22 @@ impl Metrics {
             "panics_caught",
             "Panics caught at a per-image isolation boundary (each left its image `checking`)",
             crate::isolate::PANICS_CAUGHT.clone(),
+        );
+        registry.register(
+            "reconciles",
+            "Verification controller reconciles (one image each)",
+            reconciles.clone(),
+        );
+        registry.register(
+            "reconcile_failures",
+            "Reconciles that ended in an error, by error kind",
+            reconcile_failures.clone(),
+        );
+        registry.register_with_unit(
+            "reconcile_duration",
+            "Duration of one reconcile",
+            Unit::Seconds,
+            reconcile_duration.clone(),
         );
         registry.register(
             "leader",
@@ -165,6 +193,9 @@ impl Metrics {
             leader,
             verification_duration,
             ready,
+            reconciles,
+            reconcile_failures,
+            reconcile_duration,
         };
         metrics.set_images(&[]);
         metrics
@@ -235,6 +266,17 @@ impl Metrics {
             .inc();
     }
 
+    /// Records one reconcile: how long it took and, when it failed, the error's label.
+    pub fn reconcile(&self, secs: f64, failure: Option<&'static str>) {
+        self.reconciles.inc();
+        self.reconcile_duration.observe(secs);
+        if let Some(error) = failure {
+            self.reconcile_failures
+                .get_or_create(&ErrorLabels { error })
+                .inc();
+        }
+    }
+
     pub fn set_leader(&self, leader: bool) {
         self.leader.set(i64::from(leader));
     }
@@ -298,6 +340,8 @@ mod tests {
         m.set_leader(true);
         m.verification_duration(0.5);
         m.set_ready(true);
+        m.reconcile(0.002, None);
+        m.reconcile(0.5, Some("registry"));
         let text = m.encode();
 
         for line in [
@@ -322,6 +366,9 @@ mod tests {
             "imageposture_leader 1\n",
             "imageposture_verification_duration_seconds_count 1\n",
             "imageposture_ready 1\n",
+            "imageposture_reconciles_total 2\n",
+            "imageposture_reconcile_failures_total{error=\"registry\"} 1\n",
+            "imageposture_reconcile_duration_seconds_count 2\n",
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
         }

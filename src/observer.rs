@@ -1,13 +1,17 @@
-//! The observer: a cache in front of the verifier, so an unchanged image costs no I/O.
+//! The observer: the cache in front of the verifier, backed by the ImagePosture status.
 //!
-//! - Resting postures are cached for a TTL, keyed by `registry/repository@digest`. After the
-//!   TTL, the digests of the signature listings are compared first (HEAD requests); only a
-//!   change, or any doubt, triggers a full verification.
-//! - `checking` is never cached; it puts the registry into backoff (honouring `Retry-After`)
-//!   so a struggling registry is not hammered, and is retried on a later pass.
-//! - At most `max_images` images are tracked; the overflow is deferred visibly (`checking`,
-//!   reason `Deferred`), never silently dropped.
-//! - Seeded from existing ImagePosture status after a restart (warm start).
+//! The operator keeps no verdict in memory: what an image's resource records (posture,
+//! `lastVerified`, `lastChecked`, `signatureDigests`) is the cache, so a restart costs nothing.
+//! - Within the TTL of `lastChecked`, a resting posture stands with no outbound call.
+//! - After it, the digests of the signature listings are compared (HEAD requests); only a
+//!   change, or any doubt, triggers a full verification. Revalidation and verification share
+//!   one per-image time budget.
+//! - `checking` is never a cache entry. A registry-wide failure (5xx, 429, refused, timeout,
+//!   401/403) puts the registry into backoff (honouring `Retry-After`): meanwhile its images are
+//!   not asked, and an image that has to say so says it in its own words, never in another
+//!   image's failure message.
+//! - At most `per_registry` verifications run against one registry at once; the rest wait
+//!   without holding anything else up ([`Busy`]).
 //! - Time is passed in, so tests drive the clock.
 
 use crate::lock::LockExt as _;
@@ -16,8 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use futures::future::join_all;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::image::{ImageId, ImageRef};
 use crate::metrics::Metrics;
@@ -26,76 +29,93 @@ use crate::verify::Verifier;
 
 #[derive(Clone, Debug)]
 pub struct ObserverConfig {
-    /// How long a resting posture is trusted before it is verified again.
+    /// How long a resting posture is trusted before it is revalidated.
     pub ttl: Duration,
-    /// Images tracked at once.
-    pub max_images: usize,
-    /// Verifications in flight at once.
-    pub concurrency: usize,
     /// Verifications in flight at once against one registry.
     pub per_registry: usize,
     /// First backoff after a registry failure; doubles per failure up to `max_backoff`.
     pub backoff: Duration,
     pub max_backoff: Duration,
+    /// Time budget of one image, revalidation and verification together (`--image-timeout`).
+    pub budget: Duration,
 }
 
 impl Default for ObserverConfig {
     fn default() -> Self {
         ObserverConfig {
             ttl: Duration::from_secs(6 * 3600),
-            max_images: 5000,
-            concurrency: 8,
             per_registry: 4,
             backoff: Duration::from_secs(10),
             max_backoff: Duration::from_secs(300),
+            budget: Duration::from_secs(30),
         }
     }
+}
+
+/// A resting verdict as an image's resource records it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Recorded {
+    pub verdict: Verdict,
+    /// When a full verification reached it (`lastVerified`).
+    pub verified_at: DateTime<Utc>,
+    /// When it was last confirmed, verified or revalidated unchanged (`lastChecked`): the TTL
+    /// runs from here.
+    pub checked_at: DateTime<Utc>,
+    /// The resource shows `checking` since: revalidate now, whatever the TTL says.
+    pub stale: bool,
+}
+
+/// How an observation was reached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// The recorded verdict is within its TTL: no outbound call.
+    Hit,
+    /// Past the TTL, the signature listings are unchanged (HEAD requests only).
+    Revalidated,
+    /// A full verification ran.
+    Verified,
+    /// The registry is backing off: not asked.
+    BackedOff,
 }
 
 /// What the observer knows about one image now.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Observed {
     pub verdict: Verdict,
-    /// When the verdict was reached by a real verification (cached or just now).
+    pub source: Source,
+    /// When the verdict was reached by a full verification (`None` for `checking`).
     pub verified_at: Option<DateTime<Utc>>,
-    /// A verification ran during this call.
-    pub fresh: bool,
+    /// When it was last confirmed (`None` for `checking`).
+    pub checked_at: Option<DateTime<Utc>>,
+    /// While `checking` because the registry failed: how long it is left alone.
+    pub retry_in: Option<Duration>,
 }
 
-#[derive(Clone)]
-struct Entry {
-    verdict: Verdict,
-    /// When the verdict was reached by a full verification.
-    verified_at: DateTime<Utc>,
-    /// When it was last confirmed (verified, or revalidated unchanged): the TTL runs from here.
-    checked_at: DateTime<Utc>,
-}
+/// Every verification slot of the image's registry is taken: try again shortly.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Busy;
 
 struct Backoff {
     until: DateTime<Utc>,
     failures: u32,
-    verdict: Verdict,
+    reason: Reason,
 }
 
-/// Counters the operator exports; kept here so tests can read them without Prometheus.
+/// Counters for tests and the benchmark (also exported as metrics where the operator runs).
 #[derive(Default, Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ObserverStats {
     pub hits: u64,
     pub misses: u64,
-    /// Expired entries confirmed unchanged by their artifact digests (no download).
+    /// Expired verdicts confirmed unchanged by their artifact digests (no download).
     pub revalidated: u64,
-    pub deferred: u64,
+    pub backed_off: u64,
 }
 
 pub struct Observer {
     verifier: Arc<Verifier>,
     config: ObserverConfig,
-    cache: Mutex<HashMap<ImageId, Entry>>,
-    tags: Mutex<HashMap<ImageRef, (ImageId, DateTime<Utc>)>>,
     backoff: Mutex<HashMap<String, Backoff>>,
     slots: Mutex<HashMap<String, Arc<Semaphore>>>,
-    /// Verifications in flight across all registries.
-    global: Semaphore,
     stats: Mutex<ObserverStats>,
     metrics: Option<Arc<Metrics>>,
 }
@@ -104,10 +124,7 @@ impl Observer {
     pub fn new(verifier: Arc<Verifier>, config: ObserverConfig) -> Self {
         Observer {
             verifier,
-            global: Semaphore::new(config.concurrency.max(1)),
             config,
-            cache: Mutex::default(),
-            tags: Mutex::default(),
             backoff: Mutex::default(),
             slots: Mutex::default(),
             stats: Mutex::default(),
@@ -121,244 +138,214 @@ impl Observer {
         self
     }
 
+    pub fn config(&self) -> &ObserverConfig {
+        &self.config
+    }
+
     pub fn stats(&self) -> ObserverStats {
         *self.stats.locked()
     }
 
-    pub fn cached(&self) -> usize {
-        self.cache.locked().len()
+    /// Whether a recorded verdict is still within its TTL at `now`.
+    pub fn fresh(&self, recorded: &Recorded, now: DateTime<Utc>) -> Option<Duration> {
+        let age = now
+            .signed_duration_since(recorded.checked_at)
+            .to_std()
+            .unwrap_or_default();
+        self.config.ttl.checked_sub(age).filter(|d| !d.is_zero())
     }
 
-    fn expired(&self, verified_at: DateTime<Utc>, now: DateTime<Utc>) -> bool {
-        let age = now.signed_duration_since(verified_at);
-        age.to_std().map(|a| a >= self.config.ttl).unwrap_or(false)
-    }
-
-    /// Warm start: adopt a resting verdict recorded in a CR (within the TTL it is a cache hit;
-    /// past it, a cheap revalidation).
-    pub fn seed(
+    /// Observes one image, waiting for a slot of its registry (the CLI commands).
+    pub async fn observe(
         &self,
-        id: ImageId,
-        verdict: Verdict,
-        verified_at: DateTime<Utc>,
+        id: &ImageId,
+        recorded: Option<&Recorded>,
         now: DateTime<Utc>,
-    ) {
-        if !verdict.posture.is_resting() || verified_at > now {
-            return;
+    ) -> Observed {
+        if let Some(o) = self.without_io(id, recorded, now) {
+            return o;
         }
-        let mut cache = self.cache.locked();
-        if cache.len() < self.config.max_images || cache.contains_key(&id) {
-            // An expired seed is still useful: it is revalidated by digest, not re-downloaded.
-            cache.insert(
-                id,
-                Entry {
-                    verdict,
-                    verified_at,
-                    checked_at: verified_at,
-                },
-            );
+        let slot = self.slot(&id.registry);
+        let permit = slot.acquire_owned().await.ok();
+        self.with_slot(id, recorded, now, permit).await
+    }
+
+    /// Observes one image, or answers [`Busy`] at once when its registry has no free slot, so
+    /// the caller (a reconcile) does not hold a slot of its own while it waits.
+    pub async fn try_observe(
+        &self,
+        id: &ImageId,
+        recorded: Option<&Recorded>,
+        now: DateTime<Utc>,
+    ) -> Result<Observed, Busy> {
+        if let Some(o) = self.without_io(id, recorded, now) {
+            return Ok(o);
+        }
+        let permit = self
+            .slot(&id.registry)
+            .try_acquire_owned()
+            .map_err(|_| Busy)?;
+        Ok(self.with_slot(id, recorded, now, Some(permit)).await)
+    }
+
+    /// A cache hit, or the backoff's answer: no I/O either way.
+    fn without_io(
+        &self,
+        id: &ImageId,
+        recorded: Option<&Recorded>,
+        now: DateTime<Utc>,
+    ) -> Option<Observed> {
+        if let Some(r) = recorded.filter(|r| r.verdict.posture.is_resting() && !r.stale) {
+            if self.fresh(r, now).is_some() {
+                self.stats.locked().hits += 1;
+                if let Some(m) = &self.metrics {
+                    m.cache_hit();
+                }
+                return Some(Observed {
+                    verdict: r.verdict.clone(),
+                    source: Source::Hit,
+                    verified_at: Some(r.verified_at),
+                    checked_at: Some(r.checked_at),
+                    retry_in: None,
+                });
+            }
+        }
+        self.backed_off(&id.registry, now)
+    }
+
+    async fn with_slot(
+        &self,
+        id: &ImageId,
+        recorded: Option<&Recorded>,
+        now: DateTime<Utc>,
+        _permit: Option<OwnedSemaphorePermit>,
+    ) -> Observed {
+        // Another image of this registry may have failed while we waited.
+        if let Some(o) = self.backed_off(&id.registry, now) {
+            return o;
+        }
+        let budget = self.config.budget;
+        let started = std::time::Instant::now();
+        let work = async {
+            if let Some(r) = recorded.filter(|r| r.verdict.posture.is_resting()) {
+                if self
+                    .verifier
+                    .unchanged(id, &r.verdict.artifact_digests)
+                    .await
+                {
+                    return (r.verdict.clone(), Source::Revalidated);
+                }
+            }
+            (self.verifier.observe_task(id).await, Source::Verified)
+        };
+        let (verdict, source) = match tokio::time::timeout(budget, work).await {
+            Ok(done) => done,
+            Err(_) => (
+                Verdict::checking(
+                    Reason::Timeout,
+                    format!(
+                        "verification exceeded the {}s time budget",
+                        budget.as_secs_f32()
+                    ),
+                ),
+                Source::Verified,
+            ),
+        };
+        match source {
+            Source::Revalidated => self.stats.locked().revalidated += 1,
+            _ => {
+                self.stats.locked().misses += 1;
+                if let Some(m) = &self.metrics {
+                    m.cache_miss();
+                    m.verification(verdict.posture);
+                    m.verification_duration(started.elapsed().as_secs_f64());
+                }
+            }
+        }
+        if verdict.posture.is_resting() {
+            self.backoff.locked().remove(&id.registry);
+            let verified_at = match source {
+                Source::Revalidated => recorded.map(|r| r.verified_at).unwrap_or(now),
+                _ => now,
+            };
+            Observed {
+                verdict,
+                source,
+                verified_at: Some(verified_at),
+                checked_at: Some(now),
+                retry_in: None,
+            }
+        } else {
+            let retry_in = self.note_failure(&id.registry, &verdict, now);
+            Observed {
+                verdict,
+                source,
+                verified_at: None,
+                checked_at: None,
+                retry_in,
+            }
         }
     }
 
-    /// Drops an image no pod uses any more.
-    pub fn forget(&self, id: &ImageId) {
-        self.cache.locked().remove(id);
-    }
-
-    /// The current digest of a tag, cached for the TTL.
+    /// The current digest of a tag (one HEAD), unless its registry is backing off.
     pub async fn resolve(
         &self,
         reference: &ImageRef,
         now: DateTime<Utc>,
     ) -> Result<ImageId, Verdict> {
-        if let Some((id, at)) = self.tags.locked().get(reference) {
-            if !self.expired(*at, now) {
-                return Ok(id.clone());
-            }
-        }
-        if let Some(v) = self.backing_off(&reference.registry, now) {
-            return Err(v);
+        if let Some(o) = self.backed_off(&reference.registry, now) {
+            return Err(o.verdict);
         }
         let result = self.verifier.resolve(reference).await;
-        match &result {
-            Ok(id) => {
-                self.tags
-                    .locked()
-                    .insert(reference.clone(), (id.clone(), now));
-            }
-            Err(v) => self.note_failure(&reference.registry, v, now),
+        if let Err(v) = &result {
+            self.note_failure(&reference.registry, v, now);
         }
         result
     }
 
-    /// Observes images, most important first: cache hits cost nothing; misses are verified
-    /// with bounded concurrency (overall and per registry) while the cap allows.
-    pub async fn observe_all(
-        &self,
-        ids: &[ImageId],
-        now: DateTime<Utc>,
-    ) -> HashMap<ImageId, Observed> {
-        let mut out = HashMap::with_capacity(ids.len());
-        let mut admitted = Vec::new();
-        {
-            let cache = self.cache.locked();
-            let mut stats = self.stats.locked();
-            // Tracked images keep their slot; new ones fill what is left of the cap.
-            let mut free = self.config.max_images.saturating_sub(cache.len());
-            for id in ids {
-                match cache.get(id) {
-                    Some(e) if !self.expired(e.checked_at, now) => {
-                        stats.hits += 1;
-                        if let Some(m) = &self.metrics {
-                            m.cache_hit();
-                        }
-                        out.insert(
-                            id.clone(),
-                            Observed {
-                                verdict: e.verdict.clone(),
-                                verified_at: Some(e.verified_at),
-                                fresh: false,
-                            },
-                        );
-                    }
-                    Some(_) => admitted.push(id.clone()),
-                    None if free > 0 => {
-                        free -= 1;
-                        admitted.push(id.clone());
-                    }
-                    None => {
-                        stats.deferred += 1;
-                        out.insert(
-                            id.clone(),
-                            Observed {
-                                verdict: Verdict::checking(
-                                    Reason::Deferred,
-                                    format!(
-                                        "deferred: the max-images cap ({}) is reached; raise --max-images",
-                                        self.config.max_images
-                                    ),
-                                ),
-                                verified_at: None,
-                                fresh: false,
-                            },
-                        );
-                    }
-                }
-            }
-        }
-        // Every admitted image waits for a slot of its registry first and only then for a global
-        // slot, so a slow registry holds at most `per_registry` of the global slots and cannot
-        // starve the others.
-        let verified = join_all(admitted.into_iter().map(|id| async move {
-            let observed = self.verify_one(&id, now).await;
-            (id, observed)
-        }))
-        .await;
-        out.extend(verified);
-        out
-    }
-
-    async fn verify_one(&self, id: &ImageId, now: DateTime<Utc>) -> Observed {
-        if let Some(verdict) = self.backing_off(&id.registry, now) {
-            return Observed {
-                verdict,
-                verified_at: None,
-                fresh: false,
-            };
-        }
-        let slot = self
-            .slots
+    fn slot(&self, registry: &str) -> Arc<Semaphore> {
+        self.slots
             .locked()
-            .entry(id.registry.clone())
+            .entry(registry.to_string())
             .or_insert_with(|| Arc::new(Semaphore::new(self.config.per_registry.max(1))))
-            .clone();
-        let _registry_slot = slot.acquire().await.ok();
-        let _global_slot = self.global.acquire().await.ok();
-        // Another image of this registry may have failed while we waited.
-        if let Some(verdict) = self.backing_off(&id.registry, now) {
-            return Observed {
-                verdict,
-                verified_at: None,
-                fresh: false,
-            };
-        }
-        let expired = self.cache.locked().get(id).cloned();
-        if let Some(entry) = expired {
-            if self
-                .verifier
-                .unchanged(id, &entry.verdict.artifact_digests)
-                .await
-            {
-                self.stats.locked().revalidated += 1;
-                if let Some(e) = self.cache.locked().get_mut(id) {
-                    e.checked_at = now;
-                }
-                return Observed {
-                    verdict: entry.verdict,
-                    verified_at: Some(entry.verified_at),
-                    fresh: false,
-                };
-            }
-        }
-        self.stats.locked().misses += 1;
-        let started = std::time::Instant::now();
-        let verdict = self.verifier.observe_task(id).await;
-        if let Some(m) = &self.metrics {
-            m.cache_miss();
-            m.verification(verdict.posture);
-            m.verification_duration(started.elapsed().as_secs_f64());
-        }
-        if verdict.posture.is_resting() {
-            self.backoff.locked().remove(&id.registry);
-            let mut cache = self.cache.locked();
-            if cache.len() < self.config.max_images || cache.contains_key(id) {
-                cache.insert(
-                    id.clone(),
-                    Entry {
-                        verdict: verdict.clone(),
-                        verified_at: now,
-                        checked_at: now,
-                    },
-                );
-            }
-            Observed {
-                verdict,
-                verified_at: Some(now),
-                fresh: true,
-            }
-        } else {
-            self.note_failure(&id.registry, &verdict, now);
-            Observed {
-                verdict,
-                verified_at: None,
-                fresh: true,
-            }
-        }
+            .clone()
     }
 
-    fn backing_off(&self, registry: &str, now: DateTime<Utc>) -> Option<Verdict> {
+    /// While the registry backs off: `checking` with the failure's reason, in words that name
+    /// no other image (a stable text, so an outage does not rewrite the status on every pass).
+    fn backed_off(&self, registry: &str, now: DateTime<Utc>) -> Option<Observed> {
         let map = self.backoff.locked();
-        // The failure that started the backoff, unchanged: a stable message keeps the CR
-        // from being rewritten on every pass of an outage.
-        map.get(registry)
-            .filter(|b| b.until > now)
-            .map(|b| b.verdict.clone())
+        let b = map.get(registry).filter(|b| b.until > now)?;
+        let retry_in = b.until.signed_duration_since(now).to_std().ok();
+        let verdict = Verdict::checking(
+            b.reason,
+            format!(
+                "not asked: registry {} failed recently ({}); it is left alone until its backoff ends",
+                crate::text::escape(registry),
+                b.reason
+            ),
+        );
+        drop(map);
+        self.stats.locked().backed_off += 1;
+        Some(Observed {
+            verdict,
+            source: Source::BackedOff,
+            verified_at: None,
+            checked_at: None,
+            retry_in,
+        })
     }
 
     /// Registry-wide failures start (or extend) a backoff; per-image answers (a bad reference,
-    /// an unknown tag) do not.
-    fn note_failure(&self, registry: &str, verdict: &Verdict, now: DateTime<Utc>) {
-        if verdict.posture != Posture::Checking
-            || !matches!(
-                verdict.reason,
-                Reason::RateLimited
-                    | Reason::RegistryError
-                    | Reason::RegistryUnreachable
-                    | Reason::Timeout
-                    | Reason::Unauthorized
-            )
-        {
-            return;
+    /// an unknown tag) do not. Returns how long the registry is left alone.
+    fn note_failure(
+        &self,
+        registry: &str,
+        verdict: &Verdict,
+        now: DateTime<Utc>,
+    ) -> Option<Duration> {
+        if verdict.posture != Posture::Checking || !registry_wide(verdict.reason) {
+            return None;
         }
         let mut map = self.backoff.locked();
         let failures = map.get(registry).map(|b| b.failures + 1).unwrap_or(1);
@@ -374,8 +361,35 @@ impl Observer {
             Backoff {
                 until,
                 failures,
-                verdict: verdict.clone(),
+                reason: verdict.reason,
             },
         );
+        Some(wait)
+    }
+}
+
+/// Failures that say something about the whole registry, not one image.
+pub fn registry_wide(reason: Reason) -> bool {
+    matches!(
+        reason,
+        Reason::RateLimited
+            | Reason::RegistryError
+            | Reason::RegistryUnreachable
+            | Reason::Timeout
+            | Reason::Unauthorized
+    )
+}
+
+/// A record as a status keeps it; `lastChecked` defaults to (and is never before) `lastVerified`.
+pub fn recorded(
+    verdict: Verdict,
+    verified_at: DateTime<Utc>,
+    checked_at: Option<DateTime<Utc>>,
+) -> Recorded {
+    Recorded {
+        checked_at: checked_at.unwrap_or(verified_at).max(verified_at),
+        verdict,
+        verified_at,
+        stale: false,
     }
 }

@@ -89,6 +89,8 @@ pub enum Reason {
     InvalidReference,
     DigestUnknown,
     Deferred,
+    /// The resource was just created by the inventory; its first verification is queued.
+    Pending,
     /// The verifier itself failed (a panic caught for this image); never a resting posture.
     InternalError,
 }
@@ -116,6 +118,7 @@ impl Reason {
             Reason::InvalidReference => "InvalidReference",
             Reason::DigestUnknown => "DigestUnknown",
             Reason::Deferred => "Deferred",
+            Reason::Pending => "Pending",
             Reason::InternalError => "InternalError",
         }
     }

@@ -6,11 +6,12 @@ use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Pod;
 
+use futures::stream::{self, StreamExt};
+
 use crate::cli::{OutputFormat, ScanArgs};
-use crate::crd::{self, ImagePosture};
+use crate::crd::{self, ImagePosture, ImagePostureStatus, ImageUsage};
 use crate::inventory::{Inventory, NamespaceFilter};
 use crate::observer::{Observer, ObserverConfig};
-use crate::sweep::desired_status;
 use crate::verify::Verifier;
 
 /// Largest pod list accepted (a 10k-pod cluster lists in well under this).
@@ -22,11 +23,11 @@ pub async fn run(args: ScanArgs) -> Result<(), Box<dyn std::error::Error>> {
     let observer = Observer::new(
         verifier,
         ObserverConfig {
-            concurrency: args.verify.concurrency,
+            budget: args.verify.image_timeout,
             ..ObserverConfig::default()
         },
     );
-    let objects = scan(&pods, &observer).await;
+    let objects = scan(&pods, &observer, args.verify.concurrency).await;
     let out = match args.output {
         OutputFormat::Json => {
             let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": objects});
@@ -42,8 +43,8 @@ pub async fn run(args: ScanArgs) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-/// The objects for a set of pods, in the order the operator would admit them.
-pub async fn scan(pods: &[Pod], observer: &Observer) -> Vec<ImagePosture> {
+/// The objects for a set of pods, most-used images first, `concurrency` images at a time.
+pub async fn scan(pods: &[Pod], observer: &Observer, concurrency: usize) -> Vec<ImagePosture> {
     let now = chrono::Utc::now();
     let mut inv = Inventory::from_pods(pods, &NamespaceFilter::default());
     for (reference, why) in &inv.invalid {
@@ -53,8 +54,17 @@ pub async fn scan(pods: &[Pod], observer: &Observer) -> Vec<ImagePosture> {
             crate::text::escape(why)
         );
     }
-    for tag in inv.unresolved.keys().cloned().collect::<Vec<_>>() {
-        match observer.resolve(&tag, now).await {
+    let tags: Vec<_> = inv.unresolved.keys().cloned().collect();
+    let resolved: Vec<_> = stream::iter(tags)
+        .map(|tag| async move {
+            let r = observer.resolve(&tag, now).await;
+            (tag, r)
+        })
+        .buffer_unordered(concurrency.max(1))
+        .collect()
+        .await;
+    for (tag, r) in resolved {
+        match r {
             Ok(id) => inv.resolve(&tag, id),
             Err(v) => eprintln!(
                 "imageposture: {tag} has no digest yet ({}: {})",
@@ -64,18 +74,34 @@ pub async fn scan(pods: &[Pod], observer: &Observer) -> Vec<ImagePosture> {
         }
     }
     let order = inv.by_usage();
-    let observed = observer.observe_all(&order, now).await;
-    order
-        .iter()
-        .filter_map(|id| {
-            // Both maps hold every id of `order`; a miss would be our bug, not a crash.
-            let (o, usage) = (observed.get(id)?, inv.images.get(id)?);
-            let mut r = crd::new_resource(id);
-            r.metadata.labels = Some(crd::labels(id, Some(o.verdict.posture)));
-            r.status = Some(desired_status(usage, o, None, now));
+    let inv = &inv;
+    stream::iter(order)
+        .map(|id| async move {
+            let o = observer.observe(&id, None, now).await;
+            let usage = inv.images.get(&id)?;
+            let mut r = crd::new_resource(&id);
+            r.metadata.labels = Some(crd::labels(&id, Some(o.verdict.posture)));
+            let verdict = ImagePostureStatus::verdict_fields(
+                &o.verdict,
+                o.verified_at,
+                o.checked_at,
+                None,
+                now,
+            );
+            let inventory = ImagePostureStatus::inventory_fields(
+                usage.references.iter().cloned().collect(),
+                ImageUsage::new(
+                    u32::try_from(usage.pods.len()).unwrap_or(u32::MAX),
+                    usage.namespaces.iter().map(String::as_str),
+                ),
+            );
+            r.status = Some(ImagePostureStatus::combined(verdict, inventory));
             Some(r)
         })
+        .buffered(concurrency.max(1))
+        .filter_map(|r| async move { r })
         .collect()
+        .await
 }
 
 fn read_pods(path: &std::path::Path) -> Result<Vec<Pod>, Box<dyn std::error::Error>> {

@@ -4,7 +4,9 @@ mod apidouble;
 
 use apidouble::ApiDouble;
 use futures::{StreamExt, TryStreamExt};
-use imageposture::crd::{self, ImagePosture, ImagePostureStatus, FIELD_MANAGER};
+use imageposture::crd::{
+    self, ImagePosture, ImagePostureStatus, FIELD_MANAGER_INVENTORY as FIELD_MANAGER,
+};
 use imageposture::image::ImageRef;
 use imageposture::posture::{Posture, Reason};
 use k8s_openapi::api::core::v1::ObjectReference;

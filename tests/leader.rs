@@ -159,3 +159,26 @@ async fn failing_renewals_step_down_within_the_lease() {
     double.reset_counters();
     wait_for(&mut rx, true, Duration::from_secs(5)).await;
 }
+
+/// Our own earlier create landed while this round still read no Lease: the create answers 409
+/// AlreadyExists, but the Lease names us, so this round holds it (it must not step down and
+/// then fight its own Lease). Another identity's 409 stays a lost round
+/// (`losing_a_write_race_is_not_leadership`).
+#[tokio::test]
+async fn already_exists_on_our_own_create_is_not_a_lost_round() {
+    let double = ApiDouble::start().await;
+    let first = elector(&double, "pod-a", 15);
+    let again = elector(&double, "pod-a", 15);
+    // Both creates are held a moment, so both rounds read "no Lease" before either lands.
+    double.delay_writes_to("leases", Duration::from_millis(200), 2);
+    let (a, b) = tokio::join!(first.try_acquire_or_renew(), again.try_acquire_or_renew());
+    assert_eq!(holder(&lease(&double).await), Some("pod-a"));
+    let creates = double
+        .writes()
+        .iter()
+        .filter(|w| w.method == "POST" && w.path.contains("/leases"))
+        .map(|w| w.status)
+        .collect::<Vec<_>>();
+    assert_eq!(creates, [201, 409], "both rounds created");
+    assert_eq!((a.unwrap(), b.unwrap()), (true, true));
+}

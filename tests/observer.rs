@@ -1,6 +1,7 @@
-//! The observer cache against the real registry: hits cost nothing, the TTL leads to a cheap
-//! revalidation by digest, a change is verified again, `checking` is never cached and puts the
-//! registry in backoff. Requests are counted at the proxy, outside our code.
+//! The observer against the real registry: a recorded verdict within its TTL costs nothing,
+//! past it a cheap revalidation by digest, a change is verified again, `checking` is never
+//! a verdict to keep and puts the registry in backoff. The record is what an ImagePosture's
+//! status holds (the operator keeps none in memory). Requests are counted at the proxy.
 
 mod support;
 
@@ -9,11 +10,11 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use imageposture::image::ImageId;
-use imageposture::observer::{Observer, ObserverConfig};
+use imageposture::observer::{Busy, Observed, Observer, ObserverConfig, Recorded, Source};
 use imageposture::posture::{Posture, Reason};
 use support::pki::{Identity, WORKFLOW_URI};
 use support::proxy::{Mode, Proxy};
-use support::{unique_repo, via, TestEnv};
+use support::{via, TestEnv};
 
 const TTL: Duration = Duration::from_secs(600);
 
@@ -23,19 +24,19 @@ struct World {
     observer: Observer,
 }
 
+fn config() -> ObserverConfig {
+    ObserverConfig {
+        ttl: TTL,
+        ..ObserverConfig::default()
+    }
+}
+
 impl World {
-    async fn new(max_images: usize) -> World {
+    async fn new() -> World {
         let env = TestEnv::new();
         let proxy = Proxy::start(&env.registry.host).await;
         let verifier = env.verifier(env.config(&[&proxy.host])).await;
-        let observer = Observer::new(
-            Arc::new(verifier),
-            ObserverConfig {
-                ttl: TTL,
-                max_images,
-                ..ObserverConfig::default()
-            },
-        );
+        let observer = Observer::new(Arc::new(verifier), config());
         World {
             env,
             proxy,
@@ -43,21 +44,32 @@ impl World {
         }
     }
 
-    /// Observes one image at `now`; returns its posture and the requests it cost.
-    async fn observe(&self, id: &ImageId, now: DateTime<Utc>) -> (Posture, Reason, Vec<String>) {
+    /// Observes one image at `now` from `recorded`; returns what it found and the requests.
+    async fn observe(
+        &self,
+        id: &ImageId,
+        recorded: Option<&Recorded>,
+        now: DateTime<Utc>,
+    ) -> (Observed, Vec<String>) {
         self.proxy.reset_requests();
-        let mut out = self
-            .observer
-            .observe_all(std::slice::from_ref(id), now)
-            .await;
-        let o = out.remove(id).expect("every image gets an answer");
+        let o = self.observer.observe(id, recorded, now).await;
         let requests = self
             .proxy
             .requests()
             .iter()
             .map(|r| r.to_string())
             .collect();
-        (o.verdict.posture, o.verdict.reason, requests)
+        (o, requests)
+    }
+}
+
+/// What the status records after an observation (a resting one).
+fn record(o: &Observed) -> Recorded {
+    Recorded {
+        verdict: o.verdict.clone(),
+        verified_at: o.verified_at.expect("resting"),
+        checked_at: o.checked_at.expect("resting"),
+        stale: false,
     }
 }
 
@@ -67,27 +79,46 @@ fn at(secs: u64) -> DateTime<Utc> {
 
 #[tokio::test]
 async fn hit_is_free_ttl_revalidates_by_head_and_change_reverifies() {
-    let w = World::new(100).await;
+    let w = World::new().await;
     let id = via(
         &w.env.keyless_image("obs-ttl", &Identity::github()).await,
         &w.proxy.host,
     );
 
-    let (p, _, cold) = w.observe(&id, at(0)).await;
-    assert_eq!(p, Posture::Signed);
-    assert!(!cold.is_empty());
+    let (cold, requests) = w.observe(&id, None, at(0)).await;
+    assert_eq!(cold.verdict.posture, Posture::Signed);
+    assert_eq!(cold.source, Source::Verified);
+    assert!(!requests.is_empty());
 
-    let (p, _, hit) = w.observe(&id, at(1)).await;
-    assert_eq!(p, Posture::Signed);
-    assert!(hit.is_empty(), "a cache hit makes no request: {hit:?}");
+    let (hit, requests) = w.observe(&id, Some(&record(&cold)), at(1)).await;
+    assert_eq!(
+        (hit.verdict.posture, hit.source),
+        (Posture::Signed, Source::Hit)
+    );
+    assert!(requests.is_empty(), "a hit makes no request: {requests:?}");
 
     // Past the TTL, nothing changed: HEAD requests only, no body downloaded.
-    let (p, _, reval) = w.observe(&id, at(TTL.as_secs() + 1)).await;
-    eprintln!("revalidation of an unchanged signed image: {reval:#?}");
-    assert_eq!(p, Posture::Signed);
-    assert!(!reval.is_empty() && reval.len() <= 2, "{reval:?}");
-    assert!(reval.iter().all(|r| r.starts_with("HEAD ")), "{reval:?}");
+    let (reval, requests) = w
+        .observe(&id, Some(&record(&cold)), at(TTL.as_secs() + 1))
+        .await;
+    eprintln!("revalidation of an unchanged signed image: {requests:#?}");
+    assert_eq!(reval.source, Source::Revalidated);
+    assert_eq!(reval.verdict.signer.as_deref(), Some(WORKFLOW_URI));
+    assert_eq!(reval.verified_at, Some(at(0)), "lastVerified stays");
+    assert_eq!(reval.checked_at, Some(at(TTL.as_secs() + 1)));
+    assert!(!requests.is_empty() && requests.len() <= 2, "{requests:?}");
+    assert!(
+        requests.iter().all(|r| r.starts_with("HEAD ")),
+        "{requests:?}"
+    );
     assert_eq!(w.observer.stats().revalidated, 1);
+
+    // The TTL now runs from the revalidation.
+    let (hit, requests) = w
+        .observe(&id, Some(&record(&reval)), at(TTL.as_secs() + 2))
+        .await;
+    assert_eq!(hit.source, Source::Hit);
+    assert!(requests.is_empty(), "{requests:?}");
 
     // The signature is replaced: the .sig manifest digest changes, so verify again.
     let original = ImageId {
@@ -95,14 +126,20 @@ async fn hit_is_free_ttl_revalidates_by_head_and_change_reverifies() {
         ..id.clone()
     };
     w.env.sign_keyless(&original, &Identity::google()).await;
-    let (p, _, changed) = w.observe(&id, at(2 * TTL.as_secs() + 2)).await;
-    assert_eq!(p, Posture::Signed);
-    assert!(changed.iter().any(|r| r.starts_with("GET ")), "{changed:?}");
+    let (changed, requests) = w
+        .observe(&id, Some(&record(&reval)), at(3 * TTL.as_secs()))
+        .await;
+    assert_eq!(changed.verdict.posture, Posture::Signed);
+    assert_eq!(changed.source, Source::Verified);
+    assert!(
+        requests.iter().any(|r| r.starts_with("GET ")),
+        "{requests:?}"
+    );
 }
 
 #[tokio::test]
-async fn checking_is_never_cached_and_backs_the_registry_off() {
-    let w = World::new(100).await;
+async fn checking_is_never_kept_and_backs_the_registry_off() {
+    let w = World::new().await;
     let a = via(
         &w.env.keyless_image("obs-down-a", &Identity::github()).await,
         &w.proxy.host,
@@ -113,75 +150,75 @@ async fn checking_is_never_cached_and_backs_the_registry_off() {
     );
     w.proxy.set_mode(Mode::Status(503));
 
-    let (p, r, first) = w.observe(&a, at(0)).await;
-    assert_eq!((p, r), (Posture::Checking, Reason::RegistryError));
-    assert!(!first.is_empty());
+    let (first, requests) = w.observe(&a, None, at(0)).await;
+    assert_eq!(
+        (first.verdict.posture, first.verdict.reason),
+        (Posture::Checking, Reason::RegistryError)
+    );
+    assert_eq!((first.verified_at, first.checked_at), (None, None));
+    assert!(first.retry_in.is_some());
+    assert!(!requests.is_empty());
 
-    // Same registry, inside the backoff: answered without a request, still `checking`.
-    let (p, _, during) = w.observe(&b, at(1)).await;
-    assert_eq!(p, Posture::Checking);
-    assert!(during.is_empty(), "{during:?}");
+    // Same registry, inside the backoff: answered without a request, in b's own words.
+    let (during, requests) = w.observe(&b, None, at(1)).await;
+    assert_eq!(
+        (during.verdict.posture, during.source),
+        (Posture::Checking, Source::BackedOff)
+    );
+    assert_eq!(during.verdict.reason, Reason::RegistryError);
+    assert!(
+        !during.verdict.message.contains(&a.repository),
+        "{:?}",
+        during.verdict.message
+    );
+    assert!(requests.is_empty(), "{requests:?}");
 
-    // Registry back, backoff over: verified for real (nothing was cached meanwhile).
+    // Registry back, backoff over: verified for real.
     w.proxy.set_mode(Mode::Pass);
-    let (p, _, after) = w.observe(&a, at(60)).await;
-    assert_eq!(p, Posture::Signed);
-    assert!(!after.is_empty());
+    let (after, requests) = w.observe(&a, None, at(60)).await;
+    assert_eq!(after.verdict.posture, Posture::Signed);
+    assert!(!requests.is_empty());
 }
 
 #[tokio::test]
-async fn warm_start_within_ttl_costs_nothing() {
-    let w = World::new(100).await;
+async fn a_recorded_verdict_within_ttl_costs_a_new_observer_nothing() {
+    let w = World::new().await;
     let id = via(
         &w.env.keyless_image("obs-seed", &Identity::github()).await,
         &w.proxy.host,
     );
-    let (_, _, _) = w.observe(&id, at(0)).await;
-    let verdict = w
-        .observer
-        .observe_all(std::slice::from_ref(&id), at(0))
-        .await[&id]
-        .verdict
-        .clone();
-    assert_eq!(verdict.signer.as_deref(), Some(WORKFLOW_URI));
+    let (cold, _) = w.observe(&id, None, at(0)).await;
+    assert_eq!(cold.verdict.signer.as_deref(), Some(WORKFLOW_URI));
 
-    let fresh = World::new(100).await;
+    // A restarted process: a new verifier and observer, the record from the status.
     let restarted = Observer::new(
-        Arc::new(fresh.env.verifier(w.env.config(&[&w.proxy.host])).await),
-        ObserverConfig {
-            ttl: TTL,
-            ..ObserverConfig::default()
-        },
+        Arc::new(w.env.verifier(w.env.config(&[&w.proxy.host])).await),
+        config(),
     );
-    restarted.seed(id.clone(), verdict, at(0), at(5));
     w.proxy.reset_requests();
-    let out = restarted
-        .observe_all(std::slice::from_ref(&id), at(5))
-        .await;
-    assert_eq!(out[&id].verdict.posture, Posture::Signed);
-    assert!(w.proxy.requests().is_empty(), "{:?}", w.proxy.requests());
-}
-
-#[tokio::test]
-async fn the_cap_defers_new_images_visibly() {
-    let w = World::new(1).await;
-    let first = via(
-        &w.env.keyless_image("obs-cap-a", &Identity::github()).await,
-        &w.proxy.host,
-    );
-    let img = w.env.oci.push_image(&unique_repo("obs-cap-b"), "v1").await;
-    let second = via(&img.id, &w.proxy.host);
-    let out = w
-        .observer
-        .observe_all(&[first.clone(), second.clone()], at(0))
-        .await;
-    assert_eq!(out[&first].verdict.posture, Posture::Signed);
+    let o = restarted.observe(&id, Some(&record(&cold)), at(5)).await;
     assert_eq!(
-        (out[&second].verdict.posture, out[&second].verdict.reason),
-        (Posture::Checking, Reason::Deferred)
+        (o.verdict.posture, o.source),
+        (Posture::Signed, Source::Hit)
     );
-    assert_eq!(w.observer.stats().deferred, 1);
-    assert_eq!(w.observer.cached(), 1);
+    assert!(w.proxy.requests().is_empty(), "{:?}", w.proxy.requests());
+
+    // A stale record (the status shows `checking` since) is revalidated at once.
+    let stale = Recorded {
+        stale: true,
+        ..record(&cold)
+    };
+    let o = restarted.observe(&id, Some(&stale), at(6)).await;
+    assert_eq!(
+        (o.verdict.posture, o.source),
+        (Posture::Signed, Source::Revalidated)
+    );
+    // HEADs, and this new verifier's one probe of the referrers API (404 here).
+    assert!(w
+        .proxy
+        .requests()
+        .iter()
+        .all(|q| q.method == "HEAD" || q.path.contains("/referrers/")));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -204,27 +241,35 @@ async fn a_slow_registry_does_not_starve_the_others() {
         Arc::new(verifier),
         ObserverConfig {
             ttl: TTL,
-            concurrency: 2,
             per_registry: 1,
             ..ObserverConfig::default()
         },
     ));
 
-    // Slow images first in line: with one global slot per registry at most, the fast
-    // registry still gets the other slot at once.
-    let run = tokio::spawn({
-        let observer = observer.clone();
-        let ids = ids.clone();
-        async move { observer.observe_all(&ids, at(0)).await }
-    });
+    // Slow images first in line, one slot for their registry: the fast registry's image does
+    // not wait behind them, and a second slow one is told `Busy` at once, holding nothing.
+    let runs: Vec<_> = ids
+        .iter()
+        .cloned()
+        .map(|id| {
+            let observer = observer.clone();
+            tokio::spawn(async move { observer.observe(&id, None, at(0)).await })
+        })
+        .collect();
     let slow_seen_when_fast_started = loop {
         if !fast.requests().is_empty() {
             break slow.requests().len();
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     };
-    let out = run.await.unwrap();
-    assert!(out.values().all(|o| o.verdict.posture == Posture::Signed));
+    assert_eq!(
+        observer.try_observe(&ids[0], None, at(0)).await.err(),
+        Some(Busy),
+        "the slow registry's one slot is taken"
+    );
+    for run in runs {
+        assert_eq!(run.await.unwrap().verdict.posture, Posture::Signed);
+    }
     let slow_total = slow.requests().len();
     assert!(
         slow_seen_when_fast_started < slow_total / 2,

@@ -1,5 +1,6 @@
 //! The operator process itself (`imageposture run`) against the Kubernetes API double and the
-//! real registry: reflectors, leader election, the sweep loop, `/metrics`, `/healthz`, `/readyz`,
+//! real registry: reflectors, leader election, the inventory loop and the verification
+//! controller, `/metrics`, `/healthz`, `/readyz`,
 //! and a clean shutdown on SIGTERM that releases the Lease.
 
 mod apidouble;
@@ -110,15 +111,27 @@ async fn operator_process_writes_imagepostures_and_serves_metrics() {
     let base = format!("http://127.0.0.1:{port}");
     assert_eq!(get(&format!("{base}/healthz")).await.0, 200);
     assert_eq!(get(&format!("{base}/readyz")).await.0, 200);
-    let (code, metrics) = get(&format!("{base}/metrics")).await;
-    assert_eq!(code, 200);
-    for line in [
+    let lines = [
         "imageposture_images{posture=\"signed\"} 1",
         "imageposture_leader 1",
         "imageposture_verifications_total{result=\"signed\"} 1",
         "imageposture_cache_misses_total 1",
-    ] {
-        assert!(metrics.contains(line), "{line} missing from:\n{metrics}");
+        "imageposture_reconciles_total",
+    ];
+    // The gauges follow the ImagePosture cache within a second.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (code, metrics) = get(&format!("{base}/metrics")).await;
+        assert_eq!(code, 200);
+        let missing: Vec<_> = lines.iter().filter(|l| !metrics.contains(*l)).collect();
+        if missing.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{missing:?} missing from:\n{metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
     // Resyncs with nothing changed write nothing more.

@@ -1,24 +1,27 @@
-//! The sweep driven through kube's seams: pods in a real kube-runtime reflector store,
-//! ImagePosture writes and Events through a real `kube::Client` against the API double, images
-//! in a real registry behind a counting, fault-injecting proxy. Time is passed in as `now`;
-//! nothing sleeps to wait for a TTL or a grace period.
+//! Both loops (the inventory pass and the verification controller's reconciles, see
+//! tests/harness) driven through kube's seams: pods in a real kube-runtime reflector store,
+//! ImagePosture writes and Events through a real `kube::Client` against the API double (which
+//! tracks field ownership per manager), images in a real registry behind a counting,
+//! fault-injecting proxy. Time is passed in as `now`; nothing sleeps to wait for a TTL or a
+//! grace period.
 
 mod apidouble;
+mod harness;
 mod support;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use apidouble::ApiDouble;
 use chrono::{DateTime, SecondsFormat, Utc};
+use harness::{Operator, Report};
+use imageposture::apply::Gate;
 use imageposture::crd::{ImagePosture, ImagePostureStatus};
 use imageposture::image::ImageId;
-use imageposture::observer::{Observer, ObserverConfig};
+use imageposture::inventory::sweep::SweepConfig;
+use imageposture::observer::ObserverConfig;
 use imageposture::posture::{Posture, Reason, SignerType};
-use imageposture::sweep::{SweepConfig, SweepReport, Sweeper};
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::Api;
-use kube::runtime::events::{Recorder, Reporter};
+use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::reflector::{self, store::Writer, Store};
 use kube::runtime::watcher;
 use serde_json::{json, Value};
@@ -114,47 +117,59 @@ fn pod_with(ns: &str, name: &str, containers: &[Ctr], init: &[Ctr], ephemeral: &
 
 // ---- the world --------------------------------------------------------------------------------
 
-fn observer_config() -> ObserverConfig {
-    ObserverConfig {
-        ttl: TTL,
+fn config() -> harness::Config {
+    harness::Config {
+        observer: ObserverConfig {
+            ttl: TTL,
+            ..Default::default()
+        },
+        sweep: SweepConfig {
+            grace: GRACE,
+            ..Default::default()
+        },
         ..Default::default()
     }
 }
 
-/// Registry (through a counting proxy), API double, pod reflector store and a sweeper.
+/// Registry (through a counting proxy), API double, pod reflector store and an operator.
 struct World {
     env: TestEnv,
     proxy: Proxy,
     api: ApiDouble,
-    sweeper: Sweeper,
+    op: Operator,
     pods: Store<Pod>,
     writer: Writer<Pod>,
 }
 
 impl World {
     async fn new() -> World {
-        World::with(observer_config()).await
+        World::with(config()).await
     }
 
-    async fn with(config: ObserverConfig) -> World {
+    async fn with(config: harness::Config) -> World {
         let env = TestEnv::new();
         let proxy = Proxy::start(&env.registry.host).await;
         let api = ApiDouble::start().await;
         let (pods, writer) = reflector::store::<Pod>();
-        let sweeper = new_sweeper(&env, &proxy, &api, config).await;
+        let verifier = env.verifier(env.config(&[&proxy.host])).await;
+        let op = Operator::new(&api, verifier, config).await;
         World {
             env,
             proxy,
             api,
-            sweeper,
+            op,
             pods,
             writer,
         }
     }
 
-    /// A brand-new verifier, observer and sweeper over the same registry and API (a restart).
-    async fn new_sweeper(&self, config: ObserverConfig) -> Sweeper {
-        new_sweeper(&self.env, &self.proxy, &self.api, config).await
+    /// A brand-new operator over the same registry and API (a restart, or another replica).
+    async fn new_operator(&self, config: harness::Config) -> Operator {
+        let verifier = self
+            .env
+            .verifier(self.env.config(&[&self.proxy.host]))
+            .await;
+        Operator::new(&self.api, verifier, config).await
     }
 
     /// A new image signed keyless by the GitHub workflow identity, seen through the proxy.
@@ -184,23 +199,12 @@ impl World {
             .apply_watcher_event(&watcher::Event::Delete(pod.clone()));
     }
 
-    /// The ImagePostures as the operator's reflector would hold them now.
-    async fn existing(&self) -> Vec<Arc<ImagePosture>> {
-        let api: Api<ImagePosture> = Api::all(self.api.client());
-        let list = api
-            .list(&Default::default())
-            .await
-            .expect("list ImagePostures");
-        list.items.into_iter().map(Arc::new).collect()
+    async fn pass(&self, now: DateTime<Utc>) -> Report {
+        self.pass_with(&self.op, now).await
     }
 
-    async fn sweep(&self, now: DateTime<Utc>) -> SweepReport {
-        self.sweep_with(&self.sweeper, now).await
-    }
-
-    async fn sweep_with(&self, sweeper: &Sweeper, now: DateTime<Utc>) -> SweepReport {
-        let existing = self.existing().await;
-        sweeper.sweep(&self.pods.state(), &existing, now).await
+    async fn pass_with(&self, op: &Operator, now: DateTime<Utc>) -> Report {
+        op.pass(&self.api, &self.pods.state(), now).await
     }
 
     fn cr(&self, id: &ImageId) -> Option<ImagePosture> {
@@ -230,30 +234,6 @@ impl World {
             .map(|e| e["note"].as_str().unwrap_or_default().to_string())
             .collect()
     }
-}
-
-async fn new_sweeper(
-    env: &TestEnv,
-    proxy: &Proxy,
-    api: &ApiDouble,
-    config: ObserverConfig,
-) -> Sweeper {
-    let verifier = env.verifier(env.config(&[&proxy.host])).await;
-    let observer = Observer::new(Arc::new(verifier), config);
-    let client = api.client();
-    let reporter = Reporter {
-        controller: "imageposture".into(),
-        instance: None,
-    };
-    Sweeper::new(
-        Api::all(client.clone()),
-        Recorder::new(client, reporter),
-        Arc::new(observer),
-        SweepConfig {
-            grace: GRACE,
-            namespaces: Default::default(),
-        },
-    )
 }
 
 #[track_caller]
@@ -299,7 +279,7 @@ async fn shared_image_is_one_resource_and_every_container_kind_counts() {
         pod_with("team-b", "api", &[pinned(&app)], &[], &[pinned(&debug)]),
     ]);
 
-    let report = w.sweep(Utc::now()).await;
+    let report = w.pass(Utc::now()).await;
     assert_eq!(
         (report.images, report.created, report.errors, report.invalid),
         (3, 3, 0, 0),
@@ -348,7 +328,7 @@ async fn tag_and_digest_references_share_one_resource() {
         pod("b", "by-digest", &[pinned(&id)]),
     ]);
 
-    let report = w.sweep(Utc::now()).await;
+    let report = w.pass(Utc::now()).await;
     assert_eq!((report.images, report.created), (1, 1), "{report:#?}");
     assert_eq!(w.api.image_postures().len(), 1);
     let s = w.status(&id);
@@ -373,14 +353,14 @@ async fn warm_sweep_costs_nothing() {
     let t0 = Utc::now();
 
     w.reset_counters();
-    let cold = w.sweep(t0).await;
+    let cold = w.pass(t0).await;
     let cold_requests = w.proxy.requests();
     let (cold_registry, cold_api) = (cold_requests.len(), w.api.writes().len());
     assert_eq!((cold.created, cold.errors), (2, 0), "{cold:#?}");
     assert_eq!(cold.api_writes(), cold_api, "report vs writes at the API");
 
     w.reset_counters();
-    let warm = w.sweep(after(t0, Duration::from_secs(60))).await;
+    let warm = w.pass(after(t0, Duration::from_secs(60))).await;
     let (warm_registry, warm_api) = (w.proxy.requests().len(), w.api.writes().len());
     eprintln!(
         "cold sweep (2 images, 1 signed): {cold_registry} registry requests, {cold_api} API writes; \
@@ -405,22 +385,34 @@ async fn unused_resource_is_deleted_after_grace() {
     let p = pod("a", "p", &[pinned(&id)]);
     w.init_pods(std::slice::from_ref(&p));
     let t0 = Utc::now();
-    w.sweep(t0 - chrono::Duration::minutes(1)).await;
+    w.pass(t0 - chrono::Duration::minutes(1)).await;
     assert!(w.cr(&id).is_some());
 
     w.delete_pod(&p);
+    // The last pod is gone: until deletion the resource says so (0 pods), in one write.
     w.reset_counters();
-    for t in [t0, after(t0, GRACE) - chrono::Duration::seconds(1)] {
-        let r = w.sweep(t).await;
-        assert_eq!(r.deleted, 0, "at {t}: {r:#?}");
-        assert!(
-            w.cr(&id).is_some(),
-            "deleted before the grace period, at {t}"
-        );
-    }
+    let r = w.pass(t0).await;
+    assert_eq!(
+        (r.deleted, r.status_writes, r.api_writes()),
+        (0, 1, 1),
+        "{r:#?}"
+    );
+    let s = w.status(&id);
+    let usage = s.usage.clone().unwrap();
+    assert_eq!((usage.pods, usage.namespace_count), (0, 0), "{s:#?}");
+    assert!(
+        usage.namespaces.is_empty() && s.references.is_empty(),
+        "{s:#?}"
+    );
+    assert_posture(&s, Posture::NotSigned, Reason::NoSignature);
+    w.reset_counters();
+    let t = after(t0, GRACE) - chrono::Duration::seconds(1);
+    let r = w.pass(t).await;
+    assert_eq!(r.deleted, 0, "at {t}: {r:#?}");
+    assert!(w.cr(&id).is_some(), "deleted before the grace period");
     assert!(w.api.writes().is_empty(), "{:#?}", w.api.writes());
 
-    let r = w.sweep(after(t0, GRACE)).await;
+    let r = w.pass(after(t0, GRACE)).await;
     assert_eq!((r.deleted, r.errors), (1, 0), "{r:#?}");
     assert!(w.cr(&id).is_none());
     assert_eq!(w.api.image_posture_writes("DELETE"), 1);
@@ -436,14 +428,14 @@ async fn registry_outage_is_checking_then_recovers() {
     let id = w.signed_image("outage").await;
     w.init_pods(&[pod("a", "p", &[pinned(&id)])]);
     let t0 = Utc::now();
-    w.sweep(t0).await;
+    w.pass(t0).await;
     assert_signed(&w.status(&id));
 
     // The TTL expired and the registry answers 500.
     w.proxy.set_mode(Mode::Status(500));
     let t1 = after(t0, TTL + Duration::from_secs(1));
     w.reset_counters();
-    let r = w.sweep(t1).await;
+    let r = w.pass(t1).await;
     assert_eq!((r.deleted, r.events, r.errors), (0, 1, 0), "{r:#?}");
     assert!(!w.proxy.requests().is_empty(), "the registry was asked");
     let s = w.status(&id);
@@ -458,7 +450,7 @@ async fn registry_outage_is_checking_then_recovers() {
     // Within the backoff: the registry is left alone and the CR is not rewritten.
     let backoff = ObserverConfig::default().backoff;
     w.reset_counters();
-    let r = w.sweep(after(t1, backoff / 2)).await;
+    let r = w.pass(after(t1, backoff / 2)).await;
     assert_eq!(r.api_writes(), 0, "{r:#?}");
     assert!(w.proxy.requests().is_empty(), "{:#?}", w.proxy.requests());
     assert!(w.api.writes().is_empty(), "{:#?}", w.api.writes());
@@ -467,7 +459,7 @@ async fn registry_outage_is_checking_then_recovers() {
     // HEAD requests confirm the verdict and `lastVerified` (a full verification) stays t0.
     w.proxy.set_mode(Mode::Pass);
     w.reset_counters();
-    let r = w.sweep(after(t1, backoff)).await;
+    let r = w.pass(after(t1, backoff)).await;
     assert_eq!((r.events, r.errors), (1, 0), "{r:#?}");
     let s = w.status(&id);
     assert_signed(&s);
@@ -483,29 +475,47 @@ async fn registry_outage_is_checking_then_recovers() {
     assert!(notes[1].contains("checking -> signed"), "{notes:#?}");
 }
 
-// ---- 6. restart: warm start from CR status ----------------------------------------------------
+// ---- 6. restart: the status is the cache ----------------------------------------------------
 
 #[tokio::test]
-async fn restart_warm_starts_from_resource_status() {
+async fn restart_within_ttl_costs_nothing() {
     let mut w = World::new().await;
     let signed = w.signed_image("restart-signed").await;
     let unsigned = w.unsigned_image("restart-unsigned").await;
     w.init_pods(&[pod("a", "p", &[pinned(&signed), pinned(&unsigned)])]);
     let t0 = Utc::now();
-    let cold = w.sweep(t0).await;
+    let cold = w.pass(t0).await;
     assert_eq!(cold.created, 2, "{cold:#?}");
 
-    let restarted = w.new_sweeper(observer_config()).await;
-    let now = after(t0, Duration::from_secs(120));
-    assert_eq!(restarted.warm_start(&w.existing().await, now), 2);
+    // A new process: no memory of its own, only the ImagePosture status.
+    let restarted = w.new_operator(config()).await;
     w.reset_counters();
     let r = w
-        .sweep_with(&restarted, after(t0, TTL - Duration::from_secs(60)))
+        .pass_with(&restarted, after(t0, TTL - Duration::from_secs(60)))
         .await;
     assert_eq!((r.images, r.api_writes(), r.errors), (2, 0, 0), "{r:#?}");
     assert!(w.proxy.requests().is_empty(), "{:#?}", w.proxy.requests());
     assert!(w.api.writes().is_empty(), "{:#?}", w.api.writes());
     assert_eq!(restarted.observer().stats().misses, 0);
+    assert_eq!(restarted.observer().stats().hits, 2);
+
+    // Past the TTL the restarted process revalidates by digest: HEADs, and `lastChecked`.
+    w.reset_counters();
+    let t1 = after(t0, TTL + Duration::from_secs(1));
+    let r = w.pass_with(&restarted, t1).await;
+    assert_eq!((r.status_writes, r.events, r.errors), (2, 0, 0), "{r:#?}");
+    // HEADs, and the new process's one probe of the referrers API (404 here): no download.
+    let requests = w.proxy.requests();
+    assert!(
+        requests
+            .iter()
+            .all(|q| q.method == "HEAD" || q.path.contains("/referrers/")),
+        "{requests:#?}"
+    );
+    let s = w.status(&signed);
+    assert_signed(&s);
+    assert_eq!(s.last_verified, Some(stamp(t0)));
+    assert_eq!(s.last_checked, Some(stamp(t1)));
 }
 
 // ---- 7. a posture change emits exactly one Event ----------------------------------------------
@@ -516,16 +526,16 @@ async fn posture_change_emits_one_event() {
     let id = w.unsigned_image("becomes-signed").await;
     w.init_pods(&[pod("a", "p", &[pinned(&id)])]);
     let t0 = Utc::now();
-    w.sweep(t0).await;
+    w.pass(t0).await;
     assert_posture(&w.status(&id), Posture::NotSigned, Reason::NoSignature);
     assert!(w.api.events().is_empty(), "no Event on creation");
 
     w.env.sign_keyless(&id, &Identity::github()).await;
     // Within the TTL the cached verdict stands.
-    let r = w.sweep(after(t0, Duration::from_secs(60))).await;
+    let r = w.pass(after(t0, Duration::from_secs(60))).await;
     assert_eq!(r.api_writes(), 0, "{r:#?}");
 
-    let r = w.sweep(after(t0, TTL + Duration::from_secs(1))).await;
+    let r = w.pass(after(t0, TTL + Duration::from_secs(1))).await;
     assert_eq!(r.events, 1, "{r:#?}");
     assert_signed(&w.status(&id));
     let notes = w.event_notes();
@@ -535,13 +545,17 @@ async fn posture_change_emits_one_event() {
     assert_eq!(w.api.events()[0]["reason"], "PostureChanged");
 }
 
-// ---- 8. the max-images cap defers visibly -----------------------------------------------------
+// ---- 8. the max-images cap: most-used images first, the overflow counted ----------------
 
 #[tokio::test]
-async fn cap_defers_the_less_used_image_visibly() {
-    let mut w = World::with(ObserverConfig {
-        max_images: 1,
-        ..observer_config()
+async fn cap_records_the_most_used_images_and_counts_the_rest() {
+    let mut w = World::with(harness::Config {
+        sweep: SweepConfig {
+            grace: GRACE,
+            max_images: 1,
+            ..Default::default()
+        },
+        ..config()
     })
     .await;
     let popular = w.signed_image("popular").await;
@@ -553,17 +567,14 @@ async fn cap_defers_the_less_used_image_visibly() {
     ]);
     let now = Utc::now();
     w.reset_counters();
-    let r = w.sweep(now).await;
+    let r = w.pass(now).await;
     assert_eq!(
         (r.images, r.created, r.deferred, r.errors),
-        (2, 2, 1, 0),
+        (2, 1, 1, 0),
         "{r:#?}"
     );
     assert_signed(&w.status(&popular));
-    let s = w.status(&rare);
-    assert_posture(&s, Posture::Checking, Reason::Deferred);
-    assert_eq!(s.checking_since, Some(stamp(now)));
-    assert_eq!(s.usage.unwrap().pods, 1);
+    assert!(w.cr(&rare).is_none(), "the overflow is not recorded");
     let asked_rare = w
         .proxy
         .requests()
@@ -572,7 +583,21 @@ async fn cap_defers_the_less_used_image_visibly() {
         .count();
     assert_eq!(asked_rare, 0, "a deferred image is not verified");
     assert!(r.by_posture.contains(&(Posture::Signed, 1)), "{r:#?}");
-    assert!(r.by_posture.contains(&(Posture::Checking, 1)), "{r:#?}");
+
+    // Still over the cap on the next pass: counted again, nothing written.
+    w.reset_counters();
+    let r = w.pass(after(now, Duration::from_secs(60))).await;
+    assert_eq!((r.deferred, r.api_writes()), (1, 0), "{r:#?}");
+
+    // The popular image's pods go away: its resource still holds a slot until deleted.
+    w.init_pods(&[pod("c", "p3", &[pinned(&rare)])]);
+    let r = w.pass(after(now, Duration::from_secs(120))).await;
+    assert_eq!(r.deferred, 1, "{r:#?}");
+    let r = w.pass(after(now, GRACE + Duration::from_secs(120))).await;
+    assert_eq!(r.deleted, 1, "{r:#?}");
+    let r = w.pass(after(now, GRACE + Duration::from_secs(180))).await;
+    assert_eq!((r.created, r.deferred), (1, 0), "{r:#?}");
+    assert_signed(&w.status(&rare));
 }
 
 // ---- 9. 409 Conflict is retried ---------------------------------------------------------------
@@ -584,7 +609,7 @@ async fn conflicts_are_retried() {
     w.init_pods(&[pod("a", "p", &[pinned(&id)])]);
     w.reset_counters();
     w.api.fail_next_writes_with_conflict(2);
-    let r = w.sweep(Utc::now()).await;
+    let r = w.pass(Utc::now()).await;
     assert_eq!((r.created, r.errors), (1, 0), "{r:#?}");
     assert_signed(&w.status(&id));
     let conflicts = w.api.writes().iter().filter(|x| x.status == 409).count();
@@ -599,36 +624,44 @@ async fn closed_gate_writes_nothing() {
     let id = w.signed_image("gate").await;
     w.init_pods(&[pod("a", "p", &[pinned(&id)])]);
     let (_tx, rx) = tokio::sync::watch::channel(false);
-    let gated = w.new_sweeper(observer_config()).await.with_gate(rx);
+    let gated = w
+        .new_operator(harness::Config {
+            gate: Gate::flag(rx),
+            ..config()
+        })
+        .await;
     w.reset_counters();
-    let r = w.sweep_with(&gated, Utc::now()).await;
+    let r = w.pass_with(&gated, Utc::now()).await;
     assert!(r.aborted, "{r:#?}");
     assert_eq!(r.api_writes(), 0, "{r:#?}");
     assert!(w.api.writes().is_empty(), "{:#?}", w.api.writes());
     assert!(w.api.image_postures().is_empty());
+    assert!(w.proxy.requests().is_empty(), "{:#?}", w.proxy.requests());
 }
 
-/// A replica that lost its Lease must not delete either: garbage collection runs after the
-/// per-image loop and does not consult the gate, so with no live image (or a gate that closes
-/// after the last image) a non-leader deletes resources.
+/// A replica that lost its Lease must not delete either.
 #[tokio::test]
-
 async fn closed_gate_does_not_delete() {
     let mut w = World::new().await;
     let id = w.unsigned_image("gate-gc").await;
     let p = pod("a", "p", &[pinned(&id)]);
     w.init_pods(std::slice::from_ref(&p));
     let (tx, rx) = tokio::sync::watch::channel(true);
-    let gated = w.new_sweeper(observer_config()).await.with_gate(rx);
+    let gated = w
+        .new_operator(harness::Config {
+            gate: Gate::flag(rx),
+            ..config()
+        })
+        .await;
     let t0 = Utc::now();
-    w.sweep_with(&gated, t0).await;
+    w.pass_with(&gated, t0).await;
     assert!(w.cr(&id).is_some());
     w.delete_pod(&p);
-    w.sweep_with(&gated, t0).await; // unused since t0
+    w.pass_with(&gated, t0).await; // unused since t0
 
     tx.send(false).unwrap(); // leadership lost
     w.reset_counters();
-    let r = w.sweep_with(&gated, after(t0, GRACE)).await;
+    let r = w.pass_with(&gated, after(t0, GRACE)).await;
     assert!(w.api.writes().is_empty(), "{:#?}", w.api.writes());
     assert!(
         w.cr(&id).is_some(),
@@ -640,19 +673,29 @@ async fn closed_gate_does_not_delete() {
 // ---- 11. invalid references and tags not pulled yet -------------------------------------------
 
 #[tokio::test]
-async fn invalid_reference_is_counted_and_pending_tag_is_resolved() {
+async fn invalid_reference_is_counted_and_pending_tag_is_resolved_in_the_background() {
     let mut w = World::new().await;
     let id = w.signed_image("pending").await;
+    let other = w.unsigned_image("pending-other").await;
     let tag_ref = format!("{}:v1", id.repo_path());
     w.init_pods(&[
         pod("a", "bad", &[pending("UPPER/Case:1")]),
         pod("a", "starting", &[pending(&tag_ref)]),
+        pod("a", "other", &[pinned(&other)]),
     ]);
     w.reset_counters();
-    let r = w.sweep(Utc::now()).await;
+    let t0 = Utc::now();
+    let r = w.pass(t0).await;
     assert_eq!(
         (r.invalid, r.unresolved, r.images, r.created, r.errors),
-        (1, 0, 1, 1, 0),
+        (1, 1, 1, 1, 0),
+        "the tag resolves in the background, the other image is written at once: {r:#?}"
+    );
+    w.op.sweeper.tags().settled().await;
+    let r = w.pass(after(t0, Duration::from_secs(1))).await;
+    assert_eq!(
+        (r.unresolved, r.images, r.created, r.errors),
+        (0, 2, 1, 0),
         "{r:#?}"
     );
     let cr = w.cr(&id).expect("the tag resolved to the pushed digest");
@@ -669,26 +712,58 @@ async fn invalid_reference_is_counted_and_pending_tag_is_resolved() {
         .collect();
     assert_eq!(heads.len(), 1, "{:#?}", w.proxy.requests());
     assert_eq!(heads[0].method, "HEAD");
-    assert_eq!(w.api.image_postures().len(), 1);
+    assert_eq!(w.api.image_postures().len(), 2);
+
+    // Cached: later passes resolve nothing again.
+    w.reset_counters();
+    w.pass(after(t0, Duration::from_secs(2))).await;
+    assert!(w.proxy.requests().is_empty(), "{:#?}", w.proxy.requests());
+}
+
+/// A tag whose registry never answers delays no other image: the pass writes at once.
+#[tokio::test]
+async fn slow_tag_resolution_delays_no_other_image() {
+    let mut w = World::new().await;
+    let slow = Proxy::start(&w.env.registry.host).await;
+    slow.set_mode(Mode::Delay(Duration::from_secs(5)));
+    let fast = w.signed_image("tag-fast").await;
+    let img = w.env.oci.push_image(&unique_repo("tag-slow"), "v1").await;
+    let slow_tag = format!("{}:v1", via(&img.id, &slow.host).repo_path());
+    w.init_pods(&[
+        pod("a", "slow", &[pending(&slow_tag)]),
+        pod("a", "fast", &[pinned(&fast)]),
+    ]);
+    let verifier = w
+        .env
+        .verifier(w.env.config(&[&w.proxy.host, &slow.host]))
+        .await;
+    let op = Operator::new(&w.api, verifier, config()).await;
+    let started = std::time::Instant::now();
+    let r = w.pass_with(&op, Utc::now()).await;
+    let took = started.elapsed();
+    assert_eq!((r.created, r.unresolved), (1, 1), "{r:#?}");
+    assert_signed(&w.status(&fast));
+    assert!(
+        took < Duration::from_secs(3),
+        "the pass waited {took:?} for a tag"
+    );
 }
 
 // ---- bug: two posture changes of one EventType within kube's event cache window -------------
 
 /// kube's `Recorder` keys its event cache on (type, reason, action, regarding), not the note:
-/// a second posture change of the same type within 6 minutes patches the first Event into a
-/// series and keeps its note, so `checking -> invalid-signature` is never told.
+/// the action names the transition, so a second change of the same type is told too.
 #[tokio::test]
-
 async fn each_posture_change_is_told() {
     let mut w = World::new().await;
     let id = w.signed_image("flip").await;
     w.init_pods(&[pod("a", "p", &[pinned(&id)])]);
     let t0 = Utc::now();
-    w.sweep(t0).await;
+    w.pass(t0).await;
 
     w.proxy.set_mode(Mode::Status(500));
     let t1 = after(t0, TTL + Duration::from_secs(1));
-    w.sweep(t1).await; // signed -> checking (Warning)
+    w.pass(t1).await; // signed -> checking (Warning)
 
     // The registry comes back with the signature replaced by a tampered one.
     let leaf = w.env.pki.ca.issue(&Identity::github());
@@ -703,7 +778,7 @@ async fn each_posture_change_is_told() {
         .push_sig(&id.repository, &id.digest, &[layer])
         .await;
     w.proxy.set_mode(Mode::Pass);
-    let r = w.sweep(after(t1, ObserverConfig::default().backoff)).await;
+    let r = w.pass(after(t1, ObserverConfig::default().backoff)).await;
     assert_posture(
         &w.status(&id),
         Posture::InvalidSignature,
@@ -716,4 +791,171 @@ async fn each_posture_change_is_told() {
         notes[1].contains("checking -> invalid-signature"),
         "{notes:#?}"
     );
+}
+
+// ---- field ownership, as a real API server applies it ----------------------------------------
+
+/// Another manager's status edit: a forged `signed` with a signer on an invalid image.
+async fn forge(w: &World, id: &ImageId, fields: serde_json::Value) {
+    let api: Api<ImagePosture> = Api::all(w.api.client());
+    let body = json!({
+        "apiVersion": "imageposture.io/v1alpha1",
+        "kind": "ImagePosture",
+        "status": fields,
+    });
+    api.patch_status(
+        &id.resource_name(),
+        &PatchParams::apply("intruder").force(),
+        &Patch::Apply(&body),
+    )
+    .await
+    .expect("the intruder's apply");
+}
+
+#[tokio::test]
+async fn a_foreign_signer_does_not_survive_on_an_invalid_image() {
+    let mut w = World::new().await;
+    let id = w.unsigned_image("forged").await;
+    let leaf = w.env.pki.ca.issue(&Identity::github());
+    let original = ImageId {
+        registry: w.env.registry.host.clone(),
+        ..id.clone()
+    };
+    let layer = cosign::legacy_layer(
+        &original,
+        &Signer::Keyless(&leaf),
+        Some(&w.env.pki.rekor),
+        Spoil::TamperPayload,
+    );
+    w.env
+        .oci
+        .push_sig(&id.repository, &id.digest, &[layer])
+        .await;
+    w.init_pods(&[pod("a", "p", &[pinned(&id)])]);
+    let t0 = Utc::now();
+    w.pass(t0).await;
+    assert_posture(
+        &w.status(&id),
+        Posture::InvalidSignature,
+        Reason::BadSignature,
+    );
+
+    forge(
+        &w,
+        &id,
+        json!({"posture": "signed", "signer": "mallory@example.com"}),
+    )
+    .await;
+    assert_eq!(w.status(&id).signer.as_deref(), Some("mallory@example.com"));
+
+    // Within the TTL: the forged verdict is not trusted as the cache; the image is verified
+    // again and every verdict field is ours once more, the foreign signer gone.
+    let r = w.pass(after(t0, Duration::from_secs(60))).await;
+    assert_eq!(r.errors, 0, "{r:#?}");
+    let s = w.status(&id);
+    assert_posture(&s, Posture::InvalidSignature, Reason::BadSignature);
+    assert_eq!(s.signer, None, "{s:#?}");
+    let cr = w.cr(&id).unwrap();
+    let managers: Vec<String> = cr
+        .metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .filter_map(|m| m.manager.clone())
+        .collect();
+    assert!(!managers.iter().any(|m| m == "intruder"), "{managers:?}");
+
+    // And then nothing more to write.
+    w.reset_counters();
+    let r = w.pass(after(t0, Duration::from_secs(120))).await;
+    assert_eq!(r.api_writes(), 0, "{r:#?}");
+    assert!(w.api.writes().is_empty(), "{:#?}", w.api.writes());
+}
+
+#[tokio::test]
+async fn a_foreign_field_we_do_not_own_causes_no_rewrites() {
+    let mut w = World::new().await;
+    let id = w.signed_image("foreign-note").await;
+    w.init_pods(&[pod("a", "p", &[pinned(&id)])]);
+    let t0 = Utc::now();
+    w.pass(t0).await;
+    forge(&w, &id, json!({"note": "audited by the platform team"})).await;
+    w.reset_counters();
+    for n in 1..=3 {
+        let r = w.pass(after(t0, Duration::from_secs(60 * n))).await;
+        assert_eq!(r.api_writes(), 0, "{r:#?}");
+    }
+    assert!(w.api.writes().is_empty(), "{:#?}", w.api.writes());
+    let cr = w.api.image_posture(&id.resource_name()).unwrap();
+    assert_eq!(cr["status"]["note"], "audited by the platform team");
+    assert_signed(&w.status(&id));
+}
+
+#[tokio::test]
+async fn each_manager_owns_its_fields() {
+    let mut w = World::new().await;
+    let id = w.signed_image("owners").await;
+    w.init_pods(&[pod("a", "p", &[pinned(&id)])]);
+    w.pass(Utc::now()).await;
+    let cr = w.api.image_posture(&id.resource_name()).unwrap();
+    let owned = |manager: &str, sub: &str| -> serde_json::Value {
+        cr["metadata"]["managedFields"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["manager"] == manager && e["subresource"].as_str().unwrap_or("") == sub)
+            .map(|e| e["fieldsV1"].clone())
+            .unwrap_or_default()
+    };
+    let inv_status = owned("imageposture-inventory", "status");
+    assert!(inv_status["f:status"]["f:usage"].is_object(), "{cr:#}");
+    assert!(inv_status["f:status"]["f:references"].is_object(), "{cr:#}");
+    assert!(inv_status["f:status"].get("f:posture").is_none(), "{cr:#}");
+    let ver_status = owned("imageposture-verifier", "status");
+    for f in ["f:posture", "f:signer", "f:lastVerified", "f:conditions"] {
+        assert!(ver_status["f:status"][f].is_object(), "{f}: {cr:#}");
+    }
+    let inv_main = owned("imageposture-inventory", "");
+    assert!(inv_main["f:spec"]["f:image"].is_object(), "{cr:#}");
+    assert!(inv_main["f:metadata"]["f:labels"]["f:app.kubernetes.io/managed-by"].is_object());
+    let ver_main = owned("imageposture-verifier", "");
+    assert!(ver_main["f:metadata"]["f:labels"]["f:imageposture.io/posture"].is_object());
+}
+
+// ---- leadership: no write lands after the claim on the Lease ends -----------------------------
+
+/// A write held up by a slow API server is abandoned when this replica's claim on the Lease
+/// ends, so it cannot land after another replica may have taken over.
+#[tokio::test]
+async fn no_write_lands_after_the_lease_claim_ends() {
+    let mut w = World::new().await;
+    let id = w.unsigned_image("claim").await;
+    w.init_pods(&[pod("a", "p", &[pinned(&id)])]);
+    let claim = tokio::time::Instant::now() + Duration::from_millis(400);
+    let (_tx, rx) = tokio::sync::watch::channel(Some(claim));
+    let op = w
+        .new_operator(harness::Config {
+            gate: Gate::claim(rx),
+            ..config()
+        })
+        .await;
+    w.api
+        .delay_writes_to("/apis/imageposture.io/", Duration::from_secs(3), 1000);
+    let started = std::time::Instant::now();
+    let r = w.pass_with(&op, Utc::now()).await;
+    let took = started.elapsed();
+    assert!(took < Duration::from_millis(1500), "the pass took {took:?}");
+    assert_eq!((r.created, r.errors), (0, 1), "{r:#?}");
+    assert_eq!(w.api.held_writes(), 1, "one write was in flight");
+    // Past the API server's delay: the abandoned write was never applied.
+    tokio::time::sleep(Duration::from_millis(3200)).await;
+    assert!(
+        w.api.image_postures().is_empty(),
+        "a write landed after the claim ended"
+    );
+    // And nothing more is even tried once the claim is over.
+    w.reset_counters();
+    let r = w.pass_with(&op, Utc::now()).await;
+    assert!(r.aborted, "{r:#?}");
+    assert!(w.api.writes().is_empty(), "{:#?}", w.api.writes());
 }

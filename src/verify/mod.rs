@@ -213,11 +213,15 @@ impl Verifier {
                 return e.checking();
             }
         }
-        let records = found
-            .artifacts
-            .into_iter()
-            .map(|artifact| verify_artifact(artifact, &image.digest, &ctx))
-            .collect();
+        let mut records = Vec::new();
+        for artifact in found.artifacts {
+            // Discovery judges most attestations from their manifests; one it could not tell
+            // apart is recognised by the verifier and counted, never verified as a signature.
+            match verify_artifact(artifact, &image.digest, &ctx) {
+                Some(record) => records.push(record),
+                None => found.attestations += 1,
+            }
+        }
         let mut verdict = Verdict::from_signatures(records);
         verdict.artifact_digests = evidence;
         note_attestations(&mut verdict, found.attestations);
@@ -268,23 +272,27 @@ impl Verifier {
     }
 }
 
-/// One discovered artifact, verified.
-fn verify_artifact(artifact: Artifact, image_digest: &str, ctx: &Context<'_>) -> SignatureRecord {
-    match artifact {
+/// One discovered artifact, verified; `None` for an attestation (not a signature).
+fn verify_artifact(
+    artifact: Artifact,
+    image_digest: &str,
+    ctx: &Context<'_>,
+) -> Option<SignatureRecord> {
+    let checked = match artifact {
         Artifact::Legacy {
             annotations,
             payload,
-        } => legacy::classify(&annotations, &payload, image_digest, ctx).record(),
-        Artifact::Bundle(raw) => bundle::classify(&raw, image_digest, ctx).record(),
+        } => legacy::classify(&annotations, &payload, image_digest, ctx),
+        Artifact::Bundle(raw) => bundle::classify(&raw, image_digest, ctx),
         Artifact::Broken {
             source,
             format,
             failure,
-        } => Checked::failed(source, format, failure),
-    }
+        } => return Some(Checked::failed(source, format, failure)),
+    };
+    (!checked.is_attestation()).then(|| checked.record())
 }
 
-/// Attestations are reported beside the verdict, never counted as signatures.
 fn note_attestations(verdict: &mut Verdict, attestations: usize) {
     if attestations == 0 {
         return;

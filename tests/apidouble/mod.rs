@@ -9,16 +9,22 @@
 //! scope (a cluster-scoped resource under `/namespaces/` is 404), label selectors, and watches
 //! (newline-delimited watch events from a resourceVersion, `timeoutSeconds` honoured).
 //!
-//! Simplifications, on purpose: apply *replaces* each top-level field it carries (and
-//! `metadata.labels`/`annotations`/`ownerReferences`/`finalizers`) instead of tracking
-//! per-manager field ownership; there is no managedFields, no finalizer/deletion grace, no
-//! paging (`limit` returns everything), no JSON patch (415), no discovery endpoints.
+//! ImagePostures carry `metadata.managedFields`, and server-side apply on them works per field
+//! manager as the real server does it (see [`ssa`]): an apply removes only fields its manager
+//! owned, and other managers' fields are kept.
+//!
+//! Simplifications, on purpose: on other resources apply *replaces* each top-level field it
+//! carries (and `metadata.labels`/`annotations`/`ownerReferences`/`finalizers`) with no
+//! managedFields; there is no finalizer/deletion grace, no paging (`limit` returns
+//! everything), no JSON patch (415), no discovery endpoints.
 //!
 //! Usage: `let api = ApiDouble::start().await; let client = api.client();` then inspect
 //! `api.writes()`, `api.image_postures()`, `api.events()`, or `api.requests()` (every request,
 //! for deriving the RBAC a client needs: tests/rbac.rs).
 
 #![allow(dead_code)]
+
+pub mod ssa;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::convert::Infallible;
@@ -977,8 +983,15 @@ fn write(
     };
     let ns = t.namespace.clone().unwrap_or_default();
     match (method, &t.name) {
-        (&Method::POST, None) => create(s, t.resource, &ns, None, body),
-        (&Method::PUT, Some(name)) => update(s, t.resource, &ns, name, t.status, body),
+        (&Method::POST, None) => create(
+            s,
+            t.resource,
+            &ns,
+            None,
+            body,
+            Some((field_manager(query), "Update")),
+        ),
+        (&Method::PUT, Some(name)) => update(s, t.resource, &ns, name, t.status, query, body),
         (&Method::PATCH, Some(name)) => patch(
             s,
             t.resource,
@@ -1055,6 +1068,7 @@ fn create(
     ns: &str,
     url_name: Option<&str>,
     mut body: Value,
+    manager: Option<(&str, &str)>,
 ) -> Response<Body> {
     let rt = RESOURCES[r];
     if let Err(e) = check_identity(&rt, ns, url_name, &body, false) {
@@ -1107,6 +1121,15 @@ fn create(
         meta.insert("generation".into(), json!(1));
         obj.remove("status");
     }
+    if let (IMAGEPOSTURES, Some((manager, operation))) = (r, manager) {
+        let entry = ssa::Entry {
+            manager: manager.to_string(),
+            operation: operation.to_string(),
+            subresource: String::new(),
+            fields: ssa::written_paths(&body, false),
+        };
+        ssa::write_entries(&mut body, &rt.api_version(), &[entry]);
+    }
     s.objects.insert(key, body.clone());
     s.emit(r, ns, "ADDED", &body);
     json_response(201, &body)
@@ -1157,12 +1180,22 @@ fn commit(
     json_response(200, &new)
 }
 
+/// The writer's field manager (`fieldManager`), as the server names an anonymous one.
+fn field_manager(query: &BTreeMap<String, String>) -> &str {
+    query
+        .get("fieldManager")
+        .map(String::as_str)
+        .filter(|m| !m.is_empty())
+        .unwrap_or("unknown")
+}
+
 fn update(
     s: &mut State,
     r: usize,
     ns: &str,
     name: &str,
     status_ep: bool,
+    query: &BTreeMap<String, String>,
     body: Value,
 ) -> Response<Body> {
     let rt = RESOURCES[r];
@@ -1177,13 +1210,25 @@ fn update(
     if precondition_fails(&old, &body) {
         return conflict(&rt, name);
     }
-    let new = if status_ep {
+    let mut new = if status_ep {
         with_status_of(&old, &body)
     } else if rt.status_subresource {
         with_status_of(&body, &old)
     } else {
         body
     };
+    if r == IMAGEPOSTURES {
+        if let Some(m) = new.get_mut("metadata").and_then(Value::as_object_mut) {
+            m.remove("managedFields");
+        }
+        ssa::record_update(
+            &old,
+            &mut new,
+            field_manager(query),
+            status_ep,
+            &rt.api_version(),
+        );
+    }
     commit(s, r, ns, name, &old, new)
 }
 
@@ -1232,16 +1277,23 @@ fn patch(
             if let Err(e) = check_identity(&rt, ns, Some(name), &body, true) {
                 return bad_request(e);
             }
+            let manager = field_manager(query);
             let Some(old) = old else {
                 if status_ep {
                     return not_found(&rt, name);
                 }
-                return create(s, r, ns, Some(name), body);
+                return create(s, r, ns, Some(name), body, Some((manager, "Apply")));
             };
             if precondition_fails(&old, &body) {
                 return conflict(&rt, name);
             }
-            let new = if status_ep {
+            let new = if r == IMAGEPOSTURES {
+                let force = query.get("force").is_some_and(|f| f == "true");
+                match ssa::apply(&old, &body, manager, status_ep, force, &rt.api_version()) {
+                    Ok(new) => new,
+                    Err(conflicts) => return apply_conflict(&rt, name, &conflicts),
+                }
+            } else if status_ep {
                 with_status_of(&old, &body)
             } else {
                 apply_main(&rt, &old, &body)
@@ -1272,13 +1324,22 @@ fn patch(
             }
             let mut merged = old.clone();
             merge_patch(&mut merged, &body);
-            let new = if status_ep {
+            let mut new = if status_ep {
                 with_status_of(&old, &merged)
             } else if rt.status_subresource {
                 with_status_of(&merged, &old)
             } else {
                 merged
             };
+            if r == IMAGEPOSTURES {
+                ssa::record_update(
+                    &old,
+                    &mut new,
+                    field_manager(query),
+                    status_ep,
+                    &rt.api_version(),
+                );
+            }
             commit(s, r, ns, name, &old, new)
         }
         other => status(
@@ -1288,6 +1349,28 @@ fn patch(
             json!({}),
         ),
     }
+}
+
+/// 409 for an apply that would change other managers' fields without `force`.
+fn apply_conflict(
+    rt: &ResourceType,
+    name: &str,
+    conflicts: &[(String, ssa::Path)],
+) -> Response<Body> {
+    let list: Vec<String> = conflicts
+        .iter()
+        .map(|(m, p)| format!("conflict with \"{m}\": .{}", p.join(".")))
+        .collect();
+    status(
+        409,
+        "Conflict",
+        format!(
+            "Apply failed with {} conflicts: {}",
+            list.len(),
+            list.join("; ")
+        ),
+        details(rt, name),
+    )
 }
 
 /// Server-side apply on the main endpoint, simplified for a sole field manager: every

@@ -3,6 +3,12 @@
 //! Every container kind counts (containers, init containers, ephemeral containers). The digest
 //! comes from the kubelet's `imageID` (what actually ran) or from a digest-pinned spec; a
 //! tag-only image that has not been pulled yet is listed as unresolved, never guessed.
+//!
+//! [`sweep`] is the inventory loop that writes what this finds; [`tags`] resolves tags in
+//! the background for it.
+
+pub mod sweep;
+pub mod tags;
 
 use std::collections::{BTreeMap, BTreeSet};
 

@@ -1,0 +1,276 @@
+//! Writes to ImagePosture resources, shared by both loops: server-side apply under a named
+//! field manager, each write gated by leadership and bounded in time.
+//!
+//! kube's client has no response timeout and retries 429/503/504 up to 15 times with a backoff
+//! growing to minutes, so every write gets a deadline: [`WRITE_TIMEOUT`], cut to the end of
+//! this replica's claim on the Lease, so that no write of ours can land after the loss.
+
+use std::time::Duration;
+
+use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::runtime::events::{Event, Recorder};
+use kube::{Api, Resource};
+use serde_json::{json, Value};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::crd::ImagePosture;
+use crate::error::{Error, Result};
+
+/// Default deadline of one API write, its client-side retries included.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Attempts per write when the API server answers 409 Conflict.
+const CONFLICT_RETRIES: u32 = 4;
+
+/// Leadership as the writers see it: until when this replica's claim on the Lease holds.
+/// `Gate::open()` writes unconditionally (single replica, tests).
+#[derive(Clone, Debug, Default)]
+pub struct Gate(Kind);
+
+#[derive(Clone, Debug, Default)]
+enum Kind {
+    #[default]
+    Open,
+    /// `Some(valid until)` while leading.
+    Claim(watch::Receiver<Option<Instant>>),
+    /// Leading while `true`, with no deadline of its own (tests, the benchmark).
+    Flag(watch::Receiver<bool>),
+}
+
+impl Gate {
+    pub fn open() -> Self {
+        Gate(Kind::Open)
+    }
+
+    /// Follows a claim watch (`Some(valid until)` while leading, see
+    /// [`crate::leader::LeaderElector::spawn_with_claim`]).
+    pub fn claim(rx: watch::Receiver<Option<Instant>>) -> Self {
+        Gate(Kind::Claim(rx))
+    }
+
+    /// Open while `rx` says `true`.
+    pub fn flag(rx: watch::Receiver<bool>) -> Self {
+        Gate(Kind::Flag(rx))
+    }
+
+    /// How long a write may take from now: `None` when not leading.
+    fn remaining(&self) -> Option<Duration> {
+        match &self.0 {
+            Kind::Open => Some(Duration::MAX),
+            Kind::Flag(rx) => rx.borrow().then_some(Duration::MAX),
+            Kind::Claim(rx) => {
+                let until = (*rx.borrow())?;
+                let left = until.saturating_duration_since(Instant::now());
+                (!left.is_zero()).then_some(left)
+            }
+        }
+    }
+
+    pub fn leading(&self) -> bool {
+        self.remaining().is_some()
+    }
+
+    /// Resolves once this replica leads (at once for an open gate).
+    pub async fn gained(&self) {
+        match &self.0 {
+            Kind::Open => {}
+            Kind::Flag(rx) => {
+                let mut rx = rx.clone();
+                if rx.wait_for(|leading| *leading).await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+            Kind::Claim(rx) => {
+                let mut rx = rx.clone();
+                let now = Instant::now;
+                if rx.wait_for(|c| c.is_some_and(|u| u > now())).await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+        }
+    }
+
+    /// Resolves once this replica stops leading (never for an open gate): when the watch
+    /// says so, or when the claim runs out first.
+    pub async fn lost(&self) {
+        match &self.0 {
+            Kind::Open => std::future::pending().await,
+            Kind::Flag(rx) => {
+                let mut rx = rx.clone();
+                let _ = rx.wait_for(|leading| !*leading).await;
+            }
+            Kind::Claim(rx) => {
+                let mut rx = rx.clone();
+                loop {
+                    let Some(until) = *rx.borrow_and_update() else {
+                        return;
+                    };
+                    tokio::select! {
+                        changed = rx.changed() => if changed.is_err() { return },
+                        _ = tokio::time::sleep_until(until) => {
+                            if !rx.has_changed().unwrap_or(false) { return }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Gated, bounded writes of ImagePosture resources.
+#[derive(Clone)]
+pub struct Writer {
+    api: Api<ImagePosture>,
+    gate: Gate,
+    timeout: Duration,
+}
+
+impl Writer {
+    pub fn new(api: Api<ImagePosture>) -> Self {
+        Writer {
+            api,
+            gate: Gate::open(),
+            timeout: WRITE_TIMEOUT,
+        }
+    }
+
+    pub fn with_gate(mut self, gate: Gate) -> Self {
+        self.gate = gate;
+        self
+    }
+
+    /// Deadline of one write, client retries included (default [`WRITE_TIMEOUT`]).
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    pub fn gate(&self) -> &Gate {
+        &self.gate
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    pub fn may_write(&self) -> bool {
+        self.gate.leading()
+    }
+
+    /// Runs one write within the smaller of the write deadline and the Lease claim.
+    async fn bounded<T>(
+        &self,
+        write: impl std::future::Future<Output = Result<T, kube::Error>>,
+    ) -> Result<T> {
+        let left = self.gate.remaining().ok_or(Error::NotLeader)?;
+        let limit = self.timeout.min(left);
+        match tokio::time::timeout(limit, write).await {
+            Ok(result) => Ok(result?),
+            Err(_) if limit < self.timeout => Err(Error::NotLeader),
+            Err(_) => Err(Error::WriteTimeout(self.timeout)),
+        }
+    }
+
+    /// Server-side apply of `metadata` (name and labels) and `spec` fields, as `manager`.
+    pub async fn apply(&self, name: &str, body: Value, manager: &str) -> Result<ImagePosture> {
+        let body = with_identity(body);
+        let params = PatchParams::apply(manager).force();
+        let patch = Patch::Apply(&body);
+        self.bounded(retry_conflicts(|| self.api.patch(name, &params, &patch)))
+            .await
+    }
+
+    /// Server-side apply of status fields through the status subresource, as `manager`.
+    pub async fn apply_status(
+        &self,
+        name: &str,
+        status: Value,
+        manager: &str,
+    ) -> Result<ImagePosture> {
+        let body = with_identity(json!({ "status": status }));
+        let params = PatchParams::apply(manager).force();
+        let patch = Patch::Apply(&body);
+        self.bounded(retry_conflicts(|| {
+            self.api.patch_status(name, &params, &patch)
+        }))
+        .await
+    }
+
+    /// Like [`apply_status`](Self::apply_status), but only if the resource still has
+    /// `resource_version` (when given); a 409 then means someone wrote first, and is returned.
+    pub async fn apply_status_if(
+        &self,
+        name: &str,
+        status: Value,
+        manager: &str,
+        resource_version: Option<&str>,
+    ) -> Result<ImagePosture> {
+        let mut body = json!({ "status": status });
+        if let (Some(rv), Some(map)) = (resource_version, body.as_object_mut()) {
+            map.insert(
+                "metadata".into(),
+                json!({ "name": name, "resourceVersion": rv }),
+            );
+        }
+        let body = with_identity(body);
+        let params = PatchParams::apply(manager).force();
+        let patch = Patch::Apply(&body);
+        self.bounded(self.api.patch_status(name, &params, &patch))
+            .await
+    }
+
+    /// Deletes a resource; one that is already gone counts as deleted.
+    pub async fn delete(&self, name: &str) -> Result<()> {
+        match self
+            .bounded(self.api.delete(name, &DeleteParams::default()))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(Error::Kube(kube::Error::Api(s))) if s.is_not_found() => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Publishes an Event about `cr`, bounded like a write.
+    pub async fn publish(
+        &self,
+        recorder: &Recorder,
+        event: &Event,
+        cr: &ImagePosture,
+    ) -> Result<()> {
+        let reference = cr.object_ref(&());
+        let left = self.gate.remaining().ok_or(Error::NotLeader)?;
+        match tokio::time::timeout(self.timeout.min(left), recorder.publish(event, &reference))
+            .await
+        {
+            Ok(r) => Ok(r?),
+            Err(_) => Err(Error::WriteTimeout(self.timeout)),
+        }
+    }
+}
+
+fn with_identity(mut body: Value) -> Value {
+    if let Some(map) = body.as_object_mut() {
+        map.insert("apiVersion".into(), json!(ImagePosture::api_version(&())));
+        map.insert("kind".into(), json!(ImagePosture::kind(&())));
+    }
+    body
+}
+
+async fn retry_conflicts<T, F, Fut>(mut write: F) -> Result<T, kube::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, kube::Error>>,
+{
+    let mut attempt = 0;
+    loop {
+        match write().await {
+            Err(kube::Error::Api(e)) if e.is_conflict() && attempt + 1 < CONFLICT_RETRIES => {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(20 << attempt)).await;
+            }
+            other => return other,
+        }
+    }
+}

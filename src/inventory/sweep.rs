@@ -1,0 +1,341 @@
+//! The inventory loop: one level-triggered, idempotent pass from pods to ImagePosture
+//! resources, with no registry I/O on its path.
+//!
+//! - pods → distinct images (tags without a digest resolved in the background, see
+//!   [`super::tags`]);
+//! - server-side apply, as field manager [`FIELD_MANAGER_INVENTORY`], of `spec`, the ownership
+//!   and registry labels, `status.references` and `status.usage`, where they differ from what
+//!   this manager owns; `usage` says 0 pods once the last pod is gone, until deletion;
+//! - a new image's resource is created at once, `checking`/`Pending` until the verification
+//!   controller has its verdict; at most `max_images` resources exist (most-used images
+//!   first), the overflow is counted and logged, not created;
+//! - resources no pod has used for the grace period are deleted.
+//!
+//! When the API server fails as a whole (no answer, 5xx, 429) the rest of the pass, garbage
+//! collection included, is left to the next pass.
+
+use crate::lock::LockExt as _;
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use k8s_openapi::api::core::v1::Pod;
+use kube::ResourceExt;
+use serde_json::json;
+
+use super::tags::TagResolver;
+use super::{Inventory, NamespaceFilter, Usage};
+use crate::apply::Writer;
+use crate::crd::{
+    self, ImagePosture, ImagePostureStatus, ImageUsage, FIELD_MANAGER_INVENTORY,
+    FIELD_MANAGER_VERIFIER, INVENTORY_FIELDS,
+};
+use crate::error::{Error, Result};
+use crate::image::ImageId;
+use crate::ownership::{self, Part};
+
+#[derive(Clone, Debug)]
+pub struct SweepConfig {
+    /// How long a resource outlives the last pod using its image.
+    pub grace: Duration,
+    pub namespaces: NamespaceFilter,
+    /// Most ImagePosture resources the inventory keeps; the overflow is not created.
+    pub max_images: usize,
+}
+
+impl Default for SweepConfig {
+    fn default() -> Self {
+        SweepConfig {
+            grace: Duration::from_secs(3600),
+            namespaces: NamespaceFilter::default(),
+            max_images: 5000,
+        }
+    }
+}
+
+/// What one pass did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SweepReport {
+    pub images: usize,
+    /// Tags without a known digest yet (resolving in the background).
+    pub unresolved: usize,
+    pub invalid: usize,
+    pub created: usize,
+    pub status_writes: usize,
+    pub metadata_writes: usize,
+    pub deleted: usize,
+    /// Images over the max-images cap: not recorded.
+    pub deferred: usize,
+    pub errors: usize,
+    /// Leadership was lost during the pass; the rest of it was skipped.
+    pub aborted: bool,
+}
+
+impl SweepReport {
+    pub fn api_writes(&self) -> usize {
+        self.status_writes + self.metadata_writes + self.deleted
+    }
+}
+
+pub struct Sweeper {
+    writer: Writer,
+    tags: Arc<TagResolver>,
+    config: SweepConfig,
+    /// When each resource was first seen unused (in memory: a restart only delays deletion).
+    unused_since: Mutex<HashMap<String, DateTime<Utc>>>,
+}
+
+impl Sweeper {
+    pub fn new(writer: Writer, tags: Arc<TagResolver>, config: SweepConfig) -> Self {
+        Sweeper {
+            writer,
+            tags,
+            config,
+            unused_since: Mutex::default(),
+        }
+    }
+
+    pub fn tags(&self) -> &Arc<TagResolver> {
+        &self.tags
+    }
+
+    pub async fn sweep(
+        &self,
+        pods: &[Arc<Pod>],
+        existing: &[Arc<ImagePosture>],
+        now: DateTime<Utc>,
+    ) -> SweepReport {
+        let mut report = SweepReport::default();
+        if !self.writer.may_write() {
+            report.aborted = true;
+            return report;
+        }
+        let mut inv =
+            Inventory::from_pods(pods.iter().map(|p| p.as_ref()), &self.config.namespaces);
+        report.invalid = inv.invalid.len();
+        for (reference, why) in &inv.invalid {
+            tracing::warn!(
+                reference = %crate::text::escape(reference),
+                why = %crate::text::escape(why),
+                "pod image reference does not parse"
+            );
+        }
+        let tags: Vec<_> = inv.unresolved.keys().cloned().collect();
+        self.tags.retain(&tags.iter().collect());
+        for tag in &tags {
+            if let Some(id) = self.tags.lookup(tag, now) {
+                inv.resolve(tag, id);
+            }
+        }
+        report.unresolved = inv.unresolved.len();
+        report.images = inv.images.len();
+
+        let existing: HashMap<String, &ImagePosture> = existing
+            .iter()
+            .filter(|cr| cr.is_managed())
+            .map(|cr| (cr.name_any(), cr.as_ref()))
+            .collect();
+        let order = inv.by_usage();
+        let mut room = self.config.max_images.saturating_sub(existing.len());
+        let mut live = HashSet::new();
+        let mut server_failing = false;
+        let mut skipped = 0usize;
+        for id in &order {
+            let name = id.resource_name();
+            let current = existing.get(&name).copied();
+            if current.is_none() {
+                if room == 0 {
+                    report.deferred += 1;
+                    continue;
+                }
+                room -= 1;
+            }
+            live.insert(name);
+            let Some(usage) = inv.images.get(id) else {
+                continue;
+            };
+            if server_failing {
+                skipped += 1;
+                continue;
+            }
+            if !self.writer.may_write() {
+                report.aborted = true;
+                tracing::warn!("leadership lost; inventory pass stopped");
+                return report;
+            }
+            if let Err(e) = self.materialize(id, usage, current, now, &mut report).await {
+                report.errors += 1;
+                server_failing = e.server_failing();
+                tracing::warn!(image = %id, error = %e, "writing ImagePosture failed; retried next pass");
+            }
+        }
+        if report.deferred > 0 {
+            tracing::warn!(
+                deferred = report.deferred,
+                cap = self.config.max_images,
+                "images over the max-images cap are not recorded; raise --max-images"
+            );
+        }
+        if server_failing {
+            tracing::warn!(
+                skipped,
+                "the API server is failing: the rest of this pass is left to the next one"
+            );
+            return report;
+        }
+        self.collect_garbage(&existing, &live, now, &mut report)
+            .await;
+        report
+    }
+
+    /// Writes what the inventory owns of one image's resource, where it differs.
+    async fn materialize(
+        &self,
+        id: &ImageId,
+        usage: &Usage,
+        current: Option<&ImagePosture>,
+        now: DateTime<Utc>,
+        report: &mut SweepReport,
+    ) -> Result<()> {
+        let name = id.resource_name();
+        let labels = crd::labels(id, None);
+        let spec = crd::new_resource(id).spec;
+        let owned_labels =
+            current.and_then(|c| ownership::owned(c, FIELD_MANAGER_INVENTORY, Part::Labels));
+        let meta_ok = current.is_some_and(|c| {
+            c.spec == spec
+                && labels.iter().all(|(k, v)| c.labels().get(k) == Some(v))
+                && owned_labels
+                    .as_ref()
+                    .is_none_or(|o| labels.keys().all(|k| o.contains(k)))
+        });
+        let mut rv = current.and_then(|c| c.resource_version());
+        if !meta_ok {
+            let body = json!({ "metadata": { "name": name, "labels": labels }, "spec": spec });
+            let written = self
+                .writer
+                .apply(&name, body, FIELD_MANAGER_INVENTORY)
+                .await?;
+            rv = written.resource_version();
+            if current.is_none() {
+                report.created += 1;
+            }
+            report.metadata_writes += 1;
+        }
+        if current.is_none_or(|c| c.status.as_ref().is_none_or(|s| s.posture.is_none())) {
+            // The verifier's fields, written on its behalf (its manager owns them from the
+            // start) and only if nothing was written since we read or created the object.
+            let pending =
+                serde_json::to_value(ImagePostureStatus::pending(now)).unwrap_or_default();
+            match self
+                .writer
+                .apply_status_if(&name, pending, FIELD_MANAGER_VERIFIER, rv.as_deref())
+                .await
+            {
+                Ok(_) => report.status_writes += 1,
+                Err(Error::Kube(kube::Error::Api(s))) if s.is_conflict() => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let desired = ImagePostureStatus::inventory_fields(
+            usage.references.iter().cloned().collect(),
+            ImageUsage::new(
+                u32::try_from(usage.pods.len()).unwrap_or(u32::MAX),
+                usage.namespaces.iter().map(String::as_str),
+            ),
+        );
+        self.apply_inventory_status(&name, desired, current, report)
+            .await
+    }
+
+    async fn apply_inventory_status(
+        &self,
+        name: &str,
+        desired: ImagePostureStatus,
+        current: Option<&ImagePosture>,
+        report: &mut SweepReport,
+    ) -> Result<()> {
+        let desired = desired.only(INVENTORY_FIELDS);
+        let stored = current
+            .and_then(|c| c.status.clone())
+            .unwrap_or_default()
+            .only(INVENTORY_FIELDS);
+        let owned =
+            current.and_then(|c| ownership::owned(c, FIELD_MANAGER_INVENTORY, Part::Status));
+        let owns_all = owned.is_none_or(|o| {
+            desired
+                .as_object()
+                .is_none_or(|m| m.keys().all(|k| o.contains(k)))
+        });
+        if current.is_some() && stored == desired && owns_all {
+            return Ok(());
+        }
+        self.writer
+            .apply_status(name, desired, FIELD_MANAGER_INVENTORY)
+            .await?;
+        report.status_writes += 1;
+        Ok(())
+    }
+
+    async fn collect_garbage(
+        &self,
+        existing: &HashMap<String, &ImagePosture>,
+        live: &HashSet<String>,
+        now: DateTime<Utc>,
+        report: &mut SweepReport,
+    ) {
+        let grace = chrono::Duration::from_std(self.config.grace).unwrap_or(chrono::Duration::MAX);
+        let unused: BTreeSet<&String> = existing.keys().filter(|n| !live.contains(*n)).collect();
+        let due: Vec<String> = {
+            let mut since = self.unused_since.locked();
+            since.retain(|name, _| unused.contains(name));
+            unused
+                .iter()
+                .filter(|name| {
+                    let first = *since.entry(name.to_string()).or_insert(now);
+                    now.signed_duration_since(first) >= grace
+                })
+                .map(|n| n.to_string())
+                .collect()
+        };
+        for name in unused {
+            if !self.writer.may_write() {
+                report.aborted = true;
+                return;
+            }
+            if due.contains(name) {
+                match self.writer.delete(name).await {
+                    Ok(()) => {
+                        report.deleted += 1;
+                        self.unused_since.locked().remove(name);
+                        tracing::info!(%name, "deleted ImagePosture: no pod used its image for the grace period");
+                    }
+                    Err(e) => {
+                        report.errors += 1;
+                        tracing::warn!(%name, error = %e, "deleting ImagePosture failed; retried next pass");
+                        if e.server_failing() {
+                            return;
+                        }
+                    }
+                }
+                continue;
+            }
+            // Until deletion, the resource says the truth: no pod runs the image.
+            let Some(cr) = existing.get(name).copied() else {
+                continue;
+            };
+            let desired = ImagePostureStatus::inventory_fields(Vec::new(), ImageUsage::new(0, []));
+            if let Err(e) = self
+                .apply_inventory_status(name, desired, Some(cr), report)
+                .await
+            {
+                report.errors += 1;
+                tracing::warn!(%name, error = %e, "writing ImagePosture failed; retried next pass");
+                if e.server_failing() {
+                    return;
+                }
+            }
+        }
+    }
+}

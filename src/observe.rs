@@ -1,0 +1,65 @@
+//! `imageposture observe IMAGE...`: the posture of images, printed, with no cluster. The same
+//! observer and verifier as the operator, with nothing recorded.
+
+use std::sync::Arc;
+
+use futures::stream::{self, StreamExt};
+
+use crate::cli::{ObserveArgs, OutputFormat};
+use crate::image::ImageRef;
+use crate::observer::{Observer, ObserverConfig};
+use crate::output::{self, Row};
+use crate::posture::{Reason, Verdict};
+use crate::verify::Verifier;
+
+pub async fn run(args: ObserveArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let verifier = Arc::new(Verifier::new(args.verify.config()).await?);
+    let observer = Observer::new(
+        verifier,
+        ObserverConfig {
+            budget: args.verify.image_timeout,
+            ..ObserverConfig::default()
+        },
+    );
+    let observer = &observer;
+    let now = chrono::Utc::now();
+    let rows: Vec<Row> = stream::iter(args.images.iter())
+        .map(|input| async move {
+            let parsed = match ImageRef::parse(input) {
+                Ok(r) => r,
+                Err(e) => {
+                    return Row {
+                        image: input.clone(),
+                        repository: None,
+                        digest: None,
+                        verdict: Verdict::checking(Reason::InvalidReference, e.to_string()),
+                    }
+                }
+            };
+            let repository = Some(parsed.repo_path());
+            match observer.resolve(&parsed, now).await {
+                Ok(id) => Row {
+                    image: input.clone(),
+                    repository,
+                    digest: Some(id.digest.clone()),
+                    verdict: observer.observe(&id, None, now).await.verdict,
+                },
+                Err(verdict) => Row {
+                    image: input.clone(),
+                    repository,
+                    digest: None,
+                    verdict,
+                },
+            }
+        })
+        .buffered(args.verify.concurrency.max(1))
+        .collect()
+        .await;
+    print!("{}", output::render(&rows, args.output));
+    if args.output == OutputFormat::Table {
+        for line in output::failures(&rows) {
+            eprintln!("  {line}");
+        }
+    }
+    Ok(())
+}

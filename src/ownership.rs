@@ -1,0 +1,130 @@
+//! Who owns which field of a resource, read from `metadata.managedFields` as the API server
+//! records it for server-side apply (`fieldsV1`: `{"f:status": {"f:posture": {}}}`).
+//!
+//! Each loop compares what it wants with the fields it owns, not with the whole object, so a
+//! field another manager set neither causes a rewrite on every pass nor survives where it
+//! must not be.
+
+use std::collections::BTreeSet;
+
+use kube::ResourceExt;
+use serde_json::Value;
+
+use crate::crd::ImagePosture;
+
+/// Where in the object a field lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Part {
+    /// `status.<field>` (top level of the status).
+    Status,
+    /// `metadata.labels.<key>`.
+    Labels,
+}
+
+impl Part {
+    fn path(self) -> [&'static str; 2] {
+        match self {
+            Part::Status => ["f:status", ""],
+            Part::Labels => ["f:metadata", "f:labels"],
+        }
+    }
+}
+
+/// The fields of `part` that `manager` owns; `None` when the object carries no managedFields
+/// at all (an API server that does not report them, or a stripped copy).
+pub fn owned(cr: &ImagePosture, manager: &str, part: Part) -> Option<BTreeSet<String>> {
+    let entries = cr.managed_fields();
+    if entries.is_empty() {
+        return None;
+    }
+    Some(fields(cr, part, |m| m == manager))
+}
+
+/// The fields of `part` that any manager other than `manager` owns.
+pub fn foreign(cr: &ImagePosture, manager: &str, part: Part) -> BTreeSet<String> {
+    fields(cr, part, |m| m != manager)
+}
+
+fn fields(cr: &ImagePosture, part: Part, select: impl Fn(&str) -> bool) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for entry in cr.managed_fields() {
+        if !select(entry.manager.as_deref().unwrap_or_default()) {
+            continue;
+        }
+        let Some(fields) = entry.fields_v1.as_ref().map(|f| &f.0) else {
+            continue;
+        };
+        let [outer, inner] = part.path();
+        let mut node = fields.get(outer);
+        if !inner.is_empty() {
+            node = node.and_then(|n| n.get(inner));
+        }
+        if let Some(Value::Object(map)) = node {
+            out.extend(
+                map.keys()
+                    .filter_map(|k| k.strip_prefix("f:"))
+                    .map(str::to_string),
+            );
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntry};
+    use serde_json::json;
+
+    fn entry(manager: &str, fields: Value) -> ManagedFieldsEntry {
+        ManagedFieldsEntry {
+            manager: Some(manager.into()),
+            operation: Some("Apply".into()),
+            fields_v1: Some(FieldsV1(fields)),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn reads_owned_and_foreign_fields() {
+        let mut cr = crate::crd::ImagePosture::new(
+            "x",
+            crate::crd::ImagePostureSpec {
+                image: "a".into(),
+                repository: "b".into(),
+                digest: "c".into(),
+            },
+        );
+        assert_eq!(
+            owned(&cr, "me", Part::Status),
+            None,
+            "no managedFields at all"
+        );
+        cr.metadata.managed_fields = Some(vec![
+            entry(
+                "me",
+                json!({"f:status": {"f:posture": {}, "f:usage": {"f:pods": {}}}}),
+            ),
+            entry(
+                "other",
+                json!({"f:status": {"f:signer": {}},
+                                   "f:metadata": {"f:labels": {"f:team": {}}}}),
+            ),
+        ]);
+        let mine = owned(&cr, "me", Part::Status).unwrap();
+        assert_eq!(mine.into_iter().collect::<Vec<_>>(), ["posture", "usage"]);
+        assert_eq!(
+            foreign(&cr, "me", Part::Status)
+                .into_iter()
+                .collect::<Vec<_>>(),
+            ["signer"]
+        );
+        assert_eq!(
+            foreign(&cr, "me", Part::Labels)
+                .into_iter()
+                .collect::<Vec<_>>(),
+            ["team"]
+        );
+        assert!(owned(&cr, "me", Part::Labels).unwrap().is_empty());
+    }
+}
