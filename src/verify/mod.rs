@@ -4,19 +4,20 @@
 //! failed fetches and failed layers, which would read as not-signed); the sigstore crate does
 //! the cryptography and parses the trust root.
 
-mod auth;
-mod bundle;
-mod cert;
-mod classify;
+// `pub(crate)`: reached by `crate::fuzzing` (the cargo-fuzz entry points).
+pub(crate) mod auth;
+pub(crate) mod bundle;
+pub(crate) mod cert;
+pub(crate) mod classify;
 mod config;
 mod keys;
-mod legacy;
-mod normalize;
-mod record;
+pub(crate) mod legacy;
+pub(crate) mod normalize;
+pub(crate) mod record;
 mod registry;
-mod rekor;
-mod timestamp;
-mod tlog;
+pub(crate) mod rekor;
+pub(crate) mod timestamp;
+pub(crate) mod tlog;
 mod trust;
 
 use std::sync::Arc;
