@@ -7,6 +7,7 @@
 //! every proxy variable pointing at a closed port on 127.0.0.1, so any network attempt fails
 //! fast instead of reaching the internet. Without `/usr/bin/cosign` these tests are skipped
 //! (with a message naming the Debian package `cosign`); with `CI=true` they fail.
+//! `IMAGEPOSTURE_KEEP_FIXTURES=DIR` also writes each bundle and its trusted root to `DIR`.
 
 mod support;
 
@@ -82,7 +83,7 @@ impl World {
     fn cosign(&self, run: Run, bundle: &[u8], trust: Trust) -> Verdict {
         let bundle_path = self.dir.path().join(format!("{}.sigstore.json", run.name));
         std::fs::write(&bundle_path, bundle).unwrap();
-        if let Ok(d) = std::env::var("H8C_KEEP") {
+        if let Ok(d) = std::env::var("IMAGEPOSTURE_KEEP_FIXTURES") {
             std::fs::write(format!("{d}/{}.sigstore.json", run.name), bundle).unwrap();
             std::fs::copy(&self.trusted_root, format!("{d}/{}.root.json", run.name)).unwrap();
         }
@@ -766,4 +767,15 @@ async fn legacy_rekord_entry_for_other_bytes_is_rejected() {
         verify_legacy(&w, &img.id, Trust::AnyIdentity),
         &["matching bundle to payload"],
     );
+}
+
+/// The production verifier loads the extended trusted root (Rekor v2 Ed25519 and ECDSA logs,
+/// a timestamp authority) without error.
+#[tokio::test]
+async fn production_verifier_loads_the_extended_trusted_root() {
+    let env = support::TestEnv::new();
+    let config = Sigstore::new().config(&env, &[]);
+    imageposture::verify::Verifier::new(config)
+        .await
+        .expect("the extended trusted root loads");
 }

@@ -7,6 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use imageposture::image::ImageId;
+use imageposture::verify::{TrustSource, VerifierConfig};
 use rcgen::PublicKeyData as _;
 use serde_json::{json, Map, Value};
 use sha2::{Digest as _, Sha256};
@@ -106,6 +107,14 @@ impl Sigstore {
         let text = serde_json::to_vec_pretty(&self.trusted_root(pki)).expect("trusted root JSON");
         std::fs::write(&path, text).expect("write trusted root");
         path
+    }
+
+    /// `env`'s verifier configuration with this instance's trusted root (written to `env.dir`)
+    /// in place of the plain one, so bundles from here verify through the production path.
+    pub fn config(&self, env: &super::TestEnv, hosts: &[&str]) -> VerifierConfig {
+        let mut config = env.config(hosts);
+        config.trust = TrustSource::File(self.write_trusted_root(&env.pki, env.dir.path()));
+        config
     }
 
     /// The authority a twist stamps with, and the bytes it stamps.
