@@ -15,6 +15,8 @@ use std::time::Instant;
 use futures::stream::{self, StreamExt};
 use imageposture::image::ImageId;
 use imageposture::posture::Posture;
+use imageposture::verify::TrustSource;
+use support::bundles::{self, Sigstore, Twist};
 use support::cosign::{self, Spoil};
 use support::pki::{Identity, Signer};
 use support::{unique_repo, TestEnv};
@@ -44,6 +46,9 @@ enum Format {
     LegacyKeylessSharedCert,
     LegacyRekord,
     BundleV1Set,
+    BundleV1SetProof,
+    BundleV2Keyless,
+    BundleV2Key,
 }
 
 impl Format {
@@ -55,11 +60,26 @@ impl Format {
             }
             Format::LegacyRekord => "legacy `.sig`, keyless, `rekord` 0.0.1 + SET (cosign 1.x)",
             Format::BundleV1Set => "bundle v0.3 referrer, keyless, `dsse` 0.0.1 + SET",
+            Format::BundleV1SetProof => {
+                "bundle v0.3 referrer, keyless, Rekor v1 `dsse` 0.0.1 + SET + proof + checkpoint"
+            }
+            Format::BundleV2Keyless => {
+                "bundle v0.3 referrer, keyless, Rekor v2 `hashedrekord` 0.0.2, proof + Ed25519 checkpoint + RFC 3161"
+            }
+            Format::BundleV2Key => {
+                "bundle v0.3 referrer, key, Rekor v2 `hashedrekord` 0.0.2, proof + Ed25519 checkpoint + RFC 3161"
+            }
         }
     }
 }
 
-async fn push(env: &TestEnv, format: Format, i: usize, shared: &support::pki::Leaf) -> ImageId {
+async fn push(
+    env: &TestEnv,
+    sigstore: &Sigstore,
+    format: Format,
+    i: usize,
+    shared: &support::pki::Leaf,
+) -> ImageId {
     let img = env
         .oci
         .push_image(&unique_repo(&format!("cost-{i:04}")), "v1")
@@ -85,6 +105,18 @@ async fn push(env: &TestEnv, format: Format, i: usize, shared: &support::pki::Le
                 .await;
         }
         Format::BundleV1Set => env.sign_bundle(&img).await,
+        Format::BundleV1SetProof | Format::BundleV2Keyless | Format::BundleV2Key => {
+            let leaf = env.pki.ca.issue(&Identity::github());
+            let (log, signer) = match format {
+                Format::BundleV1SetProof => (&sigstore.rekor_v1, Signer::Keyless(&leaf)),
+                Format::BundleV2Keyless => (&sigstore.rekor_v2, Signer::Keyless(&leaf)),
+                _ => (&sigstore.rekor_v2, Signer::Key(&env.pki.key)),
+            };
+            let statement = cosign::cosign_statement(&img.id);
+            let bundle =
+                bundles::dsse_bundle(sigstore, log, &statement, &signer, false, Twist::None);
+            env.oci.push_bundle_referrer(&img, &bundle).await;
+        }
     }
     img.id
 }
@@ -124,24 +156,31 @@ fn main() {
 async fn bench() {
     let n = env_usize("IMAGEPOSTURE_BENCH_IMAGES", 400).max(1);
     let env = TestEnv::new();
+    let sigstore = Sigstore::new();
+    let trusted_root = sigstore.write_trusted_root(&env.pki, env.dir.path());
     let shared = env.pki.ca.issue(&Identity::github());
     let formats = [
         Format::LegacyKeyless,
         Format::LegacyKeylessSharedCert,
         Format::LegacyRekord,
         Format::BundleV1Set,
+        Format::BundleV1SetProof,
+        Format::BundleV2Keyless,
+        Format::BundleV2Key,
     ];
     println!("| format | images | CPU per image (user + sys) | wall per image |");
     println!("|---|---:|---:|---:|");
     for format in formats {
         eprintln!("pushing {n} images: {format:?} ...");
         let ids: Vec<ImageId> = stream::iter(0..n)
-            .map(|i| push(&env, format, i, &shared))
+            .map(|i| push(&env, &sigstore, format, i, &shared))
             .buffer_unordered(16)
             .collect()
             .await;
         // A fresh verifier per format: its trust root and caches start cold.
-        let verifier = Arc::new(env.verifier(env.config(&[])).await);
+        let mut config = env.config(&[]);
+        config.trust = TrustSource::File(trusted_root.clone());
+        let verifier = Arc::new(env.verifier(config).await);
         let (cpu0, t0) = (cpu_seconds(), Instant::now());
         let verdicts: Vec<_> = stream::iter(ids.iter())
             .map(|id| {

@@ -7,6 +7,7 @@
 //! every proxy variable pointing at a closed port on 127.0.0.1, so any network attempt fails
 //! fast instead of reaching the internet. Without `/usr/bin/cosign` these tests are skipped
 //! (with a message naming the Debian package `cosign`); with `CI=true` they fail.
+//! `IMAGEPOSTURE_KEEP_FIXTURES=DIR` also writes each bundle and its trusted root to `DIR`.
 
 mod support;
 
@@ -82,7 +83,7 @@ impl World {
     fn cosign(&self, run: Run, bundle: &[u8], trust: Trust) -> Verdict {
         let bundle_path = self.dir.path().join(format!("{}.sigstore.json", run.name));
         std::fs::write(&bundle_path, bundle).unwrap();
-        if let Ok(d) = std::env::var("H8C_KEEP") {
+        if let Ok(d) = std::env::var("IMAGEPOSTURE_KEEP_FIXTURES") {
             std::fs::write(format!("{d}/{}.sigstore.json", run.name), bundle).unwrap();
             std::fs::copy(&self.trusted_root, format!("{d}/{}.root.json", run.name)).unwrap();
         }
@@ -646,4 +647,135 @@ fn rekor_v2_obsolete_dsse_v002_entry_is_rejected() {
         w.verify_attestation("v2-obsolete-dsse-v002", &b, Trust::AnyIdentity),
         &["new-bundle-format"],
     );
+}
+
+// ---- legacy `.sig` layers with a `rekord` entry, through the real registry ------------------
+
+/// cosign 1.x keyless signatures logged as `rekord` 0.0.1: `cosign verify` of the image in
+/// the real registry, the log key and Fulcio root given the legacy way (the
+/// `SIGSTORE_REKOR_PUBLIC_KEY` / `SIGSTORE_ROOT_FILE` variables), `--insecure-ignore-sct`.
+fn verify_legacy(w: &World, id: &ImageId, trust: Trust) -> Verdict {
+    let home = w.dir.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let rekor_pub = w.dir.path().join("rekor_v1.pub");
+    std::fs::write(
+        &rekor_pub,
+        pem::encode(&pem::Pem::new(
+            "PUBLIC KEY",
+            w.sigstore.rekor_v1.key.spki_der.clone(),
+        )),
+    )
+    .unwrap();
+    let fulcio = w.dir.path().join("fulcio_chain.pem");
+    std::fs::write(&fulcio, w.pki.ca.chain_pem()).unwrap();
+    let closed = format!("http://127.0.0.1:{}", support::registry::free_port());
+    let mut cmd = Command::new(COSIGN);
+    cmd.env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env("HOME", &home)
+        .env("TUF_ROOT", home.join("tuf"))
+        .env("SIGSTORE_REKOR_PUBLIC_KEY", &rekor_pub)
+        .env("SIGSTORE_ROOT_FILE", &fulcio)
+        .env("HTTPS_PROXY", &closed)
+        .env("https_proxy", &closed)
+        .env("NO_PROXY", "127.0.0.1")
+        .env("no_proxy", "127.0.0.1")
+        .args(["verify", "--allow-http-registry", "--insecure-ignore-sct"]);
+    match trust {
+        Trust::AnyIdentity => {
+            cmd.args([
+                "--certificate-identity-regexp",
+                ".*",
+                "--certificate-oidc-issuer-regexp",
+                ".*",
+            ]);
+        }
+        Trust::Key(k) => {
+            cmd.arg("--key").arg(k);
+        }
+    }
+    cmd.arg(format!("{}/{}@{}", id.registry, id.repository, id.digest));
+    let out = cmd.output().expect("run cosign");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!(
+        "cosign verify (legacy) {}: {}\n{text}",
+        id.repository, out.status
+    );
+    if out.status.success() {
+        Verdict::Accepted
+    } else {
+        Verdict::Rejected(text)
+    }
+}
+
+#[tokio::test]
+async fn legacy_keyless_rekord_entry_is_accepted() {
+    needs_cosign!();
+    let w = World::new();
+    let registry = support::registry::shared();
+    let oci = support::cosign::Oci::new(&registry.host);
+    let img = oci
+        .push_image(&support::unique_repo("rekord-keyless"), "v1")
+        .await;
+    let leaf = w.pki.ca.issue(&Identity::github());
+    let layer =
+        bundles::legacy_rekord_layer(&img.id, &Signer::Keyless(&leaf), &w.sigstore.rekor_v1);
+    oci.push_sig(&img.id.repository, &img.id.digest, &[layer])
+        .await;
+    accepted(verify_legacy(&w, &img.id, Trust::AnyIdentity));
+}
+
+#[tokio::test]
+async fn legacy_key_rekord_entry_is_accepted() {
+    needs_cosign!();
+    let w = World::new();
+    let registry = support::registry::shared();
+    let oci = support::cosign::Oci::new(&registry.host);
+    let img = oci
+        .push_image(&support::unique_repo("rekord-key"), "v1")
+        .await;
+    let layer =
+        bundles::legacy_rekord_layer(&img.id, &Signer::Key(&w.pki.key), &w.sigstore.rekor_v1);
+    oci.push_sig(&img.id.repository, &img.id.digest, &[layer])
+        .await;
+    accepted(verify_legacy(&w, &img.id, Trust::Key(&w.pki.key.path)));
+}
+
+#[tokio::test]
+async fn legacy_rekord_entry_for_other_bytes_is_rejected() {
+    needs_cosign!();
+    let w = World::new();
+    let registry = support::registry::shared();
+    let oci = support::cosign::Oci::new(&registry.host);
+    let img = oci
+        .push_image(&support::unique_repo("rekord-other"), "v1")
+        .await;
+    let leaf = w.pki.ca.issue(&Identity::github());
+    let layer = bundles::legacy_rekord_layer_logging(
+        &img.id,
+        &Signer::Keyless(&leaf),
+        &w.sigstore.rekor_v1,
+        b"some other payload",
+    );
+    oci.push_sig(&img.id.repository, &img.id.digest, &[layer])
+        .await;
+    rejected(
+        verify_legacy(&w, &img.id, Trust::AnyIdentity),
+        &["matching bundle to payload"],
+    );
+}
+
+/// The production verifier loads the extended trusted root (Rekor v2 Ed25519 and ECDSA logs,
+/// a timestamp authority) without error.
+#[tokio::test]
+async fn production_verifier_loads_the_extended_trusted_root() {
+    let env = support::TestEnv::new();
+    let config = Sigstore::new().config(&env, &[]);
+    imageposture::verify::Verifier::new(config)
+        .await
+        .expect("the extended trusted root loads");
 }

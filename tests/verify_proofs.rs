@@ -335,3 +335,61 @@ async fn rekor_v2_key_bundle_needs_no_timestamp() {
     assert_verdict(&v, Posture::Signed, Reason::Verified);
     assert_eq!(v.signatures[0].signing_time, None);
 }
+
+/// h8c's cosign 1.x fixtures (`bundles::legacy_rekord_layer`), which `tests/tlog_matrix.rs` has
+/// `cosign verify` judge: a legacy `.sig` layer with a `rekord` 0.0.1 entry and its SET.
+async fn observe_rekord_layer(
+    w: &World,
+    name: &str,
+    layer: impl Fn(&ImageId) -> cosign::SigLayer,
+) -> Verdict {
+    let img = w.image(name).await;
+    let l = layer(&img.id);
+    w.env
+        .oci
+        .push_sig(&img.id.repository, &img.id.digest, &[l])
+        .await;
+    w.env
+        .verifier(w.config.clone())
+        .await
+        .observe(&img.id)
+        .await
+}
+
+#[tokio::test]
+async fn cosign_1_rekord_layers_agree_with_cosign() {
+    let w = World::new();
+    let leaf = github(&w);
+    let v = observe_rekord_layer(&w, "rekord-h8c-keyless", |id| {
+        bundles::legacy_rekord_layer(id, &Signer::Keyless(&leaf), &w.sigstore.rekor_v1)
+    })
+    .await;
+    assert_verdict(&v, Posture::Signed, Reason::Verified);
+    assert_eq!(v.signer.as_deref(), Some(WORKFLOW_URI));
+
+    let v = observe_rekord_layer(&w, "rekord-h8c-key", |id| {
+        bundles::legacy_rekord_layer(id, &Signer::Key(&w.env.pki.key), &w.sigstore.rekor_v1)
+    })
+    .await;
+    assert_verdict(&v, Posture::Signed, Reason::Verified);
+    assert_eq!(
+        v.signer.as_deref(),
+        Some(w.env.pki.key.fingerprint.as_str())
+    );
+
+    let v = observe_rekord_layer(&w, "rekord-h8c-other", |id| {
+        bundles::legacy_rekord_layer_logging(
+            id,
+            &Signer::Keyless(&leaf),
+            &w.sigstore.rekor_v1,
+            b"other bytes",
+        )
+    })
+    .await;
+    assert_verdict(
+        &v,
+        Posture::InvalidSignature,
+        Reason::BadTransparencyLogEntry,
+    );
+    assert_says(&v, "logged hash is not the payload's");
+}

@@ -8,12 +8,12 @@
 pub(crate) mod auth;
 pub(crate) mod bundle;
 pub(crate) mod cert;
-mod classify;
+pub(crate) mod classify;
 mod config;
 pub(crate) mod discovery;
 mod keys;
 pub(crate) mod legacy;
-mod normalize;
+pub(crate) mod normalize;
 pub(crate) mod record;
 mod registry;
 pub(crate) mod rekor;

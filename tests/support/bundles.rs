@@ -6,11 +6,16 @@
 
 use std::path::{Path, PathBuf};
 
+use imageposture::image::ImageId;
+use imageposture::verify::{TrustSource, VerifierConfig};
 use rcgen::PublicKeyData as _;
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 use sha2::{Digest as _, Sha256};
 
-use super::cosign::{pae, BUNDLE_V03, IN_TOTO};
+use super::cosign::{
+    pae, simple_signing_payload, SigLayer, ANN_BUNDLE, ANN_CERTIFICATE, ANN_CHAIN, ANN_SIGNATURE,
+    BUNDLE_V03, IN_TOTO,
+};
 use super::pki::{b64, unix_now, Ca, Identity, Leaf, Pki, Signer};
 use super::tlog::{self, Entry, KeyKind, Log, Verifier};
 use super::tsa::Tsa;
@@ -102,6 +107,14 @@ impl Sigstore {
         let text = serde_json::to_vec_pretty(&self.trusted_root(pki)).expect("trusted root JSON");
         std::fs::write(&path, text).expect("write trusted root");
         path
+    }
+
+    /// `env`'s verifier configuration with this instance's trusted root (written to `env.dir`)
+    /// in place of the plain one, so bundles from here verify through the production path.
+    pub fn config(&self, env: &super::TestEnv, hosts: &[&str]) -> VerifierConfig {
+        let mut config = env.config(hosts);
+        config.trust = TrustSource::File(self.write_trusted_root(&env.pki, env.dir.path()));
+        config
     }
 
     /// The authority a twist stamps with, and the bytes it stamps.
@@ -307,4 +320,43 @@ pub fn rekor_v1_key(
     twist: Twist,
 ) -> Vec<u8> {
     message_bundle(s, &s.rekor_v1, payload, &Signer::Key(key), false, twist)
+}
+
+/// A legacy cosign `.sig` layer over `id`'s simple-signing payload whose Rekor entry is
+/// `rekord` 0.0.1, as cosign 1.x (2021-22) made them: signature, certificate and chain
+/// annotations (keyless), and the SET-bearing bundle annotation from the Rekor v1 `log`.
+pub fn legacy_rekord_layer(id: &ImageId, signer: &Signer, log: &Log) -> SigLayer {
+    legacy_rekord_layer_logging(id, signer, log, &simple_signing_payload(id))
+}
+
+/// As [`legacy_rekord_layer`], but the log entry hashes `logged` instead of the payload (a
+/// genuine SET over an entry that describes other bytes).
+pub fn legacy_rekord_layer_logging(
+    id: &ImageId,
+    signer: &Signer,
+    log: &Log,
+    logged: &[u8],
+) -> SigLayer {
+    let payload = simple_signing_payload(id);
+    let signature = signer.sign(&payload);
+    let (der, is_cert) = verifier_der(signer);
+    let entry = log.log(
+        "rekord",
+        "0.0.1",
+        &tlog::rekord_v001(logged, &signature, verifier(&der, is_cert)),
+    );
+    let mut annotations = Map::new();
+    annotations.insert(ANN_SIGNATURE.into(), json!(b64(&signature)));
+    if let Signer::Keyless(leaf) = signer {
+        annotations.insert(ANN_CERTIFICATE.into(), json!(leaf.pem));
+        annotations.insert(ANN_CHAIN.into(), json!(leaf.chain_pem));
+    }
+    annotations.insert(
+        ANN_BUNDLE.into(),
+        json!(entry.legacy_annotation().to_string()),
+    );
+    SigLayer {
+        payload,
+        annotations,
+    }
 }

@@ -460,8 +460,8 @@ impl Verifier<'_> {
     /// PEM, as Rekor v1 bodies carry it (base64 of the PEM text).
     pub fn pem(&self) -> String {
         match self {
-            Verifier::Certificate(d) => pem::encode(&pem::Pem::new("CERTIFICATE", d.to_vec())),
-            Verifier::PublicKey(d) => pem::encode(&pem::Pem::new("PUBLIC KEY", d.to_vec())),
+            Verifier::Certificate(d) => pem_lf("CERTIFICATE", d),
+            Verifier::PublicKey(d) => pem_lf("PUBLIC KEY", d),
         }
     }
 
@@ -478,6 +478,12 @@ impl Verifier<'_> {
             }),
         }
     }
+}
+
+/// PEM with `\n` line endings, as cosign and Rekor write it (the `pem` crate defaults to CRLF).
+pub fn pem_lf(tag: &str, der: &[u8]) -> String {
+    let config = pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF);
+    pem::encode_config(&pem::Pem::new(tag, der.to_vec()), config)
 }
 
 fn canonical(v: &Value) -> Vec<u8> {
