@@ -623,6 +623,8 @@ mod tests {
             message: String::new(),
             rekor_log_index: Some(1),
             integrated_time: Some(2),
+            signing_time: None,
+            signing_time_source: None,
         };
         let mut v = Verdict::from_signatures(vec![rec]);
         v.artifact_digests

@@ -29,7 +29,12 @@ use crate::server::{self, Health};
 use crate::verify::Verifier;
 
 pub async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
-    let client = Client::try_default().await?;
+    let in_cluster = crate::cli::in_cluster();
+    let client = connect().await?;
+    if args.install_crd(in_cluster) {
+        crate::install::install_crd(&client).await?;
+        tracing::info!("the ImagePosture CRD is Established");
+    }
     let metrics = Arc::new(Metrics::new());
     let health = Health::new();
     let listener = tokio::net::TcpListener::bind(args.metrics_addr).await?;
@@ -78,9 +83,11 @@ pub async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
     health.set_ready(true);
     tracing::info!(pods = pods.len(), "pod cache synced");
 
+    let lease_namespace = args.lease_namespace(in_cluster);
     let (elector, gate) = if args.leader_election {
+        tracing::info!(namespace = %lease_namespace, lease = %args.lease_name, "leader election");
         let elector = LeaderElector::new(
-            Api::<Lease>::namespaced(client.clone(), &args.lease_namespace),
+            Api::<Lease>::namespaced(client.clone(), &lease_namespace),
             args.lease_name.clone(),
             identity.clone(),
             args.lease_duration,
@@ -149,6 +156,25 @@ pub async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The client `kube::Client::try_default` would build (the current kubeconfig context, else the
+/// in-cluster service account), logging which cluster it talks to: a laptop run must say
+/// which cluster it is about to write to.
+async fn connect() -> Result<Client, Box<dyn std::error::Error>> {
+    let config = kube::Config::infer().await?;
+    let context = kube::config::Kubeconfig::read()
+        .ok()
+        .and_then(|k| k.current_context);
+    match context {
+        Some(context) => {
+            tracing::info!(%context, cluster = %config.cluster_url, "using the current kubeconfig context")
+        }
+        None => {
+            tracing::info!(cluster = %config.cluster_url, "using the in-cluster service account")
+        }
+    }
+    Ok(Client::try_from(config)?)
 }
 
 /// The inventory loop: a pass once the ImagePosture cache is synced, then after every burst of
