@@ -99,6 +99,11 @@ pub async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
     };
     let writer = Writer::new(Api::all(client.clone())).with_gate(gate.clone());
     let tags = TagResolver::new(observer.clone(), args.ttl);
+    let reports = args.policy_reports.then(|| Reports {
+        client: client.clone(),
+        writer: writer.clone(),
+        tags: tags.clone(),
+    });
     let sweeper = Sweeper::new(
         writer.clone(),
         tags.clone(),
@@ -136,7 +141,16 @@ pub async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
             // The inventory reads the controller's own cache of ImagePostures: one watch.
             let postures = verification.store();
             tokio::join!(
-                inventory_loop(&sweeper, &pods, &postures, &metrics, &changed, &tags, &args),
+                inventory_loop(
+                    &sweeper,
+                    &pods,
+                    &postures,
+                    &metrics,
+                    &changed,
+                    &tags,
+                    &args,
+                    reports.as_ref(),
+                ),
                 controller::drive(verification, ctx.clone()),
                 count_postures(&postures, &metrics),
             );
@@ -187,6 +201,7 @@ async fn inventory_loop(
     changed: &Notify,
     tags: &TagResolver,
     args: &RunArgs,
+    reports: Option<&Reports>,
 ) {
     if postures.wait_until_ready().await.is_err() {
         return;
@@ -194,6 +209,9 @@ async fn inventory_loop(
     let resolved = tags.resolved();
     loop {
         sweep_once(sweeper, pods, postures, metrics).await;
+        if let Some(reports) = reports {
+            write_reports(reports, pods, postures, metrics, args).await;
+        }
         tokio::select! {
             _ = tokio::time::sleep(args.resync) => {}
             _ = resolved.notified() => {}
@@ -203,6 +221,45 @@ async fn inventory_loop(
             }
         }
     }
+}
+
+/// What `--policy-reports` writes with.
+struct Reports {
+    client: Client,
+    writer: Writer,
+    tags: Arc<TagResolver>,
+}
+
+/// One PolicyReport per namespace from the pods and the ImagePosture cache; only changed
+/// reports are written (counted as `policyreport` / `policyreport-delete` API writes).
+async fn write_reports(
+    reports: &Reports,
+    pods: &Store<Pod>,
+    postures: &Store<ImagePosture>,
+    metrics: &Metrics,
+    args: &RunArgs,
+) {
+    use crate::policy_report_sync as sync;
+    let filter = NamespaceFilter {
+        include: args.include_namespaces.clone(),
+        exclude: args.exclude_namespaces.clone(),
+    };
+    let uses = sync::uses(&pods.state(), &filter, &reports.tags);
+    let desired = crate::policy_report::reports(&uses, &sync::verdicts(&postures.state()));
+    let done = sync::sync(&reports.client, &reports.writer, &desired).await;
+    for _ in 0..done.applied {
+        metrics.api_write("policyreport");
+    }
+    for _ in 0..done.deleted {
+        metrics.api_write("policyreport-delete");
+    }
+    tracing::info!(
+        namespaces = desired.len(),
+        applied = done.applied,
+        deleted = done.deleted,
+        errors = done.errors,
+        "policy reports done"
+    );
 }
 
 /// Keeps `imageposture_images{posture}` current from the ImagePosture cache.
