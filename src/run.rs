@@ -147,7 +147,6 @@ pub async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
                     &postures,
                     &metrics,
                     &changed,
-                    &tags,
                     &args,
                     reports.as_ref(),
                 ),
@@ -199,14 +198,13 @@ async fn inventory_loop(
     postures: &Store<ImagePosture>,
     metrics: &Metrics,
     changed: &Notify,
-    tags: &TagResolver,
     args: &RunArgs,
     reports: Option<&Reports>,
 ) {
     if postures.wait_until_ready().await.is_err() {
         return;
     }
-    let resolved = tags.resolved();
+    let resolved = sweeper.tags().resolved();
     loop {
         sweep_once(sweeper, pods, postures, metrics).await;
         if let Some(reports) = reports {
