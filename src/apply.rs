@@ -158,6 +158,14 @@ impl Writer {
         self.gate.leading()
     }
 
+    /// Runs any write (e.g. to a PolicyReport) under the same Lease gate and deadline.
+    pub async fn within<T>(
+        &self,
+        write: impl std::future::Future<Output = Result<T, kube::Error>>,
+    ) -> Result<T> {
+        self.bounded(write).await
+    }
+
     /// Runs one write within the smaller of the write deadline and the Lease claim.
     async fn bounded<T>(
         &self,

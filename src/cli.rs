@@ -138,15 +138,51 @@ pub struct RunArgs {
     /// Lease name.
     #[arg(long, env = "IMAGEPOSTURE_LEASE_NAME", default_value = "imageposture")]
     pub lease_name: String,
-    /// Namespace of the Lease (the operator's own).
-    #[arg(long, env = "POD_NAMESPACE", default_value = "imageposture-system")]
-    pub lease_namespace: String,
+    /// Namespace of the Lease: the operator's own in cluster (the Deployment sets
+    /// `POD_NAMESPACE`); out of cluster `default` unless given.
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub lease_namespace: Option<String>,
+    /// Apply the ImagePosture CRD (server-side apply) at start and wait until it is Established.
+    /// Default: on out of cluster (no `KUBERNETES_SERVICE_HOST`), off in cluster.
+    #[arg(long, env = "IMAGEPOSTURE_INSTALL_CRD", action = clap::ArgAction::Set)]
+    pub install_crd: Option<bool>,
+    /// Write one `wgpolicyk8s.io/v1alpha2` PolicyReport per namespace after each inventory pass
+    /// (needs the PolicyReport CRD and config/policy-reports RBAC).
+    #[arg(long, env = "IMAGEPOSTURE_POLICY_REPORTS", default_value_t = false, action = clap::ArgAction::Set)]
+    pub policy_reports: bool,
     /// This replica's identity in the Lease and in Events.
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
     /// Lease duration; a new leader waits at most this long after a crash.
     #[arg(long, env = "IMAGEPOSTURE_LEASE_DURATION", default_value = "15s", value_parser = parse_duration)]
     pub lease_duration: Duration,
+}
+
+/// Where the process runs: the API server injects `KUBERNETES_SERVICE_HOST` into every pod.
+pub fn in_cluster() -> bool {
+    std::env::var_os("KUBERNETES_SERVICE_HOST").is_some_and(|v| !v.is_empty())
+}
+
+/// Lease namespace used out of cluster when neither `--lease-namespace` nor `POD_NAMESPACE`
+/// is given.
+pub const OUT_OF_CLUSTER_LEASE_NAMESPACE: &str = "default";
+/// Lease namespace used in cluster without `POD_NAMESPACE` (the manifests' namespace).
+pub const IN_CLUSTER_LEASE_NAMESPACE: &str = "imageposture-system";
+
+impl RunArgs {
+    /// `--install-crd`, or on exactly when out of cluster.
+    pub fn install_crd(&self, in_cluster: bool) -> bool {
+        self.install_crd.unwrap_or(!in_cluster)
+    }
+
+    /// `--lease-namespace` / `POD_NAMESPACE`, or the default for where the process runs.
+    pub fn lease_namespace(&self, in_cluster: bool) -> String {
+        match &self.lease_namespace {
+            Some(ns) if !ns.is_empty() => ns.clone(),
+            _ if in_cluster => IN_CLUSTER_LEASE_NAMESPACE.to_string(),
+            _ => OUT_OF_CLUSTER_LEASE_NAMESPACE.to_string(),
+        }
+    }
 }
 
 /// How images are verified; shared by every command that verifies.

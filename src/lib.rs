@@ -40,6 +40,7 @@ pub mod observer;
 pub mod output;
 pub mod ownership;
 pub mod policy_report;
+pub mod policy_report_sync;
 pub mod posture;
 pub mod run;
 pub mod scan;

@@ -29,7 +29,12 @@ use crate::server::{self, Health};
 use crate::verify::Verifier;
 
 pub async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
-    let client = Client::try_default().await?;
+    let in_cluster = crate::cli::in_cluster();
+    let client = connect().await?;
+    if args.install_crd(in_cluster) {
+        crate::install::install_crd(&client).await?;
+        tracing::info!("the ImagePosture CRD is Established");
+    }
     let metrics = Arc::new(Metrics::new());
     let health = Health::new();
     let listener = tokio::net::TcpListener::bind(args.metrics_addr).await?;
@@ -78,9 +83,11 @@ pub async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
     health.set_ready(true);
     tracing::info!(pods = pods.len(), "pod cache synced");
 
+    let lease_namespace = args.lease_namespace(in_cluster);
     let (elector, gate) = if args.leader_election {
+        tracing::info!(namespace = %lease_namespace, lease = %args.lease_name, "leader election");
         let elector = LeaderElector::new(
-            Api::<Lease>::namespaced(client.clone(), &args.lease_namespace),
+            Api::<Lease>::namespaced(client.clone(), &lease_namespace),
             args.lease_name.clone(),
             identity.clone(),
             args.lease_duration,
@@ -92,6 +99,11 @@ pub async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
     };
     let writer = Writer::new(Api::all(client.clone())).with_gate(gate.clone());
     let tags = TagResolver::new(observer.clone(), args.ttl);
+    let reports = args.policy_reports.then(|| Reports {
+        client: client.clone(),
+        writer: writer.clone(),
+        tags: tags.clone(),
+    });
     let sweeper = Sweeper::new(
         writer.clone(),
         tags.clone(),
@@ -129,7 +141,15 @@ pub async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
             // The inventory reads the controller's own cache of ImagePostures: one watch.
             let postures = verification.store();
             tokio::join!(
-                inventory_loop(&sweeper, &pods, &postures, &metrics, &changed, &tags, &args),
+                inventory_loop(
+                    &sweeper,
+                    &pods,
+                    &postures,
+                    &metrics,
+                    &changed,
+                    &args,
+                    reports.as_ref(),
+                ),
                 controller::drive(verification, ctx.clone()),
                 count_postures(&postures, &metrics),
             );
@@ -151,6 +171,25 @@ pub async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
+/// The client `kube::Client::try_default` would build (the current kubeconfig context, else the
+/// in-cluster service account), logging which cluster it talks to: a laptop run must say
+/// which cluster it is about to write to.
+async fn connect() -> Result<Client, Box<dyn std::error::Error>> {
+    let config = kube::Config::infer().await?;
+    let context = kube::config::Kubeconfig::read()
+        .ok()
+        .and_then(|k| k.current_context);
+    match context {
+        Some(context) => {
+            tracing::info!(%context, cluster = %config.cluster_url, "using the current kubeconfig context")
+        }
+        None => {
+            tracing::info!(cluster = %config.cluster_url, "using the in-cluster service account")
+        }
+    }
+    Ok(Client::try_from(config)?)
+}
+
 /// The inventory loop: a pass once the ImagePosture cache is synced, then after every burst of
 /// pod changes, every resolved tag and every resync period.
 async fn inventory_loop(
@@ -159,15 +198,18 @@ async fn inventory_loop(
     postures: &Store<ImagePosture>,
     metrics: &Metrics,
     changed: &Notify,
-    tags: &TagResolver,
     args: &RunArgs,
+    reports: Option<&Reports>,
 ) {
     if postures.wait_until_ready().await.is_err() {
         return;
     }
-    let resolved = tags.resolved();
+    let resolved = sweeper.tags().resolved();
     loop {
         sweep_once(sweeper, pods, postures, metrics).await;
+        if let Some(reports) = reports {
+            write_reports(reports, pods, postures, metrics, args).await;
+        }
         tokio::select! {
             _ = tokio::time::sleep(args.resync) => {}
             _ = resolved.notified() => {}
@@ -177,6 +219,45 @@ async fn inventory_loop(
             }
         }
     }
+}
+
+/// What `--policy-reports` writes with.
+struct Reports {
+    client: Client,
+    writer: Writer,
+    tags: Arc<TagResolver>,
+}
+
+/// One PolicyReport per namespace from the pods and the ImagePosture cache; only changed
+/// reports are written (counted as `policyreport` / `policyreport-delete` API writes).
+async fn write_reports(
+    reports: &Reports,
+    pods: &Store<Pod>,
+    postures: &Store<ImagePosture>,
+    metrics: &Metrics,
+    args: &RunArgs,
+) {
+    use crate::policy_report_sync as sync;
+    let filter = NamespaceFilter {
+        include: args.include_namespaces.clone(),
+        exclude: args.exclude_namespaces.clone(),
+    };
+    let uses = sync::uses(&pods.state(), &filter, &reports.tags);
+    let desired = crate::policy_report::reports(&uses, &sync::verdicts(&postures.state()));
+    let done = sync::sync(&reports.client, &reports.writer, &desired).await;
+    for _ in 0..done.applied {
+        metrics.api_write("policyreport");
+    }
+    for _ in 0..done.deleted {
+        metrics.api_write("policyreport-delete");
+    }
+    tracing::info!(
+        namespaces = desired.len(),
+        applied = done.applied,
+        deleted = done.deleted,
+        errors = done.errors,
+        "policy reports done"
+    );
 }
 
 /// Keeps `imageposture_images{posture}` current from the ImagePosture cache.

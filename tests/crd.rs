@@ -162,7 +162,10 @@ fn deployment_is_locked_down() {
         assert!(c["resources"]["limits"]["memory"].is_string(), "{c}");
     }
     let main = &containers[0];
-    assert_eq!(main["args"], serde_json::json!(["run"]));
+    assert_eq!(
+        main["args"],
+        serde_json::json!(["run", "--install-crd=false"])
+    );
     assert_eq!(main["livenessProbe"]["httpGet"]["path"], "/healthz");
     assert_eq!(main["readinessProbe"]["httpGet"]["path"], "/readyz");
     let env: BTreeSet<&str> = main["env"]

@@ -61,6 +61,7 @@ async fn every_running_image_gets_an_imageposture() {
         Command::new(env!("CARGO_BIN_EXE_imageposture"))
             .args([
                 "run",
+                "--install-crd=false",
                 "--metrics-addr",
                 "127.0.0.1:0",
                 "--debounce",

@@ -1215,7 +1215,14 @@ async fn watch_drops_and_410_gone_neither_delete_nor_rewrite() {
     let config = kubeconfig(env.dir.path(), &api.url());
     let _operator = Process(
         Command::new(env!("CARGO_BIN_EXE_imageposture"))
-            .args(["run", "--debounce", "100ms", "--resync", "1s"])
+            .args([
+                "run",
+                "--install-crd=false",
+                "--debounce",
+                "100ms",
+                "--resync",
+                "1s",
+            ])
             .args(["--leader-election", "false", "--grace", "1s"])
             .args(["--image-timeout", "2s"])
             .args(["--metrics-addr", "127.0.0.1:0"])

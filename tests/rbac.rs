@@ -387,17 +387,25 @@ fn spawn_operator(
     logs: Option<(&Path, &Path)>,
 ) -> Operator {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_imageposture"));
-    cmd.args(["run", "--debounce", "100ms", "--resync", "500ms"])
-        .args(["--lease-duration", "3s"])
-        // Port 0: two operators started at once never race for a port.
-        .args(["--metrics-addr", "127.0.0.1:0"])
-        .args(["--trusted-root", env.trusted_root.to_str().unwrap()])
-        .args(["--insecure-registry", &env.registry.host])
-        .args(args)
-        .env("KUBECONFIG", kubeconfig(env.dir.path(), &api.url()))
-        .env("POD_NAMESPACE", namespace)
-        .env("POD_NAME", "operator-0")
-        .env("RUST_LOG", rust_log);
+    // As the Deployment runs it: the CRD is installed by the manifests, not the operator.
+    cmd.args([
+        "run",
+        "--install-crd=false",
+        "--debounce",
+        "100ms",
+        "--resync",
+        "500ms",
+    ])
+    .args(["--lease-duration", "3s"])
+    // Port 0: two operators started at once never race for a port.
+    .args(["--metrics-addr", "127.0.0.1:0"])
+    .args(["--trusted-root", env.trusted_root.to_str().unwrap()])
+    .args(["--insecure-registry", &env.registry.host])
+    .args(args)
+    .env("KUBECONFIG", kubeconfig(env.dir.path(), &api.url()))
+    .env("POD_NAMESPACE", namespace)
+    .env("POD_NAME", "operator-0")
+    .env("RUST_LOG", rust_log);
     match logs {
         Some((out, err)) => {
             cmd.stdout(std::fs::File::create(out).unwrap())

@@ -183,7 +183,13 @@ pub fn trim(pod: &mut Pod) {
     pod.managed_fields_mut().clear();
     pod.annotations_mut().clear();
     pod.labels_mut().clear();
-    pod.metadata.owner_references = None;
+    // Only the controller owner is read (PolicyReport results are per owner).
+    if let Some(refs) = pod.metadata.owner_references.as_mut() {
+        refs.retain(|o| o.controller == Some(true));
+        for o in refs.iter_mut() {
+            o.block_owner_deletion = None;
+        }
+    }
     if let Some(spec) = pod.spec.as_mut() {
         spec.volumes = None;
         spec.affinity = None;

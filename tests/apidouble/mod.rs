@@ -130,6 +130,15 @@ pub const RESOURCES: &[ResourceType] = &[
         namespaced: false,
         status_subresource: true,
     },
+    // `run --policy-reports`: a CRD (Kyverno's or Policy Reporter's), served as if installed.
+    ResourceType {
+        group: "wgpolicyk8s.io",
+        version: "v1alpha2",
+        plural: "policyreports",
+        kind: "PolicyReport",
+        namespaced: true,
+        status_subresource: false,
+    },
 ];
 
 const IMAGEPOSTURES: usize = 0;

@@ -1,0 +1,146 @@
+//! Writes the PolicyReports of [`crate::policy_report`] (`run --policy-reports`): after an
+//! inventory pass, the per-namespace reports wanted now are compared with ours on the server
+//! (listed by our managed-by label) and only the difference is written, through the same
+//! Lease-bounded [`Writer`] as ImagePostures, so a standby never writes and a steady cluster
+//! costs one list and no writes.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use chrono::Utc;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
+use kube::core::GroupVersionKind;
+use kube::Client;
+
+use crate::apply::Writer;
+use crate::crd::{ImagePosture, LABEL_MANAGED_BY, MANAGER};
+use crate::inventory::tags::TagResolver;
+use crate::inventory::{Inventory, NamespaceFilter};
+use crate::policy_report::{self, Action, ImageVerdict, PolicyReport, Use};
+
+/// What one pass wrote.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SyncReport {
+    pub applied: usize,
+    pub deleted: usize,
+    pub errors: usize,
+}
+
+/// `wgpolicyk8s.io/v1alpha2` PolicyReport, namespaced.
+pub fn api_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("wgpolicyk8s.io", "v1alpha2", policy_report::KIND),
+        "policyreports",
+    )
+}
+
+/// One result source per (namespace, pod owner, image) of the admitted, running pods; a tag not
+/// resolved yet is reported by its reference (no verdict: `skip`).
+pub fn uses(pods: &[Arc<Pod>], filter: &NamespaceFilter, tags: &Arc<TagResolver>) -> Vec<Use> {
+    let now = Utc::now();
+    let mut out = Vec::new();
+    for pod in pods {
+        let inv = Inventory::from_pods(std::iter::once(pod.as_ref()), filter);
+        let Some(namespace) = pod.metadata.namespace.clone() else {
+            continue;
+        };
+        let owner = policy_report::owner_of(pod);
+        let resolved = inv.unresolved.keys().map(|tag| {
+            tags.lookup(tag, now)
+                .map(|id| id.key())
+                .unwrap_or_else(|| tag.to_string())
+        });
+        for image in inv.images.keys().map(|id| id.key()).chain(resolved) {
+            out.push(Use {
+                namespace: namespace.clone(),
+                owner: owner.clone(),
+                image,
+            });
+        }
+    }
+    out
+}
+
+/// Verdicts by image identity, from the ImagePosture cache.
+pub fn verdicts(postures: &[Arc<ImagePosture>]) -> BTreeMap<String, ImageVerdict> {
+    postures
+        .iter()
+        .filter_map(|cr| {
+            let status = cr.status.as_ref()?;
+            Some((
+                cr.spec.image.clone(),
+                ImageVerdict {
+                    posture: status.posture?,
+                    signer: status.signer.clone(),
+                    issuer: status.issuer.clone(),
+                    reason: status.reason.map(|r| r.to_string()).unwrap_or_default(),
+                    message: status.message.clone(),
+                    last_verified: status.last_verified.clone(),
+                },
+            ))
+        })
+        .collect()
+}
+
+/// Lists our PolicyReports, plans against `desired`, and writes the difference.
+pub async fn sync(client: &Client, writer: &Writer, desired: &[PolicyReport]) -> SyncReport {
+    let mut report = SyncReport::default();
+    if !writer.may_write() {
+        return report;
+    }
+    let all: Api<DynamicObject> = Api::all_with(client.clone(), &api_resource());
+    let selector = format!("{LABEL_MANAGED_BY}={MANAGER}");
+    let listed = match all.list(&ListParams::default().labels(&selector)).await {
+        Ok(list) => list.items,
+        Err(error) => {
+            tracing::warn!(%error, "listing PolicyReports failed; retried on the next pass");
+            report.errors += 1;
+            return report;
+        }
+    };
+    let existing: Vec<PolicyReport> = listed
+        .into_iter()
+        .filter_map(|o| serde_json::to_value(o).ok())
+        .filter_map(|v| serde_json::from_value(v).ok())
+        .collect();
+    let params = PatchParams::apply(MANAGER).force();
+    for action in policy_report::plan(desired, &existing) {
+        let (namespace, result) = match action {
+            Action::Apply(desired) => {
+                let namespace = desired.metadata.namespace.clone();
+                let api: Api<DynamicObject> =
+                    Api::namespaced_with(client.clone(), &namespace, &api_resource());
+                let body = Patch::Apply(&desired);
+                let r = writer
+                    .within(api.patch(policy_report::REPORT_NAME, &params, &body))
+                    .await
+                    .map(|_| report.applied += 1);
+                (namespace, r)
+            }
+            Action::Delete { namespace } => {
+                let api: Api<DynamicObject> =
+                    Api::namespaced_with(client.clone(), &namespace, &api_resource());
+                let r = match writer
+                    .within(api.delete(policy_report::REPORT_NAME, &DeleteParams::default()))
+                    .await
+                {
+                    Ok(_) => Ok(()),
+                    Err(crate::error::Error::Kube(kube::Error::Api(s))) if s.is_not_found() => {
+                        Ok(())
+                    }
+                    Err(e) => Err(e),
+                };
+                (namespace, r.map(|()| report.deleted += 1))
+            }
+        };
+        if let Err(error) = result {
+            report.errors += 1;
+            tracing::warn!(%namespace, %error, "PolicyReport write failed; retried on the next pass");
+            if matches!(error, crate::error::Error::NotLeader) {
+                break;
+            }
+        }
+    }
+    report
+}
