@@ -168,11 +168,12 @@ impl fmt::Display for ImageId {
 
 /// Docker Hub's canonical name; every other host is kept as written (lowercased).
 pub fn normalize_registry(registry: &str) -> String {
-    match registry {
+    let registry = registry.to_ascii_lowercase();
+    match registry.as_str() {
         "index.docker.io" | "registry-1.docker.io" | "registry.hub.docker.com" => {
             "docker.io".to_string()
         }
-        other => other.to_ascii_lowercase(),
+        _ => registry,
     }
 }
 

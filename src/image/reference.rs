@@ -13,7 +13,6 @@ const MAX_REPOSITORY: usize = 255;
 const MAX_TAG: usize = 128;
 
 const DOCKER_HUB: &str = "docker.io";
-const DOCKER_HUB_LEGACY: &str = "index.docker.io";
 const OFFICIAL_NAMESPACE: &str = "library";
 
 /// The parts of a reference, Docker Hub defaults applied (`nginx` -> `docker.io`,
@@ -71,7 +70,9 @@ pub(super) fn split(input: &str) -> Result<Parts<'_>, ParseError> {
     if !path.split('/').all(is_path_component) {
         return Err(ParseError::Path);
     }
-    let domain = if domain == DOCKER_HUB_LEGACY {
+    // Every spelling of Docker Hub is one registry, so `library/` applies to all of them
+    // (found by fuzzing: `registry-1.docker.io/o` and `docker.io/o` named two images).
+    let domain = if super::normalize_registry(domain) == DOCKER_HUB {
         DOCKER_HUB
     } else {
         domain
