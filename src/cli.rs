@@ -38,7 +38,7 @@ pub enum Command {
     /// Print the ImagePosture CustomResourceDefinition.
     Crd,
     /// Counts by posture, top signers and issuers, namespaces at risk, images stuck checking.
-    Summary(crate::summary::SummaryArgs),
+    Summary(SummaryArgs),
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -301,4 +301,25 @@ mod tests {
         assert_eq!(parse_named_key("rel=/k.pem").unwrap().0, "rel");
         assert!(parse_named_key("nokey").is_err());
     }
+}
+
+/// `imageposture summary` flags.
+#[derive(Args, Debug)]
+pub struct SummaryArgs {
+    /// Summarize `imageposture scan` output (`-o json` or `-o yaml`; `-` reads standard input)
+    /// instead of the ImagePostures in the cluster of the current kube context.
+    #[arg(long = "from", env = "IMAGEPOSTURE_SUMMARY_FROM")]
+    pub from: Option<PathBuf>,
+    /// `table` for people; `json` or `yaml` for machines.
+    #[arg(
+        short = 'o',
+        long,
+        env = "IMAGEPOSTURE_OUTPUT",
+        value_enum,
+        default_value = "table"
+    )]
+    pub output: OutputFormat,
+    /// Signers and issuers listed.
+    #[arg(long, env = "IMAGEPOSTURE_SUMMARY_TOP", default_value_t = 10)]
+    pub top: usize,
 }

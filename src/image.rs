@@ -262,7 +262,10 @@ mod tests {
         let r = ImageRef::parse(&format!("127.0.0.1:5000/a/b:t@{D}")).unwrap();
         assert_eq!(r.registry, "127.0.0.1:5000");
         assert_eq!(r.repository, "a/b");
-        assert_eq!(r.id().unwrap().sig_tag(), format!("sha256-{}.sig", &D[7..]));
+        assert_eq!(
+            r.id().unwrap().sig_tag(),
+            format!("sha256-{}.sig", D.strip_prefix("sha256:").unwrap())
+        );
     }
 
     #[test]

@@ -29,6 +29,7 @@ pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod image;
+pub mod input;
 pub mod install;
 pub mod inventory;
 pub mod isolate;

@@ -5,23 +5,28 @@ use std::sync::Arc;
 
 use futures::stream::{self, StreamExt};
 
-use crate::cli::{ObserveArgs, OutputFormat};
+use crate::cli::{ObserveArgs, OutputFormat, VerifyArgs};
 use crate::image::ImageRef;
 use crate::observer::{Observer, ObserverConfig};
 use crate::output::{self, Row};
 use crate::posture::{Reason, Verdict};
 use crate::verify::Verifier;
 
-pub async fn run(args: ObserveArgs) -> Result<(), Box<dyn std::error::Error>> {
-    let verifier = Arc::new(Verifier::new(args.verify.config()).await?);
-    let observer = Observer::new(
+/// The verifier and the observer in front of it, as the commands without a cluster
+/// (`observe`, `scan`) configure them.
+pub async fn observer(args: &VerifyArgs) -> Result<Observer, Box<dyn std::error::Error>> {
+    let verifier = Arc::new(Verifier::new(args.config()).await?);
+    Ok(Observer::new(
         verifier,
         ObserverConfig {
-            budget: args.verify.image_timeout,
+            budget: args.image_timeout,
             ..ObserverConfig::default()
         },
-    );
-    let observer = &observer;
+    ))
+}
+
+pub async fn run(args: ObserveArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let observer = &observer(&args.verify).await?;
     let now = chrono::Utc::now();
     let rows: Vec<Row> = stream::iter(args.images.iter())
         .map(|input| async move {

@@ -3,7 +3,7 @@
 //! each ImagePosture. Both run only while this replica holds the Lease, and stop at once when
 //! it is lost.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
@@ -23,6 +23,7 @@ use crate::inventory::sweep::{SweepConfig, SweepReport, Sweeper};
 use crate::inventory::tags::TagResolver;
 use crate::inventory::NamespaceFilter;
 use crate::leader::LeaderElector;
+use crate::lock::LockExt;
 use crate::metrics::Metrics;
 use crate::observer::{Observer, ObserverConfig};
 use crate::server::{self, Health};
@@ -103,6 +104,7 @@ pub async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
         client: client.clone(),
         writer: writer.clone(),
         tags: tags.clone(),
+        written: Mutex::new(None),
     });
     let sweeper = Sweeper::new(
         writer.clone(),
@@ -226,7 +228,14 @@ struct Reports {
     client: Client,
     writer: Writer,
     tags: Arc<TagResolver>,
+    /// The reports the last clean sync left in place, and when: a pass that wants the same
+    /// reports skips the PolicyReport list (an API call per pass otherwise), except once per
+    /// [`REPORTS_RELIST`] so an edit or deletion by someone else is repaired.
+    written: Mutex<Option<(Vec<crate::policy_report::PolicyReport>, std::time::Instant)>>,
 }
+
+/// How long a clean PolicyReport sync is trusted without listing the reports again.
+const REPORTS_RELIST: Duration = Duration::from_secs(600);
 
 /// One PolicyReport per namespace from the pods and the ImagePosture cache; only changed
 /// reports are written (counted as `policyreport` / `policyreport-delete` API writes).
@@ -244,7 +253,17 @@ async fn write_reports(
     };
     let uses = sync::uses(&pods.state(), &filter, &reports.tags);
     let desired = crate::policy_report::reports(&uses, &sync::verdicts(&postures.state()));
+    let unchanged = reports
+        .written
+        .locked()
+        .as_ref()
+        .is_some_and(|(last, at)| *last == desired && at.elapsed() < REPORTS_RELIST);
+    if unchanged {
+        return;
+    }
     let done = sync::sync(&reports.client, &reports.writer, &desired).await;
+    *reports.written.locked() =
+        (done.errors == 0).then(|| (desired.clone(), std::time::Instant::now()));
     for _ in 0..done.applied {
         metrics.api_write("policyreport");
     }

@@ -1,9 +1,6 @@
 //! `imageposture scan`: the ImagePosture objects the operator would write, from a pod list
 //! (`kubectl get pods -A -o json`), with no cluster.
 
-use std::io::Read;
-use std::sync::Arc;
-
 use k8s_openapi::api::core::v1::Pod;
 
 use futures::stream::{self, StreamExt};
@@ -11,22 +8,14 @@ use futures::stream::{self, StreamExt};
 use crate::cli::{OutputFormat, ScanArgs};
 use crate::crd::{self, ImagePosture, ImagePostureStatus, ImageUsage};
 use crate::inventory::{Inventory, NamespaceFilter};
-use crate::observer::{Observer, ObserverConfig};
-use crate::verify::Verifier;
+use crate::observer::Observer;
 
 /// Largest pod list accepted (a 10k-pod cluster lists in well under this).
 const MAX_INPUT: u64 = 512 << 20;
 
 pub async fn run(args: ScanArgs) -> Result<(), Box<dyn std::error::Error>> {
     let pods = read_pods(&args.file)?;
-    let verifier = Arc::new(Verifier::new(args.verify.config()).await?);
-    let observer = Observer::new(
-        verifier,
-        ObserverConfig {
-            budget: args.verify.image_timeout,
-            ..ObserverConfig::default()
-        },
-    );
+    let observer = crate::observe::observer(&args.verify).await?;
     let objects = scan(&pods, &observer, args.verify.concurrency).await;
     let out = match args.output {
         OutputFormat::Json => {
@@ -105,16 +94,7 @@ pub async fn scan(pods: &[Pod], observer: &Observer, concurrency: usize) -> Vec<
 }
 
 fn read_pods(path: &std::path::Path) -> Result<Vec<Pod>, Box<dyn std::error::Error>> {
-    let mut raw = Vec::new();
-    let reader: Box<dyn Read> = if path.as_os_str() == "-" {
-        Box::new(std::io::stdin())
-    } else {
-        Box::new(std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?)
-    };
-    reader.take(MAX_INPUT + 1).read_to_end(&mut raw)?;
-    if raw.len() as u64 > MAX_INPUT {
-        return Err(format!("{} is larger than {MAX_INPUT} bytes", path.display()).into());
-    }
+    let raw = crate::input::read(path, MAX_INPUT)?;
     parse_pods(&raw).map_err(|e| format!("{}: {e}", path.display()).into())
 }
 

@@ -8,15 +8,13 @@
 //! issuer and message text is attacker-influenced: bounded here, and escaped when printed.
 
 use std::collections::BTreeMap;
-use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use chrono::{DateTime, Utc};
-use clap::Args;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::cli::OutputFormat;
+use crate::cli::{OutputFormat, SummaryArgs};
 use crate::posture::{bound, Posture, MAX_MESSAGE, MAX_TEXT};
 use crate::text::escape;
 
@@ -33,27 +31,6 @@ const COLUMN: usize = 72;
 /// Widest signer, issuer or image shown (after escaping): they are the last column, whole
 /// unless hostile.
 const WIDE_COLUMN: usize = 200;
-
-/// `imageposture summary` flags.
-#[derive(Args, Debug)]
-pub struct SummaryArgs {
-    /// Summarize `imageposture scan` output (`-o json` or `-o yaml`; `-` reads standard input)
-    /// instead of the ImagePostures in the cluster of the current kube context.
-    #[arg(long = "from", env = "IMAGEPOSTURE_SUMMARY_FROM")]
-    pub from: Option<PathBuf>,
-    /// `table` for people; `json` or `yaml` for machines.
-    #[arg(
-        short = 'o',
-        long,
-        env = "IMAGEPOSTURE_OUTPUT",
-        value_enum,
-        default_value = "table"
-    )]
-    pub output: OutputFormat,
-    /// Signers and issuers listed.
-    #[arg(long, env = "IMAGEPOSTURE_SUMMARY_TOP", default_value_t = 10)]
-    pub top: usize,
-}
 
 pub async fn run(args: SummaryArgs) -> Result<(), Box<dyn std::error::Error>> {
     let objects = match &args.from {
@@ -526,16 +503,7 @@ fn table(s: &Summary) -> String {
 /// Objects of a scan output file: a JSON `List`, YAML documents (each an ImagePosture or a
 /// List), or one object.
 fn read_file(path: &Path) -> Result<Vec<Value>, Box<dyn std::error::Error>> {
-    let mut raw = Vec::new();
-    let reader: Box<dyn Read> = if path.as_os_str() == "-" {
-        Box::new(std::io::stdin())
-    } else {
-        Box::new(std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?)
-    };
-    reader.take(MAX_INPUT + 1).read_to_end(&mut raw)?;
-    if raw.len() as u64 > MAX_INPUT {
-        return Err(format!("{} is larger than {MAX_INPUT} bytes", path.display()).into());
-    }
+    let raw = crate::input::read(path, MAX_INPUT)?;
     parse_objects(&raw).map_err(|e| format!("{}: {e}", path.display()).into())
 }
 

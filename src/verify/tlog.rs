@@ -320,7 +320,7 @@ mod tests {
             format!("{note}\n\u{2014} log.example {}\n", B64.encode(sig))
         };
         // Right hint, wrong key; wrong hint.
-        let err = verify_checkpoint(&log, &sign(&log.id[..4])).unwrap_err();
+        let err = verify_checkpoint(&log, &sign(log.id.get(..4).unwrap())).unwrap_err();
         assert!(err.contains("does not verify"), "{err}");
         let err = verify_checkpoint(&log, &sign(&[0, 0, 0, 0])).unwrap_err();
         assert!(err.contains("not signed by the log"), "{err}");
