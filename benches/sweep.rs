@@ -18,6 +18,11 @@ mod apidouble;
 #[path = "../tests/harness/mod.rs"]
 mod harness;
 
+#[path = "sweep/cosign_side.rs"]
+mod cosign_side;
+#[path = "sweep/process.rs"]
+mod process;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -484,6 +489,114 @@ fn posture_count(report: &Report, p: Posture) -> i64 {
         .unwrap_or(0)
 }
 
+
+// ---- (d, e) fixtures for the side-by-side and operator-process runs -------------------------
+
+/// A registry that accepts every connection and never answers (each request hangs until the
+/// client's per-image budget runs out). Returns its `host:port`.
+async fn hanging_registry() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let host = listener.local_addr().expect("addr").to_string();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    host
+}
+
+/// `n` images that exist nowhere, on `host`.
+fn phantom_images(host: &str, n: usize) -> Vec<ImageId> {
+    (0..n)
+        .map(|i| ImageId {
+            registry: host.to_string(),
+            repository: format!("hang/app-{i:05}"),
+            digest: format!("sha256:{}", support::pki::sha256_hex(format!("hang-{i}"))),
+        })
+        .collect()
+}
+
+/// `n` unsigned images at little registry cost: per repository one config and one layer,
+/// then distinct manifests over them (an annotation tells them apart).
+async fn cheap_unsigned(env: &TestEnv, n: usize) -> Vec<ImageId> {
+    const PER_REPO: usize = 100;
+    let repos: Vec<String> = (0..n.div_ceil(PER_REPO))
+        .map(|r| unique_repo(&format!("growth-{r:03}")))
+        .collect();
+    stream::iter(repos.into_iter().enumerate())
+        .map(|(r, repo)| {
+            let env = &env;
+            async move {
+                let layer = env
+                    .oci
+                    .push_blob(&repo, "application/vnd.oci.image.layer.v1.tar", repo.as_bytes())
+                    .await;
+                let config = json!({"architecture": "amd64", "os": "linux",
+                                    "rootfs": {"type": "layers", "diff_ids": [layer.digest]}});
+                let config = env
+                    .oci
+                    .push_blob(
+                        &repo,
+                        support::cosign::OCI_CONFIG,
+                        &serde_json::to_vec(&config).unwrap(),
+                    )
+                    .await;
+                let mut ids = Vec::new();
+                for k in 0..PER_REPO.min(n - r * PER_REPO) {
+                    let manifest = json!({
+                        "schemaVersion": 2,
+                        "mediaType": support::cosign::OCI_MANIFEST,
+                        "config": config.json(),
+                        "layers": [layer.json()],
+                        "annotations": {"bench.imageposture.dev/n": k.to_string()}
+                    });
+                    let d = env
+                        .oci
+                        .put_manifest(
+                            &repo,
+                            &format!("g{k}"),
+                            support::cosign::OCI_MANIFEST,
+                            &serde_json::to_vec(&manifest).unwrap(),
+                        )
+                        .await;
+                    ids.push(ImageId {
+                        registry: env.registry.host.clone(),
+                        repository: repo.clone(),
+                        digest: d.digest,
+                    });
+                }
+                ids
+            }
+        })
+        .buffer_unordered(PUSH_CONCURRENCY)
+        .concat()
+        .await
+}
+
+async fn push_mix(env: &TestEnv, from: usize, to: usize) -> Vec<(usize, Kind, ImageId)> {
+    let mut pushed: Vec<(usize, Kind, ImageId)> = stream::iter(from..to)
+        .map(|i| {
+            let env = &env;
+            async move {
+                let kind = Kind::of_index(i);
+                let id = push_fixture(env, &unique_repo(&format!("app-{i:04}")), kind).await;
+                (i, kind, id)
+            }
+        })
+        .buffer_unordered(PUSH_CONCURRENCY)
+        .collect()
+        .await;
+    pushed.sort_by_key(|(i, _, _)| *i);
+    pushed
+}
+
+fn opt_ms(d: Option<Duration>) -> String {
+    d.map(ms).unwrap_or_else(|| "not reached".into())
+}
+
 // ---- main -----------------------------------------------------------------------------------
 
 fn main() {
@@ -760,6 +873,252 @@ async fn bench() {
         total.elapsed().as_secs_f64()
     );
 
+    // (d) the same keyless images, imageposture beside the real cosign CLI.
+    let side_n = env_usize("IMAGEPOSTURE_BENCH_COSIGN_IMAGES", 300).max(2);
+    eprintln!("(d) {side_n} keyless images: imageposture observe vs cosign verify ...");
+    let mut side_ids = Vec::new();
+    for chunk in (0..side_n + 1).collect::<Vec<_>>().chunks(PUSH_CONCURRENCY) {
+        let ids: Vec<ImageId> = stream::iter(chunk.iter().copied())
+            .map(|i| {
+                let env = &env;
+                async move {
+                    env.keyless_image(&format!("side-{i:04}"), &Identity::github())
+                        .await
+                }
+            })
+            .buffer_unordered(PUSH_CONCURRENCY)
+            .collect()
+            .await;
+        side_ids.extend(ids);
+    }
+    let side_proxy = Proxy::start(&env.registry.host).await;
+    let side_ids: Vec<ImageId> = side_ids.iter().map(|id| via(id, &side_proxy.host)).collect();
+    let (side_first, side_ids) = side_ids.split_first().expect("images");
+    let mut side_rows = Vec::new();
+    side_rows.push(tokio::task::block_in_place(|| {
+        cosign_side::imageposture(&env, &side_proxy, side_ids, side_first)
+    }));
+    let cosign_installed = cosign_side::installed();
+    if cosign_installed {
+        let trust = cosign_side::CosignTrust::new(&env);
+        for parallel in [1, 8] {
+            eprintln!("  cosign verify, {parallel} at a time ...");
+            side_rows.push(tokio::task::block_in_place(|| {
+                cosign_side::cosign(&trust, &side_proxy, side_ids, parallel)
+            }));
+        }
+    } else {
+        eprintln!("  cosign is not installed (Debian package `cosign`, suite sid): cosign rows skipped");
+    }
+    for r in &side_rows {
+        eprintln!(
+            "  {}: {} of {} verified in {}",
+            r.who,
+            r.verified,
+            r.images,
+            ms(r.wall)
+        );
+    }
+
+    // (e) the operator process: cold start, isolation, mid-run pod, warm passes, growth.
+    let fleet = env_usize("IMAGEPOSTURE_BENCH_FLEET_IMAGES", 2000).max(10);
+    let fleet_pods = env_usize("IMAGEPOSTURE_BENCH_FLEET_PODS", 10_000);
+    eprintln!("(e) operator process: pushing the fleet ({fleet} images) ...");
+    let mut fleet_ids: Vec<ImageId> = pushed.iter().map(|(_, _, id)| id.clone()).collect();
+    if fleet > fleet_ids.len() {
+        let more = push_mix(&env, fleet_ids.len(), fleet).await;
+        fleet_ids.extend(more.into_iter().map(|(_, _, id)| id));
+    }
+    fleet_ids.truncate(fleet);
+    let late = env.keyless_image("late", &Identity::github()).await;
+    let op_proxy = Proxy::start(&env.registry.host).await;
+    let fleet_ids: Vec<ImageId> = fleet_ids.iter().map(|id| via(id, &op_proxy.host)).collect();
+    let late = via(&late, &op_proxy.host);
+    let hanging_host = hanging_registry().await;
+    eprintln!("  cold start: {fleet_pods} pods, {fleet} images ...");
+    let cold_run = process::run(
+        &env,
+        &op_proxy,
+        &hanging_host,
+        &process::Spec {
+            pods: fleet_pods,
+            healthy: &fleet_ids,
+            hanging: &[],
+            late: None,
+            warm: true,
+        },
+    )
+    .await;
+    eprintln!("  {cold_run:?}");
+    let n_hanging = fleet / 10;
+    let hanging_ids = phantom_images(&hanging_host, n_hanging);
+    eprintln!("  isolation: {n_hanging} of {fleet} images on a registry that never answers ...");
+    let iso_run = process::run(
+        &env,
+        &op_proxy,
+        &hanging_host,
+        &process::Spec {
+            pods: fleet_pods,
+            healthy: &fleet_ids[..fleet - n_hanging],
+            hanging: &hanging_ids,
+            late: Some(&late),
+            warm: false,
+        },
+    )
+    .await;
+    eprintln!("  {iso_run:?}");
+
+    // Growth: the warm pass at 1k, 10k and 50k pods (200, 2k, 10k images).
+    let mut growth = Vec::new();
+    let growth_sizes: Vec<(usize, usize)> = match std::env::var("IMAGEPOSTURE_BENCH_GROWTH") {
+        Ok(v) if v == "0" => vec![],
+        _ => vec![(1_000, 200), (50_000, 10_000)],
+    };
+    let max_growth_images = growth_sizes.iter().map(|(_, i)| *i).max().unwrap_or(0);
+    let extra = if max_growth_images > fleet {
+        eprintln!("  pushing {} cheap unsigned images for growth ...", max_growth_images - fleet);
+        cheap_unsigned(&env, max_growth_images - fleet).await
+    } else {
+        Vec::new()
+    };
+    let mut growth_ids = fleet_ids.clone();
+    growth_ids.extend(extra.iter().map(|id| via(id, &op_proxy.host)));
+    for (pods, images) in growth_sizes.iter().copied() {
+        eprintln!("  growth: {pods} pods, {images} images ...");
+        let m = process::run(
+            &env,
+            &op_proxy,
+            &hanging_host,
+            &process::Spec {
+                pods,
+                healthy: &growth_ids[..images.min(growth_ids.len())],
+                hanging: &[],
+                late: None,
+                warm: true,
+            },
+        )
+        .await;
+        eprintln!("  {m:?}");
+        growth.push((pods, images, m));
+    }
+    growth.push((fleet_pods, fleet, cold_run));
+    growth.sort_by_key(|(p, _, _)| *p);
+
+    let mem_total = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<u64>().ok())
+        })
+        .unwrap_or(0);
+    println!();
+    println!(
+        "**Side by side with the real cosign CLI** ({side_n} keyless legacy `.sig` images, each with a \
+         fresh certificate; every request counted at the proxy; CPU = user + sys of the child \
+         processes; machine: {cpus} CPU(s), {:.1} GiB):",
+        mem_total as f64 / 1024.0 / 1024.0
+    );
+    println!();
+    println!("| verifier | images verified | wall | images/s | CPU per image | registry requests per image (after the first) |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    for r in &side_rows {
+        println!(
+            "| {} | {} of {} | {} | {:.1} | {:.2} ms | {:.2}{} |",
+            r.who,
+            r.verified,
+            r.images,
+            ms(r.wall),
+            r.images_per_sec(),
+            r.cpu.as_secs_f64() * 1000.0 / r.images.max(1) as f64,
+            r.requests as f64 / r.images.max(1) as f64,
+            r.requests_after_first
+                .map(|a| format!(" ({a:.2})"))
+                .unwrap_or_default()
+        );
+    }
+    if let (Some(ours), Some(theirs)) = (side_rows.first(), side_rows.get(2)) {
+        println!();
+        println!(
+            "imageposture: {:.1}× the images/s of 8 parallel `cosign verify`.",
+            ours.images_per_sec() / theirs.images_per_sec().max(1e-9)
+        );
+    }
+    if !cosign_installed {
+        println!();
+        println!("(cosign rows skipped: `cosign` is not installed.)");
+    }
+    let verdicts = |m: &process::Measured| opt_ms(m.all_healthy);
+    println!();
+    println!(
+        "**The operator process** (`imageposture run`, release, its defaults but `--resync 1s`) \
+         against the API double holding the pods, registry behind the counting proxy:"
+    );
+    println!();
+    println!("| run | first ImagePosture | 90% of healthy verdicts | every healthy verdict | registry requests | API writes (ImagePostures, Events) |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    let row = |label: String, m: &process::Measured| {
+        println!(
+            "| {label} | {} | {} | {} | {} | {} |",
+            opt_ms(m.first),
+            opt_ms(m.ninety),
+            verdicts(m),
+            m.cold_requests,
+            m.cold_writes
+        );
+    };
+    if let Some((_, _, m)) = growth.iter().find(|(p, i, _)| *p == fleet_pods && *i == fleet) {
+        row(format!("cold start, {fleet_pods} pods, {fleet} images"), m);
+    }
+    row(
+        format!(
+            "same, {n_hanging} of the {fleet} images on a registry that never answers (verdicts of the other {})",
+            fleet - n_hanging
+        ),
+        &iso_run,
+    );
+    if let Some((_, _, base)) = growth.iter().find(|(p, i, _)| *p == fleet_pods && *i == fleet) {
+        if let (Some(with), Some(without)) = (iso_run.all_healthy, base.ninety) {
+            println!();
+            println!(
+                "Isolation: the healthy 90% took {} beside the hanging registry and {} (the 90% mark) without it: ratio {:.2}. \
+                 A pod started mid-run with a new image on the healthy registry: verdict {} after the pod appeared.",
+                ms(with),
+                ms(without),
+                with.as_secs_f64() / without.as_secs_f64().max(1e-9),
+                opt_ms(iso_run.late)
+            );
+        }
+    }
+    println!();
+    println!("**Warm passes and growth** (nothing changes; counted over {} s, `--resync 1s`; RSS of the operator process alone):", 8);
+    println!();
+    println!("| pods | images | cold: every verdict | warm pass wall | warm pass CPU | registry requests | API writes | RSS | peak RSS |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for (pods, images, m) in &growth {
+        let (wall, cpu, req, wr) = m
+            .warm
+            .as_ref()
+            .map(|w| {
+                (
+                    format!("{} ({:.0} passes)", ms(w.wall_per_pass), w.passes),
+                    ms(w.cpu_per_pass),
+                    w.requests.to_string(),
+                    w.writes.to_string(),
+                )
+            })
+            .unwrap_or_else(|| ("-".into(), "-".into(), "-".into(), "-".into()));
+        println!(
+            "| {pods} | {images} | {} | {wall} | {cpu} | {req} | {wr} | {} | {} |",
+            verdicts(m),
+            mib(m.rss_kib),
+            mib(m.hwm_kib)
+        );
+    }
+    println!();
+    println!("Whole run {:.1} s.", total.elapsed().as_secs_f64());
+
     for p in &per_image {
         eprintln!(
             "{:?}: first [{}]; later [{}]; after TTL [{}]",
@@ -768,6 +1127,17 @@ async fn bench() {
             request_summary(&p.subsequent),
             request_summary(&p.revalidation)
         );
+    }
+    for (pods, _, m) in &growth {
+        if let Some(w) = &m.warm {
+            if w.requests != 0 || w.writes != 0 {
+                eprintln!(
+                    "FAIL: a warm pass at {pods} pods made {} registry requests and {} API writes",
+                    w.requests, w.writes
+                );
+                std::process::exit(1);
+            }
+        }
     }
     if warm_requests != 0 || warm_writes != 0 {
         eprintln!(

@@ -15,8 +15,8 @@
 //!
 //! Simplifications, on purpose: on other resources apply *replaces* each top-level field it
 //! carries (and `metadata.labels`/`annotations`/`ownerReferences`/`finalizers`) with no
-//! managedFields; there is no finalizer/deletion grace, no paging (`limit` returns
-//! everything), no JSON patch (415), no discovery endpoints.
+//! managedFields; there is no finalizer/deletion grace, no JSON patch (415), no discovery
+//! endpoints. Lists honour `limit`/`continue` (an offset token).
 //!
 //! Usage: `let api = ApiDouble::start().await; let client = api.client();` then inspect
 //! `api.writes()`, `api.image_postures()`, `api.events()`, or `api.requests()` (every request,
@@ -451,6 +451,16 @@ impl ApiDouble {
             .collect()
     }
 
+    /// How many stored ImagePostures match `pred`, without copying them (cheap to poll).
+    pub fn count_image_postures(&self, pred: impl Fn(&Value) -> bool) -> usize {
+        self.lock()
+            .objects
+            .range((IMAGEPOSTURES, String::new(), String::new())..)
+            .take_while(|((r, _, _), _)| *r == IMAGEPOSTURES)
+            .filter(|(_, v)| pred(v))
+            .count()
+    }
+
     pub fn image_posture(&self, name: &str) -> Option<Value> {
         self.lock()
             .objects
@@ -818,13 +828,36 @@ fn get(state: &Arc<Mutex<State>>, t: Target, query: &BTreeMap<String, String>) -
         })
         .map(|(_, o)| o.clone())
         .collect();
+    // Paging as the real server does it for `limit`/`continue` (the token here is an offset
+    // into the current listing: consistent enough for a double that is not written to while
+    // a paged list is read).
+    let offset: usize = query
+        .get("continue")
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let limit: Option<usize> = query
+        .get("limit")
+        .and_then(|l| l.parse().ok())
+        .filter(|l| *l > 0);
+    let total = items.len();
+    let page: Vec<Value> = match limit {
+        Some(l) => items.into_iter().skip(offset).take(l).collect(),
+        None => items,
+    };
+    let mut metadata = json!({"resourceVersion": s.rv.to_string()});
+    if let Some(l) = limit {
+        if offset + l < total {
+            metadata["continue"] = json!((offset + l).to_string());
+            metadata["remainingItemCount"] = json!(total - offset - l);
+        }
+    }
     json_response(
         200,
         &json!({
             "apiVersion": rt.api_version(),
             "kind": format!("{}List", rt.kind),
-            "metadata": {"resourceVersion": s.rv.to_string()},
-            "items": items,
+            "metadata": metadata,
+            "items": page,
         }),
     )
 }

@@ -1,0 +1,252 @@
+//! The operator as users run it: `imageposture run` in a process of its own (release build),
+//! against the Kubernetes API double seeded with pods and the real registry behind the
+//! counting proxy. Measures what a user sees in `kubectl get imagepostures`: time to the first
+//! resource and to every verdict from a cold start, a healthy registry's images beside one that
+//! never answers, a pod started mid-run, and the warm passes (wall and CPU per pass, registry
+//! requests, API writes) with the process's own RSS.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use imageposture::image::ImageId;
+use serde_json::Value;
+
+use crate::apidouble::ApiDouble;
+use crate::support::proxy::Proxy;
+use crate::support::registry::free_port;
+use crate::support::TestEnv;
+
+/// How often the bench looks at the API double (a count under its lock, no copy).
+const POLL: Duration = Duration::from_millis(20);
+/// Warm passes are counted over this long (`--resync 1s`: about this many passes).
+const WARM_WINDOW: Duration = Duration::from_secs(8);
+
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// One run's setup.
+pub struct Spec<'a> {
+    pub pods: usize,
+    /// Images on healthy registries (through the proxy), spread over the pods.
+    pub healthy: &'a [ImageId],
+    /// Images on a registry that accepts connections and never answers.
+    pub hanging: &'a [ImageId],
+    /// Started as a new pod once half the healthy verdicts are in.
+    pub late: Option<&'a ImageId>,
+    /// Measure warm passes after every healthy verdict is in.
+    pub warm: bool,
+}
+
+/// What one run measured.
+#[derive(Debug, Default)]
+pub struct Measured {
+    pub first: Option<Duration>,
+    /// 90% of the healthy images' resources carry a verdict.
+    pub ninety: Option<Duration>,
+    /// Every healthy image's resource carries a verdict (not `checking`).
+    pub all_healthy: Option<Duration>,
+    pub late: Option<Duration>,
+    pub cold_requests: usize,
+    pub cold_writes: usize,
+    pub warm: Option<Warm>,
+    pub rss_kib: u64,
+    pub hwm_kib: u64,
+}
+
+#[derive(Debug)]
+pub struct Warm {
+    pub passes: f64,
+    pub wall_per_pass: Duration,
+    pub cpu_per_pass: Duration,
+    pub requests: usize,
+    pub writes: usize,
+}
+
+fn kubeconfig(dir: &std::path::Path, server: &str) -> std::path::PathBuf {
+    let path = dir.join(format!("kubeconfig-{}", free_port()));
+    let config = format!(
+        "apiVersion: v1\nkind: Config\ncurrent-context: double\nclusters:\n- name: double\n  cluster:\n    server: {server}\ncontexts:\n- name: double\n  context:\n    cluster: double\n    user: nobody\nusers:\n- name: nobody\n  user: {{}}\n"
+    );
+    std::fs::write(&path, config).expect("kubeconfig");
+    path
+}
+
+/// utime + stime of `pid` (all threads).
+fn cpu_of(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let tick = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    // After the command name: state is field 0 here, utime 11, stime 12 (clock ticks, 100/s).
+    Duration::from_millis((tick(11) + tick(12)) * 10)
+}
+
+/// A `/proc/<pid>/status` field in kB.
+fn status_kb(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.split(':').next() == Some(field))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// `imageposture_sweep_duration_seconds` sum and count from `/metrics`.
+async fn sweep_metrics(port: u16) -> Option<(f64, f64)> {
+    let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    let value = |name: &str| {
+        text.lines()
+            .find(|l| l.split_whitespace().next() == Some(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<f64>().ok())
+    };
+    Some((
+        value("imageposture_sweep_duration_seconds_sum")?,
+        value("imageposture_sweep_duration_seconds_count")?,
+    ))
+}
+
+fn is_verdict(cr: &Value) -> bool {
+    matches!(
+        cr["status"]["posture"].as_str(),
+        Some("signed" | "not-signed" | "invalid-signature")
+    )
+}
+
+fn on(cr: &Value, host: &str) -> bool {
+    cr["spec"]["image"]
+        .as_str()
+        .is_some_and(|i| i.starts_with(host))
+}
+
+/// API writes that are the operator's output (ImagePostures and Events; not Lease renewals).
+fn output_writes(double: &ApiDouble) -> usize {
+    double
+        .writes()
+        .iter()
+        .filter(|w| w.path.contains("imagepostures") || w.path.contains("/events"))
+        .count()
+}
+
+fn seed_pod(double: &ApiDouble, i: usize, images: &[ImageId]) {
+    let (namespace, image, image_id) = crate::pod_placement(i, images);
+    let pod = crate::full_pod(i, &namespace, &image, &image_id);
+    let mut v = serde_json::to_value(&pod).expect("pod JSON");
+    // The double assigns these, as the API server does.
+    if let Some(meta) = v["metadata"].as_object_mut() {
+        meta.remove("resourceVersion");
+        meta.remove("uid");
+    }
+    double.seed(v);
+}
+
+/// Runs the operator process over `spec` until every healthy verdict is in (and, with
+/// `spec.warm`, through the warm window), then stops it.
+pub async fn run(env: &TestEnv, proxy: &Proxy, hanging_host: &str, spec: &Spec<'_>) -> Measured {
+    let double = ApiDouble::start().await;
+    let mut all: Vec<ImageId> = spec.healthy.to_vec();
+    all.extend(spec.hanging.iter().cloned());
+    for i in 0..spec.pods {
+        seed_pod(&double, i, &all);
+    }
+    proxy.reset_requests();
+    double.reset_counters();
+    let port = free_port();
+    let config = kubeconfig(env.dir.path(), &double.url());
+    let started = Instant::now();
+    let child = Command::new(env!("CARGO_BIN_EXE_imageposture"))
+        .args(["run", "--install-crd=false", "--resync", "1s"])
+        .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
+        .args(["--trusted-root", env.trusted_root.to_str().expect("path")])
+        .args(["--insecure-registry", &env.registry.host])
+        .args(["--insecure-registry", &proxy.host])
+        .args(["--insecure-registry", hanging_host])
+        .arg(format!("--max-images={}", all.len() + 10))
+        .env("KUBECONFIG", &config)
+        .env("POD_NAMESPACE", "imageposture-system")
+        .env("POD_NAME", "bench-0")
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("the operator starts");
+    let process = Process(child);
+    let pid = process.0.id();
+    let healthy_host = proxy.host.clone();
+    let n_healthy = spec.healthy.len();
+    let deadline = started + Duration::from_secs(300);
+    let mut m = Measured::default();
+    let mut late_at: Option<Instant> = None;
+    let late_name = spec.late.map(|id| id.resource_name());
+    loop {
+        let now = Instant::now();
+        if m.first.is_none() && double.count_image_postures(|_| true) > 0 {
+            m.first = Some(now - started);
+        }
+        let done = double.count_image_postures(|cr| on(cr, &healthy_host) && is_verdict(cr));
+        if m.ninety.is_none() && done * 10 >= n_healthy * 9 {
+            m.ninety = Some(now - started);
+        }
+        if let (Some(late), None) = (spec.late, late_at) {
+            if done * 2 >= n_healthy {
+                seed_pod(&double, spec.pods, std::slice::from_ref(late));
+                late_at = Some(Instant::now());
+            }
+        }
+        if let (Some(at), Some(name), None) = (late_at, &late_name, m.late) {
+            if double.image_posture(name).is_some_and(|cr| is_verdict(&cr)) {
+                m.late = Some(at.elapsed());
+            }
+        }
+        // The late image is on the healthy registry too.
+        let wanted = n_healthy + usize::from(late_at.is_some());
+        if m.all_healthy.is_none() && done >= wanted && (spec.late.is_none() || m.late.is_some())
+        {
+            m.all_healthy = Some(now - started);
+            break;
+        }
+        if now > deadline {
+            eprintln!("  gave up after {:?}: {done} of {wanted} verdicts", now - started);
+            break;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    m.cold_requests = proxy.requests().len();
+    m.cold_writes = output_writes(&double);
+    if spec.warm {
+        // Let the last writes' watch events and requeues settle, then count a quiet window.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        proxy.reset_requests();
+        let writes0 = output_writes(&double);
+        let (sum0, count0) = sweep_metrics(port).await.unwrap_or_default();
+        let cpu0 = cpu_of(pid);
+        tokio::time::sleep(WARM_WINDOW).await;
+        let cpu = cpu_of(pid) - cpu0;
+        let (sum1, count1) = sweep_metrics(port).await.unwrap_or_default();
+        let passes = count1 - count0;
+        m.warm = Some(Warm {
+            passes,
+            wall_per_pass: Duration::from_secs_f64((sum1 - sum0) / passes.max(1.0)),
+            cpu_per_pass: cpu.div_f64(passes.max(1.0)),
+            requests: proxy.requests().len(),
+            writes: output_writes(&double) - writes0,
+        });
+    }
+    m.rss_kib = status_kb(pid, "VmRSS");
+    m.hwm_kib = status_kb(pid, "VmHWM");
+    drop(process);
+    m
+}
