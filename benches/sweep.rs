@@ -489,7 +489,6 @@ fn posture_count(report: &Report, p: Posture) -> i64 {
         .unwrap_or(0)
 }
 
-
 // ---- (d, e) fixtures for the side-by-side and operator-process runs -------------------------
 
 /// A registry that accepts every connection and never answers (each request hangs until the
@@ -532,7 +531,11 @@ async fn cheap_unsigned(env: &TestEnv, n: usize) -> Vec<ImageId> {
             async move {
                 let layer = env
                     .oci
-                    .push_blob(&repo, "application/vnd.oci.image.layer.v1.tar", repo.as_bytes())
+                    .push_blob(
+                        &repo,
+                        "application/vnd.oci.image.layer.v1.tar",
+                        repo.as_bytes(),
+                    )
                     .await;
                 let config = json!({"architecture": "amd64", "os": "linux",
                                     "rootfs": {"type": "layers", "diff_ids": [layer.digest]}});
@@ -892,7 +895,10 @@ async fn bench() {
         side_ids.extend(ids);
     }
     let side_proxy = Proxy::start(&env.registry.host).await;
-    let side_ids: Vec<ImageId> = side_ids.iter().map(|id| via(id, &side_proxy.host)).collect();
+    let side_ids: Vec<ImageId> = side_ids
+        .iter()
+        .map(|id| via(id, &side_proxy.host))
+        .collect();
     let (side_first, side_ids) = side_ids.split_first().expect("images");
     let mut side_rows = Vec::new();
     side_rows.push(tokio::task::block_in_place(|| {
@@ -908,7 +914,9 @@ async fn bench() {
             }));
         }
     } else {
-        eprintln!("  cosign is not installed (Debian package `cosign`, suite sid): cosign rows skipped");
+        eprintln!(
+            "  cosign is not installed (Debian package `cosign`, suite sid): cosign rows skipped"
+        );
     }
     for r in &side_rows {
         eprintln!(
@@ -976,7 +984,10 @@ async fn bench() {
     };
     let max_growth_images = growth_sizes.iter().map(|(_, i)| *i).max().unwrap_or(0);
     let extra = if max_growth_images > fleet {
-        eprintln!("  pushing {} cheap unsigned images for growth ...", max_growth_images - fleet);
+        eprintln!(
+            "  pushing {} cheap unsigned images for growth ...",
+            max_growth_images - fleet
+        );
         cheap_unsigned(&env, max_growth_images - fleet).await
     } else {
         Vec::new()
@@ -1068,7 +1079,10 @@ async fn bench() {
             m.cold_writes
         );
     };
-    if let Some((_, _, m)) = growth.iter().find(|(p, i, _)| *p == fleet_pods && *i == fleet) {
+    if let Some((_, _, m)) = growth
+        .iter()
+        .find(|(p, i, _)| *p == fleet_pods && *i == fleet)
+    {
         row(format!("cold start, {fleet_pods} pods, {fleet} images"), m);
     }
     row(
@@ -1078,7 +1092,10 @@ async fn bench() {
         ),
         &iso_run,
     );
-    if let Some((_, _, base)) = growth.iter().find(|(p, i, _)| *p == fleet_pods && *i == fleet) {
+    if let Some((_, _, base)) = growth
+        .iter()
+        .find(|(p, i, _)| *p == fleet_pods && *i == fleet)
+    {
         if let (Some(with), Some(without)) = (iso_run.all_healthy, base.ninety) {
             println!();
             println!(

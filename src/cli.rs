@@ -108,8 +108,9 @@ pub struct RunArgs {
     /// Inventory pass at least this often, even with no pod change.
     #[arg(long, env = "IMAGEPOSTURE_RESYNC", default_value = "10m", value_parser = parse_duration)]
     pub resync: Duration,
-    /// Quiet time after a pod change before the inventory pass (batches bursts of pod events).
-    #[arg(long, env = "IMAGEPOSTURE_DEBOUNCE", default_value = "5s", value_parser = parse_duration)]
+    /// Wait after a pod change before the inventory pass (a burst of pod events makes one pass;
+    /// a new pod's image gets its resource about this long after the pod appears).
+    #[arg(long, env = "IMAGEPOSTURE_DEBOUNCE", default_value = "1s", value_parser = parse_duration)]
     pub debounce: Duration,
     /// Only record pods of these namespaces (repeatable; default all).
     #[arg(

@@ -18,6 +18,7 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 use serde_json::{json, Value};
@@ -32,13 +33,15 @@ use crate::metrics::Metrics;
 use crate::observer::{registry_wide, Observed, Observer, Source};
 use crate::ownership::{self, Part};
 use crate::posture::{Posture, Reason, Verdict};
+use crate::waiting::Waiting;
 
 /// How the controller paces itself.
 #[derive(Clone, Debug)]
 pub struct Settings {
     /// Reconciles in flight at once (`controller::Config::concurrency`).
     pub concurrency: u16,
-    /// When an image whose registry slots were all taken is tried again.
+    /// When an image whose registry slots were all taken is tried again if no freed slot
+    /// woke it first (see [`crate::waiting`]).
     pub busy_retry: Duration,
     /// First per-object backoff after a failed reconcile; doubles per failure up to the max.
     pub error_backoff: Duration,
@@ -49,7 +52,7 @@ impl Default for Settings {
     fn default() -> Self {
         Settings {
             concurrency: 8,
-            busy_retry: Duration::from_millis(500),
+            busy_retry: Duration::from_secs(5),
             error_backoff: Duration::from_secs(5),
             max_error_backoff: Duration::from_secs(300),
         }
@@ -73,6 +76,8 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     pub observer: Arc<Observer>,
     pub settings: Settings,
+    /// Images waiting for a slot of their registry.
+    pub waiting: Waiting,
     /// Consecutive failures by resource name, for the per-object backoff.
     failures: Mutex<HashMap<String, u32>>,
     stats: Mutex<Stats>,
@@ -92,6 +97,7 @@ impl Context {
             metrics,
             observer,
             settings,
+            waiting: Waiting::default(),
             failures: Mutex::default(),
             stats: Mutex::default(),
         }
@@ -137,11 +143,14 @@ impl Context {
         let foreign = ownership::foreign(cr, FIELD_MANAGER_VERIFIER, Part::Status);
         let tampered = VERDICT_FIELDS.iter().any(|f| foreign.contains(*f));
         let recorded = old.filter(|_| !tampered).and_then(|s| s.recorded());
-        let observed = self
-            .observer
-            .try_observe(&id, recorded.as_ref(), now)
-            .await
-            .map_err(|_| Error::RegistryBusy)?;
+        let Ok(observed) = self.observer.try_observe(&id, recorded.as_ref(), now).await else {
+            self.waiting.park(&id.registry, &cr.name_any());
+            return Err(Error::RegistryBusy);
+        };
+        // This image's turn came; the next waiter of its registry may have a slot now (a
+        // spare wake-up costs one reconcile that parks again, a lost one a fallback requeue).
+        self.waiting.unpark(&cr.name_any());
+        self.waiting.wake_one(&id.registry);
         let old_posture = old.and_then(|s| s.posture);
         let was_pending = old.and_then(|s| s.reason) == Some(Reason::Pending);
         if observed.source == Source::BackedOff
@@ -327,7 +336,12 @@ pub fn build(api: Api<ImagePosture>, settings: &Settings) -> Controller<ImagePos
 
 /// Runs the Controller until its stream ends (it is dropped when leadership is lost).
 pub async fn drive(controller: Controller<ImagePosture>, ctx: Arc<Context>) {
+    let woken = ctx
+        .waiting
+        .subscribe()
+        .map(|name| ObjectRef::<ImagePosture>::new(&name));
     controller
+        .reconcile_on(woken)
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
             if let Err(e) = result {

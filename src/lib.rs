@@ -49,3 +49,4 @@ pub mod server;
 pub mod summary;
 pub mod text;
 pub mod verify;
+pub mod waiting;

@@ -176,6 +176,12 @@ pub async fn run(env: &TestEnv, proxy: &Proxy, hanging_host: &str, spec: &Spec<'
         .args(["--insecure-registry", &proxy.host])
         .args(["--insecure-registry", hanging_host])
         .arg(format!("--max-images={}", all.len() + 10))
+        // Exploration only (the README numbers use none): extra `run` flags, space-separated.
+        .args(
+            std::env::var("IMAGEPOSTURE_BENCH_RUN_ARGS")
+                .unwrap_or_default()
+                .split_whitespace(),
+        )
         .env("KUBECONFIG", &config)
         .env("POD_NAMESPACE", "imageposture-system")
         .env("POD_NAME", "bench-0")
@@ -191,6 +197,8 @@ pub async fn run(env: &TestEnv, proxy: &Proxy, hanging_host: &str, spec: &Spec<'
     let mut m = Measured::default();
     let mut late_at: Option<Instant> = None;
     let late_name = spec.late.map(|id| id.resource_name());
+    let trace = std::env::var_os("IMAGEPOSTURE_BENCH_TRACE").is_some();
+    let mut next_trace = started;
     loop {
         let now = Instant::now();
         if m.first.is_none() && double.count_image_postures(|_| true) > 0 {
@@ -213,13 +221,28 @@ pub async fn run(env: &TestEnv, proxy: &Proxy, hanging_host: &str, spec: &Spec<'
         }
         // The late image is on the healthy registry too.
         let wanted = n_healthy + usize::from(late_at.is_some());
-        if m.all_healthy.is_none() && done >= wanted && (spec.late.is_none() || m.late.is_some())
-        {
+        if m.all_healthy.is_none() && done >= wanted && (spec.late.is_none() || m.late.is_some()) {
             m.all_healthy = Some(now - started);
             break;
         }
+        if trace && now >= next_trace {
+            next_trace = now + Duration::from_secs(1);
+            let mut by: std::collections::BTreeMap<String, usize> = Default::default();
+            for (_, cr) in double.image_postures() {
+                let key = format!(
+                    "{}/{}",
+                    cr["status"]["posture"].as_str().unwrap_or("-"),
+                    cr["status"]["reason"].as_str().unwrap_or("-")
+                );
+                *by.entry(key).or_default() += 1;
+            }
+            eprintln!("  {:>6} ms {by:?}", (now - started).as_millis());
+        }
         if now > deadline {
-            eprintln!("  gave up after {:?}: {done} of {wanted} verdicts", now - started);
+            eprintln!(
+                "  gave up after {:?}: {done} of {wanted} verdicts",
+                now - started
+            );
             break;
         }
         tokio::time::sleep(POLL).await;
@@ -244,6 +267,21 @@ pub async fn run(env: &TestEnv, proxy: &Proxy, hanging_host: &str, spec: &Spec<'
             requests: proxy.requests().len(),
             writes: output_writes(&double) - writes0,
         });
+    }
+    if trace {
+        if let Ok(r) = reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await {
+            let text = r.text().await.unwrap_or_default();
+            for l in text.lines().filter(|l| {
+                !l.starts_with('#')
+                    && (l.contains("reconcile")
+                        || l.contains("verification")
+                        || l.contains("cache"))
+                    && !l.contains("_bucket")
+            }) {
+                eprintln!("  {l}");
+            }
+        }
+        eprintln!("  process CPU {:?}", cpu_of(pid));
     }
     m.rss_kib = status_kb(pid, "VmRSS");
     m.hwm_kib = status_kb(pid, "VmHWM");

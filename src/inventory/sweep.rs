@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use futures::stream::{self, StreamExt};
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use serde_json::json;
@@ -34,6 +35,9 @@ use crate::crd::{
 use crate::error::{Error, Result};
 use crate::image::ImageId;
 use crate::ownership::{self, Part};
+
+/// Images whose resources are written at once within a pass.
+const WRITES_IN_FLIGHT: usize = 16;
 
 #[derive(Clone, Debug)]
 pub struct SweepConfig {
@@ -139,8 +143,7 @@ impl Sweeper {
         let order = inv.by_usage();
         let mut room = self.config.max_images.saturating_sub(existing.len());
         let mut live = HashSet::new();
-        let mut server_failing = false;
-        let mut skipped = 0usize;
+        let mut work = Vec::new();
         for id in &order {
             let name = id.resource_name();
             let current = existing.get(&name).copied();
@@ -152,24 +155,50 @@ impl Sweeper {
                 room -= 1;
             }
             live.insert(name);
-            let Some(usage) = inv.images.get(id) else {
-                continue;
-            };
-            if server_failing {
-                skipped += 1;
-                continue;
-            }
-            if !self.writer.may_write() {
-                report.aborted = true;
-                tracing::warn!("leadership lost; inventory pass stopped");
-                return report;
-            }
-            if let Err(e) = self.materialize(id, usage, current, now, &mut report).await {
-                report.errors += 1;
-                server_failing = e.server_failing();
-                tracing::warn!(image = %id, error = %e, "writing ImagePosture failed; retried next pass");
+            if let Some(usage) = inv.images.get(id) {
+                work.push((id, usage, current));
             }
         }
+        // Images are independent: their writes go WRITES_IN_FLIGHT at a time (most-used first),
+        // so 2,000 new images do not wait for 6,000 round trips in a row. The first image is
+        // written alone: an API server that fails it gets no more writes this pass.
+        let total = work.len();
+        let mut done = 0usize;
+        let mut server_failing = false;
+        let mut work = work.into_iter();
+        let first = work.next();
+        let mut writes = stream::iter(first)
+            .then(|(id, usage, current)| self.write_one(id, usage, current, now))
+            .chain(
+                stream::iter(work)
+                    .map(|(id, usage, current)| self.write_one(id, usage, current, now))
+                    .buffer_unordered(WRITES_IN_FLIGHT),
+            )
+            .boxed();
+        while let Some((id, one, result)) = writes.next().await {
+            done += 1;
+            report.created += one.created;
+            report.status_writes += one.status_writes;
+            report.metadata_writes += one.metadata_writes;
+            match result {
+                Some(Ok(())) => {}
+                None => {
+                    report.aborted = true;
+                    tracing::warn!("leadership lost; inventory pass stopped");
+                    return report;
+                }
+                Some(Err(e)) => {
+                    report.errors += 1;
+                    tracing::warn!(image = %id, error = %e, "writing ImagePosture failed; retried next pass");
+                    if e.server_failing() {
+                        server_failing = true;
+                        break;
+                    }
+                }
+            }
+        }
+        drop(writes);
+        let skipped = total.saturating_sub(done);
         if report.deferred > 0 {
             tracing::warn!(
                 deferred = report.deferred,
@@ -187,6 +216,23 @@ impl Sweeper {
         self.collect_garbage(&existing, &live, now, &mut report)
             .await;
         report
+    }
+
+    /// One image's writes, with what they did; `None`: not tried, leadership is gone.
+    async fn write_one<'a>(
+        &self,
+        id: &'a ImageId,
+        usage: &Usage,
+        current: Option<&ImagePosture>,
+        now: DateTime<Utc>,
+    ) -> (&'a ImageId, SweepReport, Option<Result<()>>) {
+        let mut one = SweepReport::default();
+        let result = if self.writer.may_write() {
+            Some(self.materialize(id, usage, current, now, &mut one).await)
+        } else {
+            None
+        };
+        (id, one, result)
     }
 
     /// Writes what the inventory owns of one image's resource, where it differs.

@@ -818,48 +818,59 @@ fn get(state: &Arc<Mutex<State>>, t: Target, query: &BTreeMap<String, String>) -
             json!({"kind": rt.plural}),
         );
     }
-    let items: Vec<Value> = s
-        .objects
-        .iter()
-        .filter(|((r, ns, _), o)| {
-            *r == t.resource
-                && t.namespace.as_ref().is_none_or(|want| want == ns)
-                && selector.matches(o)
-        })
-        .map(|(_, o)| o.clone())
-        .collect();
     // Paging as the real server does it for `limit`/`continue` (the token here is an offset
     // into the current listing: consistent enough for a double that is not written to while
-    // a paged list is read).
+    // a paged list is read). Only the page is copied.
     let offset: usize = query
         .get("continue")
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
-    let limit: Option<usize> = query
+    let limit: usize = query
         .get("limit")
         .and_then(|l| l.parse().ok())
-        .filter(|l| *l > 0);
-    let total = items.len();
-    let page: Vec<Value> = match limit {
-        Some(l) => items.into_iter().skip(offset).take(l).collect(),
-        None => items,
+        .filter(|l| *l > 0)
+        .unwrap_or(usize::MAX);
+    let matching = || {
+        s.objects
+            .range((t.resource, String::new(), String::new())..)
+            .take_while(|((r, _, _), _)| *r == t.resource)
+            .filter(|((_, ns, _), o)| {
+                t.namespace.as_ref().is_none_or(|want| want == ns) && selector.matches(o)
+            })
     };
+    let page: Vec<&Value> = matching()
+        .skip(offset)
+        .take(limit)
+        .map(|(_, o)| o)
+        .collect();
     let mut metadata = json!({"resourceVersion": s.rv.to_string()});
-    if let Some(l) = limit {
-        if offset + l < total {
-            metadata["continue"] = json!((offset + l).to_string());
-            metadata["remainingItemCount"] = json!(total - offset - l);
+    if page.len() == limit {
+        let rest = matching().skip(offset + limit).count();
+        if rest > 0 {
+            metadata["continue"] = json!((offset + limit).to_string());
+            metadata["remainingItemCount"] = json!(rest);
         }
     }
-    json_response(
-        200,
-        &json!({
-            "apiVersion": rt.api_version(),
-            "kind": format!("{}List", rt.kind),
-            "metadata": metadata,
-            "items": page,
-        }),
-    )
+    #[derive(serde::Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct List<'a> {
+        api_version: String,
+        kind: String,
+        metadata: Value,
+        items: Vec<&'a Value>,
+    }
+    let body = serde_json::to_vec(&List {
+        api_version: rt.api_version(),
+        kind: format!("{}List", rt.kind),
+        metadata,
+        items: page,
+    })
+    .unwrap_or_default();
+    Response::builder()
+        .status(200)
+        .header("content-type", "application/json")
+        .body(full(body))
+        .unwrap()
 }
 
 fn watch(
