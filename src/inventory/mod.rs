@@ -10,7 +10,7 @@
 pub mod sweep;
 pub mod tags;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
 use kube::ResourceExt;
@@ -29,9 +29,14 @@ pub struct Usage {
 
 impl Usage {
     fn add(&mut self, reference: &str, namespace: &str, pod: &str) {
-        self.references.insert(reference.to_string());
+        // Most pods repeat a reference and a namespace already here: no allocation for those.
+        if !self.references.contains(reference) {
+            self.references.insert(reference.to_string());
+        }
         self.pods.insert(format!("{namespace}/{pod}"));
-        self.namespaces.insert(namespace.to_string());
+        if !self.namespaces.contains(namespace) {
+            self.namespaces.insert(namespace.to_string());
+        }
     }
 
     pub fn merge(&mut self, other: Usage) {
@@ -55,6 +60,34 @@ impl NamespaceFilter {
     }
 }
 
+/// What one (reference, imageID) pair names.
+enum Parsed {
+    Image(ImageId),
+    /// A tag whose digest is not known yet.
+    Tag(ImageRef),
+    Invalid(String),
+}
+
+impl Parsed {
+    fn of(reference: &str, image_id: Option<&str>) -> Parsed {
+        let parsed = match ImageRef::parse(reference) {
+            Ok(r) => r,
+            Err(e) => return Parsed::Invalid(e.why),
+        };
+        let digest = image_id
+            .and_then(digest_from_image_id)
+            .or_else(|| parsed.digest.clone());
+        match digest {
+            Some(digest) => Parsed::Image(ImageId {
+                registry: parsed.registry.clone(),
+                repository: parsed.repository.clone(),
+                digest,
+            }),
+            None => Parsed::Tag(parsed),
+        }
+    }
+}
+
 /// One kind of container in a pod: `(name, image)` from the spec, and the kubelet's statuses.
 type ContainerGroup<'a> = (Vec<(&'a str, Option<&'a str>)>, &'a [ContainerStatus]);
 
@@ -74,6 +107,8 @@ impl Inventory {
         filter: &NamespaceFilter,
     ) -> Self {
         let mut inv = Inventory::default();
+        // Thousands of pods run a few distinct (reference, imageID) pairs: each is parsed once.
+        let mut parsed: HashMap<(&'a str, Option<&'a str>), Parsed> = HashMap::new();
         for pod in pods {
             let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
             if !filter.admits(namespace) || is_finished(pod) {
@@ -119,41 +154,37 @@ impl Inventory {
                         .iter()
                         .find(|s| s.name == container)
                         .map(|s| s.image_id.as_str());
-                    inv.add(image, image_id, namespace, name);
+                    let what = parsed
+                        .entry((image, image_id))
+                        .or_insert_with(|| Parsed::of(image, image_id));
+                    inv.add(image, what, namespace, name);
                 }
             }
         }
         inv
     }
 
-    fn add(&mut self, reference: &str, image_id: Option<&str>, namespace: &str, pod: &str) {
-        let parsed = match ImageRef::parse(reference) {
-            Ok(r) => r,
-            Err(e) => {
-                self.invalid.insert(reference.to_string(), e.why);
-                return;
-            }
-        };
-        let digest = image_id
-            .and_then(digest_from_image_id)
-            .or_else(|| parsed.digest.clone());
-        match digest {
-            Some(digest) => {
-                let id = ImageId {
-                    registry: parsed.registry.clone(),
-                    repository: parsed.repository.clone(),
-                    digest,
-                };
-                self.images
-                    .entry(id)
+    fn add(&mut self, reference: &str, what: &Parsed, namespace: &str, pod: &str) {
+        match what {
+            Parsed::Image(id) => match self.images.get_mut(id) {
+                Some(usage) => usage.add(reference, namespace, pod),
+                None => self
+                    .images
+                    .entry(id.clone())
                     .or_default()
-                    .add(reference, namespace, pod);
+                    .add(reference, namespace, pod),
+            },
+            Parsed::Tag(tag) => match self.unresolved.get_mut(tag) {
+                Some(usage) => usage.add(reference, namespace, pod),
+                None => self
+                    .unresolved
+                    .entry(tag.clone())
+                    .or_default()
+                    .add(reference, namespace, pod),
+            },
+            Parsed::Invalid(why) => {
+                self.invalid.insert(reference.to_string(), why.clone());
             }
-            None => self
-                .unresolved
-                .entry(parsed)
-                .or_default()
-                .add(reference, namespace, pod),
         }
     }
 

@@ -88,6 +88,10 @@ pub struct Sweeper {
     config: SweepConfig,
     /// When each resource was first seen unused (in memory: a restart only delays deletion).
     unused_since: Mutex<HashMap<String, DateTime<Utc>>>,
+    /// Resources found in agreement at a resourceVersion, with the usage they agreed with: an
+    /// unchanged resource with unchanged usage needs no comparison (a warm pass is the
+    /// inventory of the pods and nothing else).
+    clean: Mutex<HashMap<String, (String, Usage)>>,
 }
 
 impl Sweeper {
@@ -97,6 +101,7 @@ impl Sweeper {
             tags,
             config,
             unused_since: Mutex::default(),
+            clean: Mutex::default(),
         }
     }
 
@@ -156,9 +161,12 @@ impl Sweeper {
             }
             live.insert(name);
             if let Some(usage) = inv.images.get(id) {
-                work.push((id, usage, current));
+                if !self.is_clean(current, usage) {
+                    work.push((id, usage, current));
+                }
             }
         }
+        self.clean.locked().retain(|name, _| live.contains(name));
         // Images are independent: their writes go WRITES_IN_FLIGHT at a time (most-used first),
         // so 2,000 new images do not wait for 6,000 round trips in a row. The first image is
         // written alone: an API server that fails it gets no more writes this pass.
@@ -232,7 +240,26 @@ impl Sweeper {
         } else {
             None
         };
+        if let (Some(Ok(())), Some(c), Some(rv)) =
+            (&result, current, current.and_then(|c| c.resource_version()))
+        {
+            if one.api_writes() == 0 {
+                self.clean
+                    .locked()
+                    .insert(c.name_any(), (rv, usage.clone()));
+            }
+        }
         (id, one, result)
+    }
+
+    /// Whether `current` is unchanged since it was found in agreement with this very usage.
+    fn is_clean(&self, current: Option<&ImagePosture>, usage: &Usage) -> bool {
+        let Some(c) = current else { return false };
+        let rv = c.metadata.resource_version.as_deref();
+        self.clean
+            .locked()
+            .get(c.metadata.name.as_deref().unwrap_or_default())
+            .is_some_and(|(at, agreed)| Some(at.as_str()) == rv && agreed == usage)
     }
 
     /// Writes what the inventory owns of one image's resource, where it differs.
