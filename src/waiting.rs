@@ -1,9 +1,10 @@
 //! Images waiting for a free slot of their registry. A reconcile that finds every slot of its
 //! registry taken leaves its resource name here and returns, instead of polling (polling left
-//! slots idle between retries and cost a reconcile per image per retry); each verification that
-//! ends (with or without the registry) wakes one waiter through the Controller's `reconcile_on` trigger. The newest
-//! waiter goes first, so a new pod's image is not queued behind a cold start's backlog; every
-//! waiter also has a fallback requeue, so a lost wake-up only delays it.
+//! slots idle between retries and cost a reconcile per image per retry); each reconcile that
+//! gets its answer from the observer wakes one waiter of its registry through the Controller's
+//! `reconcile_on` trigger. The newest waiter goes first, so a new pod's image is not queued
+//! behind a cold start's backlog; every waiter also has a fallback requeue, so a lost wake-up
+//! only delays it.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;

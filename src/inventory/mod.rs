@@ -60,6 +60,23 @@ impl NamespaceFilter {
     }
 }
 
+/// Records one use under `key`; the key is cloned only when it is new.
+fn add_use<K: Ord + Clone>(
+    map: &mut BTreeMap<K, Usage>,
+    key: &K,
+    reference: &str,
+    namespace: &str,
+    pod: &str,
+) {
+    if let Some(usage) = map.get_mut(key) {
+        usage.add(reference, namespace, pod);
+        return;
+    }
+    map.entry(key.clone())
+        .or_default()
+        .add(reference, namespace, pod);
+}
+
 /// What one (reference, imageID) pair names.
 enum Parsed {
     Image(ImageId),
@@ -79,8 +96,8 @@ impl Parsed {
             .or_else(|| parsed.digest.clone());
         match digest {
             Some(digest) => Parsed::Image(ImageId {
-                registry: parsed.registry.clone(),
-                repository: parsed.repository.clone(),
+                registry: parsed.registry,
+                repository: parsed.repository,
                 digest,
             }),
             None => Parsed::Tag(parsed),
@@ -166,22 +183,8 @@ impl Inventory {
 
     fn add(&mut self, reference: &str, what: &Parsed, namespace: &str, pod: &str) {
         match what {
-            Parsed::Image(id) => match self.images.get_mut(id) {
-                Some(usage) => usage.add(reference, namespace, pod),
-                None => self
-                    .images
-                    .entry(id.clone())
-                    .or_default()
-                    .add(reference, namespace, pod),
-            },
-            Parsed::Tag(tag) => match self.unresolved.get_mut(tag) {
-                Some(usage) => usage.add(reference, namespace, pod),
-                None => self
-                    .unresolved
-                    .entry(tag.clone())
-                    .or_default()
-                    .add(reference, namespace, pod),
-            },
+            Parsed::Image(id) => add_use(&mut self.images, id, reference, namespace, pod),
+            Parsed::Tag(tag) => add_use(&mut self.unresolved, tag, reference, namespace, pod),
             Parsed::Invalid(why) => {
                 self.invalid.insert(reference.to_string(), why.clone());
             }

@@ -547,7 +547,7 @@ fn full(body: Vec<u8>) -> Body {
     Full::new(Bytes::from(body)).boxed()
 }
 
-fn json_response(code: u16, v: &Value) -> Response<Body> {
+fn json_response(code: u16, v: &impl serde::Serialize) -> Response<Body> {
     Response::builder()
         .status(code)
         .header("content-type", "application/json")
@@ -859,18 +859,15 @@ fn get(state: &Arc<Mutex<State>>, t: Target, query: &BTreeMap<String, String>) -
         metadata: Value,
         items: Vec<&'a Value>,
     }
-    let body = serde_json::to_vec(&List {
-        api_version: rt.api_version(),
-        kind: format!("{}List", rt.kind),
-        metadata,
-        items: page,
-    })
-    .unwrap_or_default();
-    Response::builder()
-        .status(200)
-        .header("content-type", "application/json")
-        .body(full(body))
-        .unwrap()
+    json_response(
+        200,
+        &List {
+            api_version: rt.api_version(),
+            kind: format!("{}List", rt.kind),
+            metadata,
+            items: page,
+        },
+    )
 }
 
 fn watch(
