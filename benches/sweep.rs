@@ -439,7 +439,7 @@ async fn timed_pass(
     proxy.reset_requests();
     double.reset_counters();
     let started = Instant::now();
-    let report = op.pass(double, pods, Utc::now()).await;
+    let report = op.pass(&double.client(), pods, Utc::now()).await;
     let wall = started.elapsed();
     let requests = proxy.requests();
     let row = SweepRow {
@@ -465,7 +465,7 @@ async fn timed_pass(
 async fn operator_for(env: &TestEnv, proxy: &Proxy, double: &ApiDouble, images: usize) -> Operator {
     let verifier = env.verifier(env.config(&[&proxy.host])).await;
     Operator::new(
-        double,
+        &double.client(),
         verifier,
         harness::Config {
             observer: observer_config(),
@@ -711,7 +711,7 @@ async fn bench() {
         cold.report
     );
 
-    let existing = harness::list(&double).await;
+    let existing = harness::list(&double.client()).await;
     assert_eq!(existing.len(), n_images);
     // The population as `imageposture summary --from FILE` reads it (README: summary section).
     if let Some(path) = std::env::var_os("IMAGEPOSTURE_BENCH_POSTURES") {

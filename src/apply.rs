@@ -16,6 +16,7 @@ use tokio::time::Instant;
 
 use crate::crd::ImagePosture;
 use crate::error::{Error, Result};
+use crate::ownership::{self, Part};
 
 /// Default deadline of one API write, its client-side retries included.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(15);
@@ -228,6 +229,53 @@ impl Writer {
             .await
     }
 
+    /// Makes `manager`'s part of a status (`fields`, JSON names) read `desired`, writing only
+    /// what differs from `current` as this manager owns it. Both loops write through here.
+    ///
+    /// Server-side apply leaves a field owned by another manager alone unless our apply states
+    /// it, and an apply that states another manager's value *shares* the field instead of
+    /// taking it. So a field of `fields` that `desired` leaves out but another manager holds
+    /// (a `kubectl edit --subresource=status`, a second tool) is removed by a JSON merge patch
+    /// (`null`), which drops it from every manager's set; then `desired` is applied (forced,
+    /// so a foreign value of a field we state becomes ours). An unchanged part costs nothing.
+    pub async fn sync_status(
+        &self,
+        name: &str,
+        current: Option<&ImagePosture>,
+        fields: &[&str],
+        desired: Value,
+        manager: &str,
+    ) -> Result<Synced> {
+        let mut synced = Synced::default();
+        let plan = StatusPlan::new(current, fields, &desired, manager);
+        if !plan.leftovers.is_empty() {
+            let nulls: serde_json::Map<String, Value> = plan
+                .leftovers
+                .iter()
+                .map(|k| (k.clone(), Value::Null))
+                .collect();
+            let body = json!({ "status": nulls });
+            let params = PatchParams {
+                field_manager: Some(manager.to_string()),
+                ..PatchParams::default()
+            };
+            let patch = Patch::Merge(&body);
+            let written = self
+                .bounded(retry_conflicts(|| {
+                    self.api.patch_status(name, &params, &patch)
+                }))
+                .await?;
+            synced.writes += 1;
+            synced.written = Some(written);
+        }
+        if plan.apply {
+            let written = self.apply_status(name, desired, manager).await?;
+            synced.writes += 1;
+            synced.written = Some(written);
+        }
+        Ok(synced)
+    }
+
     /// Deletes a resource; one that is already gone counts as deleted.
     pub async fn delete(&self, name: &str) -> Result<()> {
         match self
@@ -254,6 +302,70 @@ impl Writer {
         {
             Ok(r) => Ok(r?),
             Err(_) => Err(Error::WriteTimeout(self.timeout)),
+        }
+    }
+}
+
+/// What [`Writer::sync_status`] wrote.
+#[derive(Debug, Default)]
+pub struct Synced {
+    /// API writes made (0 when the part already read as desired).
+    pub writes: usize,
+    /// The object as the last write left it.
+    pub written: Option<ImagePosture>,
+}
+
+/// What one manager must write to make its part of a status read as desired.
+#[derive(Debug, PartialEq, Eq)]
+pub struct StatusPlan {
+    /// Fields of the part that another manager holds and `desired` leaves out: removed.
+    pub leftovers: Vec<String>,
+    /// Whether `desired` must be applied (a value differs, or a stated field is not ours).
+    pub apply: bool,
+}
+
+impl StatusPlan {
+    pub fn new(
+        current: Option<&ImagePosture>,
+        fields: &[&str],
+        desired: &Value,
+        manager: &str,
+    ) -> Self {
+        let Some(cr) = current else {
+            return StatusPlan {
+                leftovers: Vec::new(),
+                apply: true,
+            };
+        };
+        let stored = cr.status.clone().unwrap_or_default().only(fields);
+        let stated: Vec<&String> = desired
+            .as_object()
+            .map(|m| m.keys().collect())
+            .unwrap_or_default();
+        let owned = ownership::owned(cr, manager, Part::Status);
+        let owns_all = owned
+            .as_ref()
+            .is_none_or(|o| stated.iter().all(|k| o.contains(k.as_str())));
+        let foreign = ownership::foreign(cr, manager, Part::Status);
+        let leftovers = stored
+            .as_object()
+            .map(|m| {
+                m.keys()
+                    .filter(|k| !stated.contains(k) && foreign.contains(k.as_str()))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        let wanted = {
+            let mut s = stored.clone();
+            if let Some(m) = s.as_object_mut() {
+                m.retain(|k, _| stated.contains(&k) || !foreign.contains(k.as_str()));
+            }
+            s
+        };
+        StatusPlan {
+            leftovers,
+            apply: wanted != *desired || !owns_all,
         }
     }
 }

@@ -21,7 +21,7 @@ use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
-use serde_json::{json, Value};
+use serde_json::json;
 use tracing::instrument;
 
 use crate::apply::Writer;
@@ -139,8 +139,9 @@ impl Context {
             .image_id()
             .ok_or_else(|| Error::InvalidSpec(crate::text::escape(&cr.spec.image)))?;
         let old = cr.status.as_ref();
-        // A verdict field some other manager wrote is not ours to trust: verify again.
-        let foreign = ownership::foreign(cr, FIELD_MANAGER_VERIFIER, Part::Status);
+        // A verdict field some other manager wrote (and we do not share) is not ours to
+        // trust: verify again.
+        let foreign = ownership::foreign_only(cr, FIELD_MANAGER_VERIFIER, Part::Status);
         let tampered = VERDICT_FIELDS.iter().any(|f| foreign.contains(*f));
         let recorded = old.filter(|_| !tampered).and_then(|s| s.recorded());
         let Ok(observed) = self.observer.try_observe(&id, recorded.as_ref(), now).await else {
@@ -203,51 +204,27 @@ impl Context {
             now,
         );
         let desired_json = serde_json::to_value(&desired).unwrap_or_default();
-        let stored = old.cloned().unwrap_or_default().only(VERDICT_FIELDS);
-        let owned = ownership::owned(cr, FIELD_MANAGER_VERIFIER, Part::Status);
-        let stated: Vec<&String> = desired_json
-            .as_object()
-            .map(|m| m.keys().collect())
-            .unwrap_or_default();
-        let owns_all = owned
-            .as_ref()
-            .is_none_or(|o| stated.iter().all(|k| o.contains(k.as_str())));
-        // Fields present that we do not state and do not own: another manager's value, which
-        // our apply alone would leave in place.
-        let foreign = ownership::foreign(cr, FIELD_MANAGER_VERIFIER, Part::Status);
-        let leftovers: Vec<(String, Value)> = stored
-            .as_object()
-            .map(|m| {
-                m.iter()
-                    .filter(|(k, _)| !stated.contains(k) && foreign.contains(k.as_str()))
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect()
-            })
-            .unwrap_or_default();
-        if stored != desired_json || !owns_all {
-            if !leftovers.is_empty() {
-                // Server-side apply cannot unset another manager's field: claim it, then drop
-                // it from our next apply, which removes what we alone own.
-                let mut claim = desired_json.clone();
-                if let Some(m) = claim.as_object_mut() {
-                    m.extend(leftovers.iter().cloned());
-                }
-                self.writer
-                    .apply_status(&name, claim, FIELD_MANAGER_VERIFIER)
-                    .await?;
-                self.stats.locked().status_writes += 1;
+        let synced = self
+            .writer
+            .sync_status(
+                &name,
+                Some(cr),
+                VERDICT_FIELDS,
+                desired_json,
+                FIELD_MANAGER_VERIFIER,
+            )
+            .await?;
+        if synced.writes > 0 {
+            self.stats.locked().status_writes += synced.writes as u64;
+            for _ in 0..synced.writes {
                 self.metrics.api_write("status");
             }
-            let written = self
-                .writer
-                .apply_status(&name, desired_json, FIELD_MANAGER_VERIFIER)
-                .await?;
-            self.stats.locked().status_writes += 1;
-            self.metrics.api_write("status");
+        }
+        if let Some(written) = &synced.written {
             let old_posture = old.and_then(|s| s.posture);
             let was_pending = old.and_then(|s| s.reason) == Some(Reason::Pending);
             if let Some(before) = old_posture.filter(|p| *p != v.posture && !was_pending) {
-                self.posture_changed(&written, before, v).await;
+                self.posture_changed(written, before, v).await;
             }
         }
         let label = v.posture.as_str();

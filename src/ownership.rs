@@ -45,6 +45,16 @@ pub fn foreign(cr: &ImagePosture, manager: &str, part: Part) -> BTreeSet<String>
     fields(cr, part, |m| m != manager)
 }
 
+/// The fields of `part` that other managers hold and `manager` does not: values someone else
+/// wrote. (A field both own has the value `manager` applied: an apply that states another
+/// manager's value shares the field.)
+pub fn foreign_only(cr: &ImagePosture, manager: &str, part: Part) -> BTreeSet<String> {
+    let mine = fields(cr, part, |m| m == manager);
+    let mut theirs = foreign(cr, manager, part);
+    theirs.retain(|f| !mine.contains(f));
+    theirs
+}
+
 fn fields(cr: &ImagePosture, part: Part, select: impl Fn(&str) -> bool) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     for entry in cr.managed_fields() {

@@ -32,10 +32,6 @@ use crate::verify::Verifier;
 pub async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
     let in_cluster = crate::cli::in_cluster();
     let client = connect().await?;
-    if args.install_crd(in_cluster) {
-        crate::install::install_crd(&client).await?;
-        tracing::info!("the ImagePosture CRD is Established");
-    }
     let metrics = Arc::new(Metrics::new());
     let health = Health::new();
     let listener = tokio::net::TcpListener::bind(args.metrics_addr).await?;
@@ -130,11 +126,19 @@ pub async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
     ));
 
     let mut shutdown = std::pin::pin!(shutdown_signal());
+    let mut crd_installed = false;
     loop {
         // Standby: wait to lead (or to stop).
         tokio::select! {
             _ = &mut shutdown => break,
             _ = gate.gained() => {}
+        }
+        // A standby writes nothing, the CRD included: a replica of another version must not
+        // rewrite the schema under the leader.
+        if args.install_crd(in_cluster) && !crd_installed {
+            crate::install::install_crd(&client).await?;
+            crd_installed = true;
+            tracing::info!("the ImagePosture CRD is Established");
         }
         metrics.set_leader(true);
         tracing::info!("leading: inventory loop and verification controller started");

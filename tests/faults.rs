@@ -197,7 +197,7 @@ impl World {
     }
 
     async fn sweep_with(&self, op: &Operator, now: DateTime<Utc>) -> Report {
-        op.pass(&self.api, &self.pods.state(), now).await
+        op.pass(&self.api.client(), &self.pods.state(), now).await
     }
 
     /// Every stored ImagePosture's status, by name.
@@ -259,7 +259,7 @@ async fn new_operator(api: &ApiDouble, attempts: &Attempts, config: VerifierConf
     )
     .await
     .expect("verifier setup");
-    Operator::new(api, verifier, self::config()).await
+    Operator::new(&api.client(), verifier, self::config()).await
 }
 
 // ---- the invariants -------------------------------------------------------------------------

@@ -166,6 +166,24 @@ impl Sweeper {
                 }
             }
         }
+        // After a restart the tag cache is empty: a tag not resolved yet may name an image
+        // whose resource exists. Until it resolves, that resource is neither unused nor
+        // rewritten (a restart within the TTL writes nothing).
+        let pending: HashSet<&str> = inv
+            .unresolved
+            .values()
+            .flat_map(|u| u.references.iter().map(String::as_str))
+            .collect();
+        if !pending.is_empty() {
+            for (name, cr) in &existing {
+                let named = cr.status.as_ref().is_some_and(|s| {
+                    s.references.iter().any(|r| pending.contains(r.as_str()))
+                });
+                if named && !live.contains(name) {
+                    live.insert(name.clone());
+                }
+            }
+        }
         self.clean.locked().retain(|name, _| live.contains(name));
         // Images are independent: their writes go WRITES_IN_FLIGHT at a time (most-used first),
         // so 2,000 new images do not wait for 6,000 round trips in a row. The first image is
@@ -330,24 +348,11 @@ impl Sweeper {
         report: &mut SweepReport,
     ) -> Result<()> {
         let desired = desired.only(INVENTORY_FIELDS);
-        let stored = current
-            .and_then(|c| c.status.clone())
-            .unwrap_or_default()
-            .only(INVENTORY_FIELDS);
-        let owned =
-            current.and_then(|c| ownership::owned(c, FIELD_MANAGER_INVENTORY, Part::Status));
-        let owns_all = owned.is_none_or(|o| {
-            desired
-                .as_object()
-                .is_none_or(|m| m.keys().all(|k| o.contains(k)))
-        });
-        if current.is_some() && stored == desired && owns_all {
-            return Ok(());
-        }
-        self.writer
-            .apply_status(name, desired, FIELD_MANAGER_INVENTORY)
+        let synced = self
+            .writer
+            .sync_status(name, current, INVENTORY_FIELDS, desired, FIELD_MANAGER_INVENTORY)
             .await?;
-        report.status_writes += 1;
+        report.status_writes += synced.writes;
         Ok(())
     }
 

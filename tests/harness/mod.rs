@@ -1,6 +1,6 @@
 //! Both operator loops driven through kube's seams with a test clock: the inventory pass and
 //! then one reconcile of every ImagePosture (what the Controller does over time, at once),
-//! writing through a real `kube::Client` to the API double.
+//! writing through a real `kube::Client` (to the real API server, or to the API double).
 //!
 //! Included with `mod harness;` next to `mod apidouble;` and `mod support;`.
 #![allow(dead_code)]
@@ -22,8 +22,6 @@ use imageposture::verify::Verifier;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::Api;
 use kube::runtime::events::{Recorder, Reporter};
-
-use crate::apidouble::ApiDouble;
 
 pub struct Config {
     pub observer: ObserverConfig,
@@ -80,8 +78,8 @@ impl Report {
 }
 
 impl Operator {
-    pub async fn new(api: &ApiDouble, verifier: Verifier, config: Config) -> Operator {
-        let client = api.client();
+    pub async fn new(client: &kube::Client, verifier: Verifier, config: Config) -> Operator {
+        let client = client.clone();
         let writer = Writer::new(Api::all(client.clone()))
             .with_gate(config.gate)
             .with_timeout(config.write_timeout);
@@ -110,7 +108,12 @@ impl Operator {
     }
 
     /// The inventory pass over `pods`, then a reconcile of every ImagePosture, at `now`.
-    pub async fn pass(&self, api: &ApiDouble, pods: &[Arc<Pod>], now: DateTime<Utc>) -> Report {
+    pub async fn pass(
+        &self,
+        api: &kube::Client,
+        pods: &[Arc<Pod>],
+        now: DateTime<Utc>,
+    ) -> Report {
         let before = self.ctx.stats();
         let inv = self.sweeper.sweep(pods, &list(api).await, now).await;
         let results = controller::reconcile_pass(&self.ctx, &list(api).await, now).await;
@@ -148,8 +151,8 @@ impl Operator {
 }
 
 /// The ImagePostures as the operator's cache would hold them now (managedFields included).
-pub async fn list(api: &ApiDouble) -> Vec<Arc<ImagePosture>> {
-    let api: Api<ImagePosture> = Api::all(api.client());
+pub async fn list(api: &kube::Client) -> Vec<Arc<ImagePosture>> {
+    let api: Api<ImagePosture> = Api::all(api.clone());
     let list = api
         .list(&Default::default())
         .await
