@@ -27,7 +27,6 @@
 //! so none outlives the test binary, even when it is killed.
 #![allow(dead_code)]
 
-
 use std::collections::HashSet;
 use std::io::{Read as _, Write as _};
 use std::net::{TcpListener, TcpStream};
