@@ -1,17 +1,21 @@
 //! Both loops (the inventory pass and the verification controller's reconciles, see
-//! tests/harness) driven through kube's seams: pods in a real kube-runtime reflector store,
-//! ImagePosture writes and Events through a real `kube::Client` against the API double (which
-//! tracks field ownership per manager), images in a real registry behind a counting,
-//! fault-injecting proxy. Time is passed in as `now`; nothing sleeps to wait for a TTL or a
-//! grace period.
+//! tests/harness) driven through kube's seams against the real kube-apiserver (tests/kube):
+//! pods are real Pod objects, listed by the operator's ServiceAccount (RBAC from config/rbac)
+//! into a real kube-runtime reflector store; ImagePosture writes and Events go through a real
+//! `kube::Client` and a counting, fault-injecting proxy in front of the server, which applies
+//! them as a cluster does (server-side apply, managedFields, the status subresource); images
+//! live in a real registry behind a counting, fault-injecting proxy. Time is passed in as
+//! `now`; nothing sleeps to wait for a TTL or a grace period.
 
-mod apidouble;
 mod harness;
+mod kube;
 mod support;
 
 use std::time::Duration;
 
-use apidouble::ApiDouble;
+use ::kube::api::{Api, Patch, PatchParams};
+use ::kube::runtime::reflector::{self, store::Writer, Store};
+use ::kube::runtime::watcher;
 use chrono::{DateTime, SecondsFormat, Utc};
 use harness::{Operator, Report};
 use imageposture::apply::Gate;
@@ -21,9 +25,8 @@ use imageposture::inventory::sweep::SweepConfig;
 use imageposture::observer::ObserverConfig;
 use imageposture::posture::{Posture, Reason, SignerType};
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::reflector::{self, store::Writer, Store};
-use kube::runtime::watcher;
+use kube::cluster::Cluster;
+use kube::proxy::{Fault, Rule};
 use serde_json::{json, Value};
 use support::cosign::{self, Spoil};
 use support::pki::{Identity, Signer, GITHUB_ISSUER, WORKFLOW_URI};
@@ -135,32 +138,32 @@ fn config() -> harness::Config {
 struct World {
     env: TestEnv,
     proxy: Proxy,
-    api: ApiDouble,
+    api: Cluster,
     op: Operator,
     pods: Store<Pod>,
     writer: Writer<Pod>,
 }
 
 impl World {
-    async fn new() -> World {
+    async fn new() -> Option<World> {
         World::with(config()).await
     }
 
-    async fn with(config: harness::Config) -> World {
+    async fn with(config: harness::Config) -> Option<World> {
+        let api = Cluster::start().await?;
         let env = TestEnv::new();
         let proxy = Proxy::start(&env.registry.host).await;
-        let api = ApiDouble::start().await;
         let (pods, writer) = reflector::store::<Pod>();
         let verifier = env.verifier(env.config(&[&proxy.host])).await;
-        let op = Operator::new(&api, verifier, config).await;
-        World {
+        let op = Operator::new(&api.client(), verifier, config).await;
+        Some(World {
             env,
             proxy,
             api,
             op,
             pods,
             writer,
-        }
+        })
     }
 
     /// A brand-new operator over the same registry and API (a restart, or another replica).
@@ -169,7 +172,7 @@ impl World {
             .env
             .verifier(self.env.config(&[&self.proxy.host]))
             .await;
-        Operator::new(&self.api, verifier, config).await
+        Operator::new(&self.api.client(), verifier, config).await
     }
 
     /// A new image signed keyless by the GitHub workflow identity, seen through the proxy.
@@ -184,17 +187,51 @@ impl World {
         via(&img.id, &self.proxy.host)
     }
 
-    /// The initial list of the pod watcher.
-    fn init_pods(&mut self, pods: &[Pod]) {
+    /// Creates `pods` in the cluster (spec, then status as the kubelet writes it), and gives
+    /// the reflector store the initial list of every pod not created before, as the
+    /// operator's ServiceAccount lists them. Pods created before and not named again are
+    /// deleted (the world is what `pods` says).
+    async fn init_pods(&mut self, pods: &[Pod]) {
+        let listed = self.api.pods().await;
+        let wanted: std::collections::BTreeSet<(String, String)> = pods
+            .iter()
+            .map(|p| {
+                (
+                    p.metadata.namespace.clone().unwrap_or_default(),
+                    p.metadata.name.clone().unwrap_or_default(),
+                )
+            })
+            .collect();
+        for old in &listed {
+            let key = (
+                old.metadata.namespace.clone().unwrap_or_default(),
+                old.metadata.name.clone().unwrap_or_default(),
+            );
+            if !wanted.contains(&key) {
+                self.api.delete_pod(old).await;
+            }
+        }
+        let fresh: Vec<Pod> = pods
+            .iter()
+            .filter(|p| {
+                !listed.iter().any(|o| {
+                    o.metadata.namespace == p.metadata.namespace
+                        && o.metadata.name == p.metadata.name
+                })
+            })
+            .cloned()
+            .collect();
+        self.api.put_pods(&fresh).await;
         self.writer.apply_watcher_event(&watcher::Event::Init);
-        for p in pods {
+        for p in self.api.pods().await {
             self.writer
-                .apply_watcher_event(&watcher::Event::InitApply(p.clone()));
+                .apply_watcher_event(&watcher::Event::InitApply(p));
         }
         self.writer.apply_watcher_event(&watcher::Event::InitDone);
     }
 
-    fn delete_pod(&mut self, pod: &Pod) {
+    async fn delete_pod(&mut self, pod: &Pod) {
+        self.api.delete_pod(pod).await;
         self.writer
             .apply_watcher_event(&watcher::Event::Delete(pod.clone()));
     }
@@ -204,20 +241,29 @@ impl World {
     }
 
     async fn pass_with(&self, op: &Operator, now: DateTime<Utc>) -> Report {
-        op.pass(&self.api, &self.pods.state(), now).await
+        op.pass(&self.api.client(), &self.pods.state(), now).await
     }
 
-    fn cr(&self, id: &ImageId) -> Option<ImagePosture> {
-        let v = self.api.image_posture(&id.resource_name())?;
+    async fn cr(&self, id: &ImageId) -> Option<ImagePosture> {
+        let v = self.api.image_posture(&id.resource_name()).await?;
         Some(serde_json::from_value(v).expect("stored ImagePosture"))
     }
 
-    #[track_caller]
-    fn status(&self, id: &ImageId) -> ImagePostureStatus {
+    async fn status(&self, id: &ImageId) -> ImagePostureStatus {
         let cr = self
             .cr(id)
+            .await
             .unwrap_or_else(|| panic!("no ImagePosture for {id}"));
         cr.status.expect("status written")
+    }
+
+    /// The operator's writes to ImagePostures counted at the API proxy.
+    fn writes_to_imagepostures(&self) -> usize {
+        self.api
+            .writes()
+            .iter()
+            .filter(|s| s.path.contains("/imagepostures"))
+            .count()
     }
 
     /// Forgets counted registry requests and API writes.
@@ -227,9 +273,10 @@ impl World {
     }
 
     /// `note` of every Event, in creation order.
-    fn event_notes(&self) -> Vec<String> {
+    async fn event_notes(&self) -> Vec<String> {
         self.api
             .events()
+            .await
             .iter()
             .map(|e| e["note"].as_str().unwrap_or_default().to_string())
             .collect()
@@ -270,14 +317,17 @@ fn assert_posture(s: &ImagePostureStatus, posture: Posture, reason: Reason) {
 
 #[tokio::test]
 async fn shared_image_is_one_resource_and_every_container_kind_counts() {
-    let mut w = World::new().await;
+    let Some(mut w) = World::new().await else {
+        return;
+    };
     let app = w.signed_image("shared").await;
     let init = w.unsigned_image("init").await;
     let debug = w.unsigned_image("debug").await;
     w.init_pods(&[
         pod_with("team-a", "web", &[pinned(&app)], &[pinned(&init)], &[]),
         pod_with("team-b", "api", &[pinned(&app)], &[], &[pinned(&debug)]),
-    ]);
+    ])
+    .await;
 
     let report = w.pass(Utc::now()).await;
     assert_eq!(
@@ -285,9 +335,9 @@ async fn shared_image_is_one_resource_and_every_container_kind_counts() {
         (3, 3, 0, 0),
         "{report:#?}"
     );
-    assert_eq!(w.api.image_postures().len(), 3);
+    assert_eq!(w.api.image_postures().await.len(), 3);
 
-    let cr = w.cr(&app).unwrap();
+    let cr = w.cr(&app).await.unwrap();
     assert_eq!(cr.spec.image, app.key());
     assert_eq!(cr.spec.digest, app.digest);
     let s = cr.status.as_ref().unwrap();
@@ -310,7 +360,7 @@ async fn shared_image_is_one_resource_and_every_container_kind_counts() {
     assert_eq!(got, want);
 
     for (id, ns) in [(&init, "team-a"), (&debug, "team-b")] {
-        let s = w.status(id);
+        let s = w.status(id).await;
         assert_posture(&s, Posture::NotSigned, Reason::NoSignature);
         let usage = s.usage.unwrap();
         assert_eq!((usage.pods, usage.namespaces), (1, vec![ns.to_string()]));
@@ -321,17 +371,20 @@ async fn shared_image_is_one_resource_and_every_container_kind_counts() {
 
 #[tokio::test]
 async fn tag_and_digest_references_share_one_resource() {
-    let mut w = World::new().await;
+    let Some(mut w) = World::new().await else {
+        return;
+    };
     let id = w.signed_image("refs").await;
     w.init_pods(&[
         pod("a", "by-tag", &[tagged(&id, "v1")]),
         pod("b", "by-digest", &[pinned(&id)]),
-    ]);
+    ])
+    .await;
 
     let report = w.pass(Utc::now()).await;
     assert_eq!((report.images, report.created), (1, 1), "{report:#?}");
-    assert_eq!(w.api.image_postures().len(), 1);
-    let s = w.status(&id);
+    assert_eq!(w.api.image_postures().await.len(), 1);
+    let s = w.status(&id).await;
     assert_signed(&s);
     let mut want = vec![format!("{}:v1", id.repo_path()), id.key()];
     want.sort();
@@ -343,13 +396,16 @@ async fn tag_and_digest_references_share_one_resource() {
 
 #[tokio::test]
 async fn warm_sweep_costs_nothing() {
-    let mut w = World::new().await;
+    let Some(mut w) = World::new().await else {
+        return;
+    };
     let signed = w.signed_image("warm-signed").await;
     let unsigned = w.unsigned_image("warm-unsigned").await;
     w.init_pods(&[
         pod("a", "p1", &[pinned(&signed), tagged(&unsigned, "v1")]),
         pod("b", "p2", &[tagged(&signed, "v1")]),
-    ]);
+    ])
+    .await;
     let t0 = Utc::now();
 
     w.reset_counters();
@@ -380,15 +436,17 @@ async fn warm_sweep_costs_nothing() {
 
 #[tokio::test]
 async fn unused_resource_is_deleted_after_grace() {
-    let mut w = World::new().await;
+    let Some(mut w) = World::new().await else {
+        return;
+    };
     let id = w.unsigned_image("gc").await;
     let p = pod("a", "p", &[pinned(&id)]);
-    w.init_pods(std::slice::from_ref(&p));
+    w.init_pods(std::slice::from_ref(&p)).await;
     let t0 = Utc::now();
     w.pass(t0 - chrono::Duration::minutes(1)).await;
-    assert!(w.cr(&id).is_some());
+    assert!(w.cr(&id).await.is_some());
 
-    w.delete_pod(&p);
+    w.delete_pod(&p).await;
     // The last pod is gone: until deletion the resource says so (0 pods), in one write.
     w.reset_counters();
     let r = w.pass(t0).await;
@@ -397,7 +455,7 @@ async fn unused_resource_is_deleted_after_grace() {
         (0, 1, 1),
         "{r:#?}"
     );
-    let s = w.status(&id);
+    let s = w.status(&id).await;
     let usage = s.usage.clone().unwrap();
     assert_eq!((usage.pods, usage.namespace_count), (0, 0), "{s:#?}");
     assert!(
@@ -409,12 +467,12 @@ async fn unused_resource_is_deleted_after_grace() {
     let t = after(t0, GRACE) - chrono::Duration::seconds(1);
     let r = w.pass(t).await;
     assert_eq!(r.deleted, 0, "at {t}: {r:#?}");
-    assert!(w.cr(&id).is_some(), "deleted before the grace period");
+    assert!(w.cr(&id).await.is_some(), "deleted before the grace period");
     assert!(w.api.writes().is_empty(), "{:#?}", w.api.writes());
 
     let r = w.pass(after(t0, GRACE)).await;
     assert_eq!((r.deleted, r.errors), (1, 0), "{r:#?}");
-    assert!(w.cr(&id).is_none());
+    assert!(w.cr(&id).await.is_none());
     assert_eq!(w.api.image_posture_writes("DELETE"), 1);
     assert_eq!(w.api.writes().len(), 1, "{:#?}", w.api.writes());
     assert!(w.proxy.requests().is_empty(), "GC needs no registry");
@@ -424,12 +482,14 @@ async fn unused_resource_is_deleted_after_grace() {
 
 #[tokio::test]
 async fn registry_outage_is_checking_then_recovers() {
-    let mut w = World::new().await;
+    let Some(mut w) = World::new().await else {
+        return;
+    };
     let id = w.signed_image("outage").await;
-    w.init_pods(&[pod("a", "p", &[pinned(&id)])]);
+    w.init_pods(&[pod("a", "p", &[pinned(&id)])]).await;
     let t0 = Utc::now();
     w.pass(t0).await;
-    assert_signed(&w.status(&id));
+    assert_signed(&w.status(&id).await);
 
     // The TTL expired and the registry answers 500.
     w.proxy.set_mode(Mode::Status(500));
@@ -438,12 +498,12 @@ async fn registry_outage_is_checking_then_recovers() {
     let r = w.pass(t1).await;
     assert_eq!((r.deleted, r.events, r.errors), (0, 1, 0), "{r:#?}");
     assert!(!w.proxy.requests().is_empty(), "the registry was asked");
-    let s = w.status(&id);
+    let s = w.status(&id).await;
     assert_posture(&s, Posture::Checking, Reason::RegistryError);
     assert_eq!(s.checking_since, Some(stamp(t1)));
     assert_eq!(s.last_verified, Some(stamp(t0)), "lastVerified keeps t0");
     assert_eq!(s.signer, None);
-    let notes = w.event_notes();
+    let notes = w.event_notes().await;
     assert_eq!(notes.len(), 1, "{notes:#?}");
     assert!(notes[0].contains("signed -> checking"), "{notes:#?}");
 
@@ -461,7 +521,7 @@ async fn registry_outage_is_checking_then_recovers() {
     w.reset_counters();
     let r = w.pass(after(t1, backoff)).await;
     assert_eq!((r.events, r.errors), (1, 0), "{r:#?}");
-    let s = w.status(&id);
+    let s = w.status(&id).await;
     assert_signed(&s);
     assert_eq!(s.checking_since, None);
     assert_eq!(s.last_verified, Some(stamp(t0)));
@@ -470,7 +530,7 @@ async fn registry_outage_is_checking_then_recovers() {
         !requests.is_empty() && requests.iter().all(|q| q.method == "HEAD"),
         "{requests:#?}"
     );
-    let notes = w.event_notes();
+    let notes = w.event_notes().await;
     assert_eq!(notes.len(), 2, "{notes:#?}");
     assert!(notes[1].contains("checking -> signed"), "{notes:#?}");
 }
@@ -479,10 +539,13 @@ async fn registry_outage_is_checking_then_recovers() {
 
 #[tokio::test]
 async fn restart_within_ttl_costs_nothing() {
-    let mut w = World::new().await;
+    let Some(mut w) = World::new().await else {
+        return;
+    };
     let signed = w.signed_image("restart-signed").await;
     let unsigned = w.unsigned_image("restart-unsigned").await;
-    w.init_pods(&[pod("a", "p", &[pinned(&signed), pinned(&unsigned)])]);
+    w.init_pods(&[pod("a", "p", &[pinned(&signed), pinned(&unsigned)])])
+        .await;
     let t0 = Utc::now();
     let cold = w.pass(t0).await;
     assert_eq!(cold.created, 2, "{cold:#?}");
@@ -512,7 +575,7 @@ async fn restart_within_ttl_costs_nothing() {
             .all(|q| q.method == "HEAD" || q.path.contains("/referrers/")),
         "{requests:#?}"
     );
-    let s = w.status(&signed);
+    let s = w.status(&signed).await;
     assert_signed(&s);
     assert_eq!(s.last_verified, Some(stamp(t0)));
     assert_eq!(s.last_checked, Some(stamp(t1)));
@@ -522,13 +585,19 @@ async fn restart_within_ttl_costs_nothing() {
 
 #[tokio::test]
 async fn posture_change_emits_one_event() {
-    let mut w = World::new().await;
+    let Some(mut w) = World::new().await else {
+        return;
+    };
     let id = w.unsigned_image("becomes-signed").await;
-    w.init_pods(&[pod("a", "p", &[pinned(&id)])]);
+    w.init_pods(&[pod("a", "p", &[pinned(&id)])]).await;
     let t0 = Utc::now();
     w.pass(t0).await;
-    assert_posture(&w.status(&id), Posture::NotSigned, Reason::NoSignature);
-    assert!(w.api.events().is_empty(), "no Event on creation");
+    assert_posture(
+        &w.status(&id).await,
+        Posture::NotSigned,
+        Reason::NoSignature,
+    );
+    assert!(w.api.events().await.is_empty(), "no Event on creation");
 
     w.env.sign_keyless(&id, &Identity::github()).await;
     // Within the TTL the cached verdict stands.
@@ -537,19 +606,19 @@ async fn posture_change_emits_one_event() {
 
     let r = w.pass(after(t0, TTL + Duration::from_secs(1))).await;
     assert_eq!(r.events, 1, "{r:#?}");
-    assert_signed(&w.status(&id));
-    let notes = w.event_notes();
+    assert_signed(&w.status(&id).await);
+    let notes = w.event_notes().await;
     assert_eq!(notes.len(), 1, "{notes:#?}");
     assert!(notes[0].contains("not-signed -> signed"), "{notes:#?}");
     assert!(notes[0].contains(WORKFLOW_URI), "{notes:#?}");
-    assert_eq!(w.api.events()[0]["reason"], "PostureChanged");
+    assert_eq!(w.api.events().await[0]["reason"], "PostureChanged");
 }
 
 // ---- 8. the max-images cap: most-used images first, the overflow counted ----------------
 
 #[tokio::test]
 async fn cap_records_the_most_used_images_and_counts_the_rest() {
-    let mut w = World::with(harness::Config {
+    let Some(mut w) = World::with(harness::Config {
         sweep: SweepConfig {
             grace: GRACE,
             max_images: 1,
@@ -557,14 +626,18 @@ async fn cap_records_the_most_used_images_and_counts_the_rest() {
         },
         ..config()
     })
-    .await;
+    .await
+    else {
+        return;
+    };
     let popular = w.signed_image("popular").await;
     let rare = w.signed_image("rare").await;
     w.init_pods(&[
         pod("a", "p1", &[pinned(&popular)]),
         pod("b", "p2", &[pinned(&popular)]),
         pod("c", "p3", &[pinned(&rare)]),
-    ]);
+    ])
+    .await;
     let now = Utc::now();
     w.reset_counters();
     let r = w.pass(now).await;
@@ -573,8 +646,8 @@ async fn cap_records_the_most_used_images_and_counts_the_rest() {
         (2, 1, 1, 0),
         "{r:#?}"
     );
-    assert_signed(&w.status(&popular));
-    assert!(w.cr(&rare).is_none(), "the overflow is not recorded");
+    assert_signed(&w.status(&popular).await);
+    assert!(w.cr(&rare).await.is_none(), "the overflow is not recorded");
     let asked_rare = w
         .proxy
         .requests()
@@ -590,28 +663,35 @@ async fn cap_records_the_most_used_images_and_counts_the_rest() {
     assert_eq!((r.deferred, r.api_writes()), (1, 0), "{r:#?}");
 
     // The popular image's pods go away: its resource still holds a slot until deleted.
-    w.init_pods(&[pod("c", "p3", &[pinned(&rare)])]);
+    w.init_pods(&[pod("c", "p3", &[pinned(&rare)])]).await;
     let r = w.pass(after(now, Duration::from_secs(120))).await;
     assert_eq!(r.deferred, 1, "{r:#?}");
     let r = w.pass(after(now, GRACE + Duration::from_secs(120))).await;
     assert_eq!(r.deleted, 1, "{r:#?}");
     let r = w.pass(after(now, GRACE + Duration::from_secs(180))).await;
     assert_eq!((r.created, r.deferred), (1, 0), "{r:#?}");
-    assert_signed(&w.status(&rare));
+    assert_signed(&w.status(&rare).await);
 }
 
 // ---- 9. 409 Conflict is retried ---------------------------------------------------------------
 
 #[tokio::test]
 async fn conflicts_are_retried() {
-    let mut w = World::new().await;
+    let Some(mut w) = World::new().await else {
+        return;
+    };
     let id = w.signed_image("conflict").await;
-    w.init_pods(&[pod("a", "p", &[pinned(&id)])]);
+    w.init_pods(&[pod("a", "p", &[pinned(&id)])]).await;
     w.reset_counters();
-    w.api.fail_next_writes_with_conflict(2);
+    w.api.proxy.inject(Rule {
+        method: Some("PATCH".into()),
+        path_contains: "/imagepostures/".into(),
+        fault: Fault::Status(409),
+        remaining: Some(2),
+    });
     let r = w.pass(Utc::now()).await;
     assert_eq!((r.created, r.errors), (1, 0), "{r:#?}");
-    assert_signed(&w.status(&id));
+    assert_signed(&w.status(&id).await);
     let conflicts = w.api.writes().iter().filter(|x| x.status == 409).count();
     assert_eq!(conflicts, 2, "{:#?}", w.api.writes());
 }
@@ -620,9 +700,11 @@ async fn conflicts_are_retried() {
 
 #[tokio::test]
 async fn closed_gate_writes_nothing() {
-    let mut w = World::new().await;
+    let Some(mut w) = World::new().await else {
+        return;
+    };
     let id = w.signed_image("gate").await;
-    w.init_pods(&[pod("a", "p", &[pinned(&id)])]);
+    w.init_pods(&[pod("a", "p", &[pinned(&id)])]).await;
     let (_tx, rx) = tokio::sync::watch::channel(false);
     let gated = w
         .new_operator(harness::Config {
@@ -635,17 +717,19 @@ async fn closed_gate_writes_nothing() {
     assert!(r.aborted, "{r:#?}");
     assert_eq!(r.api_writes(), 0, "{r:#?}");
     assert!(w.api.writes().is_empty(), "{:#?}", w.api.writes());
-    assert!(w.api.image_postures().is_empty());
+    assert!(w.api.image_postures().await.is_empty());
     assert!(w.proxy.requests().is_empty(), "{:#?}", w.proxy.requests());
 }
 
 /// A replica that lost its Lease must not delete either.
 #[tokio::test]
 async fn closed_gate_does_not_delete() {
-    let mut w = World::new().await;
+    let Some(mut w) = World::new().await else {
+        return;
+    };
     let id = w.unsigned_image("gate-gc").await;
     let p = pod("a", "p", &[pinned(&id)]);
-    w.init_pods(std::slice::from_ref(&p));
+    w.init_pods(std::slice::from_ref(&p)).await;
     let (tx, rx) = tokio::sync::watch::channel(true);
     let gated = w
         .new_operator(harness::Config {
@@ -655,8 +739,8 @@ async fn closed_gate_does_not_delete() {
         .await;
     let t0 = Utc::now();
     w.pass_with(&gated, t0).await;
-    assert!(w.cr(&id).is_some());
-    w.delete_pod(&p);
+    assert!(w.cr(&id).await.is_some());
+    w.delete_pod(&p).await;
     w.pass_with(&gated, t0).await; // unused since t0
 
     tx.send(false).unwrap(); // leadership lost
@@ -664,7 +748,7 @@ async fn closed_gate_does_not_delete() {
     let r = w.pass_with(&gated, after(t0, GRACE)).await;
     assert!(w.api.writes().is_empty(), "{:#?}", w.api.writes());
     assert!(
-        w.cr(&id).is_some(),
+        w.cr(&id).await.is_some(),
         "deleted by a replica that does not lead"
     );
     assert!(r.aborted, "{r:#?}");
@@ -674,7 +758,9 @@ async fn closed_gate_does_not_delete() {
 
 #[tokio::test]
 async fn invalid_reference_is_counted_and_pending_tag_is_resolved_in_the_background() {
-    let mut w = World::new().await;
+    let Some(mut w) = World::new().await else {
+        return;
+    };
     let id = w.signed_image("pending").await;
     let other = w.unsigned_image("pending-other").await;
     let tag_ref = format!("{}:v1", id.repo_path());
@@ -682,7 +768,8 @@ async fn invalid_reference_is_counted_and_pending_tag_is_resolved_in_the_backgro
         pod("a", "bad", &[pending("UPPER/Case:1")]),
         pod("a", "starting", &[pending(&tag_ref)]),
         pod("a", "other", &[pinned(&other)]),
-    ]);
+    ])
+    .await;
     w.reset_counters();
     let t0 = Utc::now();
     let r = w.pass(t0).await;
@@ -698,7 +785,10 @@ async fn invalid_reference_is_counted_and_pending_tag_is_resolved_in_the_backgro
         (0, 2, 1, 0),
         "{r:#?}"
     );
-    let cr = w.cr(&id).expect("the tag resolved to the pushed digest");
+    let cr = w
+        .cr(&id)
+        .await
+        .expect("the tag resolved to the pushed digest");
     assert_eq!(cr.spec.image, id.key());
     let s = cr.status.unwrap();
     assert_signed(&s);
@@ -712,7 +802,7 @@ async fn invalid_reference_is_counted_and_pending_tag_is_resolved_in_the_backgro
         .collect();
     assert_eq!(heads.len(), 1, "{:#?}", w.proxy.requests());
     assert_eq!(heads[0].method, "HEAD");
-    assert_eq!(w.api.image_postures().len(), 2);
+    assert_eq!(w.api.image_postures().await.len(), 2);
 
     // Cached: later passes resolve nothing again.
     w.reset_counters();
@@ -723,7 +813,9 @@ async fn invalid_reference_is_counted_and_pending_tag_is_resolved_in_the_backgro
 /// A tag whose registry never answers delays no other image: the pass writes at once.
 #[tokio::test]
 async fn slow_tag_resolution_delays_no_other_image() {
-    let mut w = World::new().await;
+    let Some(mut w) = World::new().await else {
+        return;
+    };
     let slow = Proxy::start(&w.env.registry.host).await;
     slow.set_mode(Mode::Delay(Duration::from_secs(5)));
     let fast = w.signed_image("tag-fast").await;
@@ -732,17 +824,18 @@ async fn slow_tag_resolution_delays_no_other_image() {
     w.init_pods(&[
         pod("a", "slow", &[pending(&slow_tag)]),
         pod("a", "fast", &[pinned(&fast)]),
-    ]);
+    ])
+    .await;
     let verifier = w
         .env
         .verifier(w.env.config(&[&w.proxy.host, &slow.host]))
         .await;
-    let op = Operator::new(&w.api, verifier, config()).await;
+    let op = Operator::new(&w.api.client(), verifier, config()).await;
     let started = std::time::Instant::now();
     let r = w.pass_with(&op, Utc::now()).await;
     let took = started.elapsed();
     assert_eq!((r.created, r.unresolved), (1, 1), "{r:#?}");
-    assert_signed(&w.status(&fast));
+    assert_signed(&w.status(&fast).await);
     assert!(
         took < Duration::from_secs(3),
         "the pass waited {took:?} for a tag"
@@ -755,9 +848,11 @@ async fn slow_tag_resolution_delays_no_other_image() {
 /// the action names the transition, so a second change of the same type is told too.
 #[tokio::test]
 async fn each_posture_change_is_told() {
-    let mut w = World::new().await;
+    let Some(mut w) = World::new().await else {
+        return;
+    };
     let id = w.signed_image("flip").await;
-    w.init_pods(&[pod("a", "p", &[pinned(&id)])]);
+    w.init_pods(&[pod("a", "p", &[pinned(&id)])]).await;
     let t0 = Utc::now();
     w.pass(t0).await;
 
@@ -780,13 +875,13 @@ async fn each_posture_change_is_told() {
     w.proxy.set_mode(Mode::Pass);
     let r = w.pass(after(t1, ObserverConfig::default().backoff)).await;
     assert_posture(
-        &w.status(&id),
+        &w.status(&id).await,
         Posture::InvalidSignature,
         Reason::BadSignature,
     );
     assert_eq!(r.events, 1, "{r:#?}");
-    let notes = w.event_notes();
-    assert_eq!(notes.len(), 2, "{:#?}", w.api.events());
+    let notes = w.event_notes().await;
+    assert_eq!(notes.len(), 2, "{:#?}", w.api.events().await);
     assert!(
         notes[1].contains("checking -> invalid-signature"),
         "{notes:#?}"
@@ -797,7 +892,7 @@ async fn each_posture_change_is_told() {
 
 /// Another manager's status edit: a forged `signed` with a signer on an invalid image.
 async fn forge(w: &World, id: &ImageId, fields: serde_json::Value) {
-    let api: Api<ImagePosture> = Api::all(w.api.client());
+    let api: Api<ImagePosture> = Api::all(w.api.admin());
     let body = json!({
         "apiVersion": "imageposture.io/v1alpha1",
         "kind": "ImagePosture",
@@ -814,7 +909,9 @@ async fn forge(w: &World, id: &ImageId, fields: serde_json::Value) {
 
 #[tokio::test]
 async fn a_foreign_signer_does_not_survive_on_an_invalid_image() {
-    let mut w = World::new().await;
+    let Some(mut w) = World::new().await else {
+        return;
+    };
     let id = w.unsigned_image("forged").await;
     let leaf = w.env.pki.ca.issue(&Identity::github());
     let original = ImageId {
@@ -831,11 +928,11 @@ async fn a_foreign_signer_does_not_survive_on_an_invalid_image() {
         .oci
         .push_sig(&id.repository, &id.digest, &[layer])
         .await;
-    w.init_pods(&[pod("a", "p", &[pinned(&id)])]);
+    w.init_pods(&[pod("a", "p", &[pinned(&id)])]).await;
     let t0 = Utc::now();
     w.pass(t0).await;
     assert_posture(
-        &w.status(&id),
+        &w.status(&id).await,
         Posture::InvalidSignature,
         Reason::BadSignature,
     );
@@ -846,16 +943,19 @@ async fn a_foreign_signer_does_not_survive_on_an_invalid_image() {
         json!({"posture": "signed", "signer": "mallory@example.com"}),
     )
     .await;
-    assert_eq!(w.status(&id).signer.as_deref(), Some("mallory@example.com"));
+    assert_eq!(
+        w.status(&id).await.signer.as_deref(),
+        Some("mallory@example.com")
+    );
 
     // Within the TTL: the forged verdict is not trusted as the cache; the image is verified
     // again and every verdict field is ours once more, the foreign signer gone.
     let r = w.pass(after(t0, Duration::from_secs(60))).await;
     assert_eq!(r.errors, 0, "{r:#?}");
-    let s = w.status(&id);
+    let s = w.status(&id).await;
     assert_posture(&s, Posture::InvalidSignature, Reason::BadSignature);
     assert_eq!(s.signer, None, "{s:#?}");
-    let cr = w.cr(&id).unwrap();
+    let cr = w.cr(&id).await.unwrap();
     let managers: Vec<String> = cr
         .metadata
         .managed_fields
@@ -874,30 +974,56 @@ async fn a_foreign_signer_does_not_survive_on_an_invalid_image() {
 
 #[tokio::test]
 async fn a_foreign_field_we_do_not_own_causes_no_rewrites() {
-    let mut w = World::new().await;
+    let Some(mut w) = World::new().await else {
+        return;
+    };
     let id = w.signed_image("foreign-note").await;
-    w.init_pods(&[pod("a", "p", &[pinned(&id)])]);
+    w.init_pods(&[pod("a", "p", &[pinned(&id)])]).await;
     let t0 = Utc::now();
     w.pass(t0).await;
-    forge(&w, &id, json!({"note": "audited by the platform team"})).await;
+    // The status schema is closed (the real server refuses an undeclared status field), so
+    // another tool's own fields live in metadata: a label and an annotation of its own.
+    let api: Api<ImagePosture> = Api::all(w.api.admin());
+    let body = json!({
+        "apiVersion": "imageposture.io/v1alpha1",
+        "kind": "ImagePosture",
+        "metadata": {
+            "name": id.resource_name(),
+            "labels": { "team": "platform" },
+            "annotations": { "audit.example.com/note": "audited by the platform team" },
+        },
+    });
+    api.patch(
+        &id.resource_name(),
+        &PatchParams::apply("auditor"),
+        &Patch::Apply(&body),
+    )
+    .await
+    .expect("the auditor's apply");
     w.reset_counters();
     for n in 1..=3 {
         let r = w.pass(after(t0, Duration::from_secs(60 * n))).await;
         assert_eq!(r.api_writes(), 0, "{r:#?}");
     }
     assert!(w.api.writes().is_empty(), "{:#?}", w.api.writes());
-    let cr = w.api.image_posture(&id.resource_name()).unwrap();
-    assert_eq!(cr["status"]["note"], "audited by the platform team");
-    assert_signed(&w.status(&id));
+    let cr = w.api.image_posture(&id.resource_name()).await.unwrap();
+    assert_eq!(cr["metadata"]["labels"]["team"], "platform");
+    assert_eq!(
+        cr["metadata"]["annotations"]["audit.example.com/note"],
+        "audited by the platform team"
+    );
+    assert_signed(&w.status(&id).await);
 }
 
 #[tokio::test]
 async fn each_manager_owns_its_fields() {
-    let mut w = World::new().await;
+    let Some(mut w) = World::new().await else {
+        return;
+    };
     let id = w.signed_image("owners").await;
-    w.init_pods(&[pod("a", "p", &[pinned(&id)])]);
+    w.init_pods(&[pod("a", "p", &[pinned(&id)])]).await;
     w.pass(Utc::now()).await;
-    let cr = w.api.image_posture(&id.resource_name()).unwrap();
+    let cr = w.api.image_posture(&id.resource_name()).await.unwrap();
     let owned = |manager: &str, sub: &str| -> serde_json::Value {
         cr["metadata"]["managedFields"]
             .as_array()
@@ -928,29 +1054,45 @@ async fn each_manager_owns_its_fields() {
 /// ends, so it cannot land after another replica may have taken over.
 #[tokio::test]
 async fn no_write_lands_after_the_lease_claim_ends() {
-    let mut w = World::new().await;
+    let Some(mut w) = World::new().await else {
+        return;
+    };
     let id = w.unsigned_image("claim").await;
-    w.init_pods(&[pod("a", "p", &[pinned(&id)])]);
-    let claim = tokio::time::Instant::now() + Duration::from_millis(400);
-    let (_tx, rx) = tokio::sync::watch::channel(Some(claim));
+    w.init_pods(&[pod("a", "p", &[pinned(&id)])]).await;
+    let far = tokio::time::Instant::now() + Duration::from_secs(3600);
+    let (tx, rx) = tokio::sync::watch::channel(Some(far));
     let op = w
         .new_operator(harness::Config {
             gate: Gate::claim(rx),
             ..config()
         })
         .await;
-    w.api
-        .delay_writes_to("/apis/imageposture.io/", Duration::from_secs(3), 1000);
+    w.api.proxy.inject(Rule {
+        method: Some("PATCH".into()),
+        path_contains: "/apis/imageposture.io/".into(),
+        fault: Fault::Delay(Duration::from_secs(3)),
+        remaining: None,
+    });
+    // The claim runs out 1 s from now, while the first write is held (the inventory pass is
+    // driven directly, so the time the pass takes to list is not counted against the claim).
+    let existing = harness::list(&w.api.client()).await;
+    tx.send(Some(
+        tokio::time::Instant::now() + Duration::from_millis(1000),
+    ))
+    .unwrap();
     let started = std::time::Instant::now();
-    let r = w.pass_with(&op, Utc::now()).await;
+    let r = op
+        .sweeper
+        .sweep(&w.pods.state(), &existing, Utc::now())
+        .await;
     let took = started.elapsed();
-    assert!(took < Duration::from_millis(1500), "the pass took {took:?}");
+    assert!(took < Duration::from_millis(2500), "the pass took {took:?}");
     assert_eq!((r.created, r.errors), (0, 1), "{r:#?}");
-    assert_eq!(w.api.held_writes(), 1, "one write was in flight");
+    assert_eq!(w.api.proxy.held(), 1, "one write was in flight");
     // Past the API server's delay: the abandoned write was never applied.
     tokio::time::sleep(Duration::from_millis(3200)).await;
     assert!(
-        w.api.image_postures().is_empty(),
+        w.api.image_postures().await.is_empty(),
         "a write landed after the claim ended"
     );
     // And nothing more is even tried once the claim is over.
@@ -958,4 +1100,136 @@ async fn no_write_lands_after_the_lease_claim_ends() {
     let r = w.pass_with(&op, Utc::now()).await;
     assert!(r.aborted, "{r:#?}");
     assert!(w.api.writes().is_empty(), "{:#?}", w.api.writes());
+}
+
+// ---- issue 14: what a real API server showed -------------------------------------------------
+
+/// `kubectl edit --subresource=status` (a JSON merge patch under another field manager) forges
+/// `signed` and a signer on an invalid image. The real server gives the editor those fields;
+/// an apply that states the editor's value would only *share* them. The operator must restore
+/// its verdict, remove the foreign signer, and then stop writing (it once re-applied its status
+/// 20 times a second, without end).
+#[tokio::test]
+async fn a_merge_patched_status_is_restored_once_and_then_left_alone() {
+    let Some(mut w) = World::new().await else {
+        return;
+    };
+    let id = w.unsigned_image("edited").await;
+    let leaf = w.env.pki.ca.issue(&Identity::github());
+    let original = ImageId {
+        registry: w.env.registry.host.clone(),
+        ..id.clone()
+    };
+    let layer = cosign::legacy_layer(
+        &original,
+        &Signer::Keyless(&leaf),
+        Some(&w.env.pki.rekor),
+        Spoil::TamperPayload,
+    );
+    w.env
+        .oci
+        .push_sig(&id.repository, &id.digest, &[layer])
+        .await;
+    w.init_pods(&[pod("a", "p", &[pinned(&id)])]).await;
+    let t0 = Utc::now();
+    w.pass(t0).await;
+    assert_posture(
+        &w.status(&id).await,
+        Posture::InvalidSignature,
+        Reason::BadSignature,
+    );
+
+    let api: Api<ImagePosture> = Api::all(w.api.admin());
+    let edit = json!({ "status": { "posture": "signed", "signer": "mallory@example.com" } });
+    let params = PatchParams {
+        field_manager: Some("kubectl-edit".into()),
+        ..PatchParams::default()
+    };
+    api.patch_status(&id.resource_name(), &params, &Patch::Merge(&edit))
+        .await
+        .expect("the editor's merge patch");
+    assert_eq!(
+        w.status(&id).await.signer.as_deref(),
+        Some("mallory@example.com")
+    );
+
+    w.reset_counters();
+    let r = w.pass(after(t0, Duration::from_secs(60))).await;
+    assert_eq!(r.errors, 0, "{r:#?}");
+    let s = w.status(&id).await;
+    assert_posture(&s, Posture::InvalidSignature, Reason::BadSignature);
+    assert_eq!(s.signer, None, "the foreign signer survived: {s:#?}");
+    let cr = w.api.image_posture(&id.resource_name()).await.unwrap();
+    for entry in cr["metadata"]["managedFields"].as_array().unwrap() {
+        let manager = entry["manager"].as_str().unwrap_or_default();
+        if manager.starts_with("imageposture-") {
+            continue;
+        }
+        let status = &entry["fieldsV1"]["f:status"];
+        for f in imageposture::crd::VERDICT_FIELDS {
+            assert!(
+                status.get(format!("f:{f}")).is_none(),
+                "{manager} still owns {f}: {cr:#}"
+            );
+        }
+    }
+    let restored = w.writes_to_imagepostures();
+    assert!(
+        restored <= 3,
+        "{restored} writes to restore: {:#?}",
+        w.api.writes()
+    );
+
+    // And then quiet: the next passes (each what a watch event would trigger) write nothing.
+    w.reset_counters();
+    for n in 2..=5 {
+        let r = w.pass(after(t0, Duration::from_secs(60 * n))).await;
+        assert_eq!(r.api_writes(), 0, "pass {n}: {r:#?}");
+    }
+    assert!(w.api.writes().is_empty(), "{:#?}", w.api.writes());
+    assert!(w.proxy.requests().is_empty(), "{:#?}", w.proxy.requests());
+}
+
+/// A pod whose image is given by tag and not pulled yet: after a restart within the TTL the
+/// tag is resolved again (one HEAD), and since it agrees with the stored resource nothing is
+/// written — before the resolution the resource is not taken for unused either.
+#[tokio::test]
+async fn restart_within_ttl_with_a_tag_not_pulled_writes_nothing() {
+    let Some(mut w) = World::new().await else {
+        return;
+    };
+    let id = w.signed_image("restart-tag").await;
+    let tag_ref = format!("{}:v1", id.repo_path());
+    w.init_pods(&[pod("a", "starting", &[pending(&tag_ref)])])
+        .await;
+    let t0 = Utc::now();
+    w.pass(t0).await;
+    w.op.sweeper.tags().settled().await;
+    let r = w.pass(after(t0, Duration::from_secs(1))).await;
+    assert_eq!((r.created, r.errors), (1, 0), "{r:#?}");
+    assert_signed(&w.status(&id).await);
+
+    let restarted = w.new_operator(config()).await;
+    w.reset_counters();
+    let t1 = after(t0, Duration::from_secs(120));
+    let r = w.pass_with(&restarted, t1).await;
+    assert_eq!((r.unresolved, r.api_writes()), (1, 0), "{r:#?}");
+    restarted.sweeper.tags().settled().await;
+    let r = w
+        .pass_with(&restarted, after(t1, Duration::from_secs(1)))
+        .await;
+    assert_eq!(
+        (r.unresolved, r.images, r.api_writes()),
+        (0, 1, 0),
+        "{r:#?}"
+    );
+    assert!(w.api.writes().is_empty(), "{:#?}", w.api.writes());
+    let requests = w.proxy.requests();
+    let resolve = format!("/v2/{}/manifests/v1", id.repository);
+    assert!(
+        requests
+            .iter()
+            .all(|q| q.method == "HEAD" && q.path == resolve),
+        "{requests:#?}"
+    );
 }

@@ -108,12 +108,7 @@ impl Operator {
     }
 
     /// The inventory pass over `pods`, then a reconcile of every ImagePosture, at `now`.
-    pub async fn pass(
-        &self,
-        api: &kube::Client,
-        pods: &[Arc<Pod>],
-        now: DateTime<Utc>,
-    ) -> Report {
+    pub async fn pass(&self, api: &kube::Client, pods: &[Arc<Pod>], now: DateTime<Utc>) -> Report {
         let before = self.ctx.stats();
         let inv = self.sweeper.sweep(pods, &list(api).await, now).await;
         let results = controller::reconcile_pass(&self.ctx, &list(api).await, now).await;

@@ -27,6 +27,9 @@
 //! so none outlives the test binary, even when it is killed.
 #![allow(dead_code)]
 
+pub mod cluster;
+pub mod proxy;
+
 use std::collections::HashSet;
 use std::io::{Read as _, Write as _};
 use std::net::{TcpListener, TcpStream};
@@ -262,6 +265,10 @@ fn etcd(bin: &Path) -> &'static str {
                     // Test data: no fsync, and no metrics listener.
                     "--unsafe-no-fsync".into(),
                     "--log-level=warn".into(),
+                    // A consistent list waits until the API server's watch cache has caught up
+                    // with etcd's revision, which other tests' servers on this etcd move on:
+                    // frequent progress notifications keep that wait short.
+                    "--watch-progress-notify-interval=100ms".into(),
                 ]
                 .into();
                 let mut child = spawn(&bin.join("etcd"), &args, &log);
