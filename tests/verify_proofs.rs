@@ -394,16 +394,6 @@ async fn cosign_1_rekord_layers_agree_with_cosign() {
     assert_says(&v, "logged hash is not the payload's");
 }
 
-/// `bundle` with its (first) log entry's checkpoint replaced by `checkpoint`.
-fn with_checkpoint(bundle: &[u8], checkpoint: impl Fn(&str) -> String) -> Vec<u8> {
-    let mut b: serde_json::Value = serde_json::from_slice(bundle).unwrap();
-    let envelope = &mut b["verificationMaterial"]["tlogEntries"][0]["inclusionProof"]["checkpoint"]
-        ["envelope"];
-    let new = checkpoint(envelope.as_str().expect("a checkpoint"));
-    *envelope = serde_json::Value::String(new);
-    serde_json::to_vec(&b).unwrap()
-}
-
 #[tokio::test]
 async fn rekor_v2_checkpoint_of_another_origin_is_invalid() {
     // Signed by the right log key, but naming another log as its origin: sigstore-go (cosign
@@ -419,7 +409,7 @@ async fn rekor_v2_checkpoint_of_another_origin_is_invalid() {
         let good = w.bundle(log, &img.id, &Signer::Keyless(&leaf), Twist::None);
         // Another origin, signed under the log's own name; and under the other name too.
         for signer in [log.key_name.as_str(), "log2099-1.rekor.test"] {
-            let b = with_checkpoint(&good, |cp| {
+            let b = bundles::with_checkpoint(&good, |cp| {
                 log.checkpoint_with_origin(cp, "log2099-1.rekor.test", signer)
             });
             let v = w.observe(&img, &b).await;
@@ -432,7 +422,7 @@ async fn rekor_v2_checkpoint_of_another_origin_is_invalid() {
         }
         // The right origin, but the signature line names another signer: no verifier named
         // after the log's origin signed it.
-        let b = with_checkpoint(&good, |cp| {
+        let b = bundles::with_checkpoint(&good, |cp| {
             log.checkpoint_with_origin(cp, &log.origin, "log2099-1.rekor.test")
         });
         let v = w.observe(&img, &b).await;
@@ -443,7 +433,7 @@ async fn rekor_v2_checkpoint_of_another_origin_is_invalid() {
         );
         assert_says(&v, "checkpoint is not signed by the log");
         // The fixture itself, re-signed unchanged, still verifies.
-        let b = with_checkpoint(&good, |cp| {
+        let b = bundles::with_checkpoint(&good, |cp| {
             log.checkpoint_with_origin(cp, &log.origin, &log.key_name)
         });
         assert_keyless(&w.observe(&img, &b).await, TimeSource::Timestamp);
@@ -461,12 +451,12 @@ async fn rekor_v1_checkpoint_is_bound_by_key_as_sigstore_go_binds_it() {
     let leaf = github(&w);
     let good = w.bundle(log, &img.id, &Signer::Keyless(&leaf), Twist::None);
     assert!(log.origin.starts_with("rekor.test - "), "{}", log.origin);
-    let b = with_checkpoint(&good, |cp| {
+    let b = bundles::with_checkpoint(&good, |cp| {
         log.checkpoint_with_origin(cp, "rekor.internal.example - 42", &log.key_name)
     });
     assert_keyless(&w.observe(&img, &b).await, TimeSource::Tlog);
     // A checkpoint not of Rekor v1's shape is bound to the `baseUrl` host, whatever the entry.
-    let b = with_checkpoint(&good, |cp| {
+    let b = bundles::with_checkpoint(&good, |cp| {
         log.checkpoint_with_origin(cp, "rekor.internal.example", &log.key_name)
     });
     let v = w.observe(&img, &b).await;
