@@ -484,7 +484,7 @@ impl TrustCell {
     /// `used` did not know a log or CA an entry names: is it really unknown? A root loaded
     /// less than the on-demand gap ago answers for itself; otherwise the root is loaded again
     /// (at most once per gap).
-    pub(super) async fn confirm(&self, used: &Arc<TrustMaterial>) -> Confirmation {
+    pub(super) async fn confirm(self: &Arc<Self>, used: &Arc<TrustMaterial>) -> Confirmation {
         if let Some(now) = self.current() {
             if !Arc::ptr_eq(&now.material, used) && now.material.digest != used.digest {
                 return Confirmation::Newer(now.material);
@@ -493,7 +493,14 @@ impl TrustCell {
                 return Confirmation::Unknown;
             }
         }
-        match self.reload(self.min_gap).await {
+        // In a task of its own: a verification that runs out of time does not cut a TUF
+        // fetch short (the next demand would otherwise wait out the gap for nothing).
+        let cell = Arc::clone(self);
+        let reload = tokio::spawn(async move { cell.reload(cell.min_gap).await });
+        let reloaded = reload
+            .await
+            .unwrap_or_else(|_| Err(Reload::Failed("the trust root refresh failed".into())));
+        match reloaded {
             Ok(t) if t.digest == used.digest => Confirmation::Unknown,
             Ok(t) => Confirmation::Newer(t),
             // Another caller reloaded meanwhile: its result answers.
@@ -563,11 +570,13 @@ mod tests {
         assert_eq!(url_host("not a url"), None);
     }
 
-    fn cell(path: &Path, gap: Duration) -> TrustCell {
-        TrustCell::new(TrustSource::File(path.to_path_buf()), DEFAULT_REFRESH).with_gap(gap)
+    fn cell(path: &Path, gap: Duration) -> Arc<TrustCell> {
+        Arc::new(
+            TrustCell::new(TrustSource::File(path.to_path_buf()), DEFAULT_REFRESH).with_gap(gap),
+        )
     }
 
-    fn installed(cell: &TrustCell, json: &[u8], age: Duration) -> Arc<TrustMaterial> {
+    fn installed(cell: &Arc<TrustCell>, json: &[u8], age: Duration) -> Arc<TrustMaterial> {
         let t = Arc::new(TrustMaterial::from_json(json).unwrap());
         let at = Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
         cell.install(Arc::clone(&t), at);
@@ -623,8 +632,47 @@ mod tests {
         assert!(matches!(cell.confirm(&old).await, Confirmation::Newer(_)));
     }
 
-    fn cell_with_file(path: &Path) -> TrustCell {
-        TrustCell::new(TrustSource::File(path.to_path_buf()), DEFAULT_REFRESH)
+    fn cell_with_file(path: &Path) -> Arc<TrustCell> {
+        Arc::new(TrustCell::new(
+            TrustSource::File(path.to_path_buf()),
+            DEFAULT_REFRESH,
+        ))
+    }
+
+    #[tokio::test]
+    async fn a_root_older_than_the_interval_is_refreshed_in_the_background() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("root.json");
+        let every = Duration::from_secs(60);
+        let cell = Arc::new(TrustCell::new(TrustSource::File(path.clone()), every));
+        let old = installed(&cell, &root(1, "https://a.test"), Duration::from_secs(3600));
+        std::fs::write(&path, root(2, "https://b.test")).unwrap();
+        // The old root serves while the new one loads.
+        assert!(Arc::ptr_eq(&cell.get().await.unwrap(), &old));
+        for _ in 0..200 {
+            if cell.current().unwrap().material.log(&[2; 32]).is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(cell.current().unwrap().material.log(&[2; 32]).is_some());
+        // A failed periodic refresh keeps the last good root.
+        let good = cell.current().unwrap().material;
+        std::fs::write(&path, b"not json").unwrap();
+        let cell = Arc::new(TrustCell::new(TrustSource::File(path.clone()), every));
+        let hour_ago = Instant::now()
+            .checked_sub(Duration::from_secs(3600))
+            .unwrap();
+        cell.install(Arc::clone(&good), hour_ago);
+        assert!(Arc::ptr_eq(&cell.get().await.unwrap(), &good));
+        for _ in 0..200 {
+            if !cell.refreshing.load(std::sync::atomic::Ordering::Acquire) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(cell.attempts.lock().await.failed.is_some());
+        assert!(Arc::ptr_eq(&cell.current().unwrap().material, &good));
     }
 
     #[tokio::test]
