@@ -157,6 +157,12 @@ pub struct RunArgs {
     /// Lease duration; a new leader waits at most this long after a crash.
     #[arg(long, env = "IMAGEPOSTURE_LEASE_DURATION", default_value = "15s", value_parser = parse_duration)]
     pub lease_duration: Duration,
+    /// How often the trust root is loaded again while the operator runs (the TUF one fetched,
+    /// a `--trusted-root` file re-read); a failed refresh keeps the last good root. An entry
+    /// naming a log or CA the root does not know also refreshes it (the TUF one at most every
+    /// 10 minutes).
+    #[arg(long, env = "IMAGEPOSTURE_TRUST_ROOT_REFRESH", default_value = "24h", value_parser = parse_duration)]
+    pub trust_root_refresh: Duration,
 }
 
 /// Where the process runs: the API server injects `KUBERNETES_SERVICE_HOST` into every pod.
@@ -235,6 +241,7 @@ impl VerifyArgs {
                     cache_dir: self.tuf_cache.clone(),
                 },
             },
+            trust_refresh: crate::verify::DEFAULT_REFRESH,
             trusted_keys: self.trusted_keys.clone(),
             registry_config: self.registry_config.clone(),
             insecure_registries: self.insecure_registries.clone(),

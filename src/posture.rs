@@ -136,6 +136,8 @@ pub const EVIDENCE_SIG_TAG: &str = "sigTag";
 pub const EVIDENCE_REFERRERS: &str = "referrers";
 /// Evidence key: digest of the referrers tag-schema index (`sha256-<hex>`).
 pub const EVIDENCE_REFERRERS_TAG: &str = "referrersTag";
+/// Evidence key: digest of the `trusted_root.json` that judged the signatures.
+pub const EVIDENCE_TRUST_ROOT: &str = "trustRoot";
 
 /// Keyless (Fulcio certificate) or key-based signature.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

@@ -38,8 +38,10 @@ pub async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
     tokio::spawn(server::serve(listener, metrics.clone(), health.clone()));
 
     let hook_metrics = metrics.clone();
+    let mut verifier_config = args.verify.config();
+    verifier_config.trust_refresh = args.trust_root_refresh;
     let verifier = Verifier::with_hook(
-        args.verify.config(),
+        verifier_config,
         Some(Box::new(move |host: &str, code: u16| {
             hook_metrics.registry_request(host, code)
         })),

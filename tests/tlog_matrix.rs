@@ -490,6 +490,84 @@ fn rekor_v1_checkpoint_by_another_key_is_rejected() {
     );
 }
 
+/// A Rekor v2 checkpoint signed by the right log key for another origin (under the log's
+/// signer name, and under the other name), and one of the right origin under another signer
+/// name: cosign binds a Rekor v2 checkpoint to the host of the log's `baseUrl`.
+#[test]
+fn rekor_v2_checkpoint_of_another_origin_is_rejected() {
+    needs_cosign!();
+    let w = World::new();
+    let leaf = w.pki.ca.issue(&Identity::github());
+    let payload = simple_signing_payload(&image());
+    for log in [&w.sigstore.rekor_v2, &w.sigstore.rekor_v2_ecdsa] {
+        let good = bundles::message_bundle(
+            &w.sigstore,
+            log,
+            &payload,
+            &Signer::Keyless(&leaf),
+            true,
+            Twist::None,
+        );
+        for (name, origin, signer, why) in [
+            (
+                "v2-other-origin",
+                "log2099-1.rekor.test",
+                log.key_name.as_str(),
+                "got origin",
+            ),
+            (
+                "v2-other-origin-and-name",
+                "log2099-1.rekor.test",
+                "log2099-1.rekor.test",
+                "no verifiable signatures",
+            ),
+            (
+                "v2-other-signer-name",
+                log.origin.as_str(),
+                "log2099-1.rekor.test",
+                "no verifiable signatures",
+            ),
+        ] {
+            let b = bundles::with_checkpoint(&good, |cp| {
+                log.checkpoint_with_origin(cp, origin, signer)
+            });
+            rejected(
+                w.verify_blob(name, &b, &payload, Trust::AnyIdentity),
+                &[why],
+            );
+        }
+        // Re-signed unchanged: still accepted (the rewrite itself breaks nothing).
+        let b = bundles::with_checkpoint(&good, |cp| {
+            log.checkpoint_with_origin(cp, &log.origin, &log.key_name)
+        });
+        accepted(w.verify_blob("v2-resigned", &b, &payload, Trust::AnyIdentity));
+    }
+}
+
+/// Rekor v1: a `<host> - <tree ID>` checkpoint naming another host, signed by the right key,
+/// is accepted (sigstore-go binds a v1 checkpoint by key only); a checkpoint of another shape
+/// is bound to the `baseUrl` host.
+#[test]
+fn rekor_v1_checkpoint_origin_is_bound_by_shape() {
+    needs_cosign!();
+    let w = World::new();
+    let leaf = w.pki.ca.issue(&Identity::github());
+    let payload = simple_signing_payload(&image());
+    let log = &w.sigstore.rekor_v1;
+    let good = bundles::rekor_v1_keyless(&w.sigstore, &payload, &leaf, Twist::None);
+    let b = bundles::with_checkpoint(&good, |cp| {
+        log.checkpoint_with_origin(cp, "rekor.internal.example - 42", &log.key_name)
+    });
+    accepted(w.verify_blob("v1-other-host", &b, &payload, Trust::AnyIdentity));
+    let b = bundles::with_checkpoint(&good, |cp| {
+        log.checkpoint_with_origin(cp, "rekor.internal.example", &log.key_name)
+    });
+    rejected(
+        w.verify_blob("v1-other-shape", &b, &payload, Trust::AnyIdentity),
+        &["got origin"],
+    );
+}
+
 #[test]
 fn rekor_v2_timestamp_from_untrusted_tsa_is_rejected() {
     needs_cosign!();

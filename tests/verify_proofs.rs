@@ -393,3 +393,184 @@ async fn cosign_1_rekord_layers_agree_with_cosign() {
     );
     assert_says(&v, "logged hash is not the payload's");
 }
+
+#[tokio::test]
+async fn rekor_v2_checkpoint_of_another_origin_is_invalid() {
+    // Signed by the right log key, but naming another log as its origin: sigstore-go (cosign
+    // 3) verifies a Rekor v2 checkpoint with a note verifier named after the host of the
+    // log's `baseUrl`, and requires that origin on the checkpoint's first line.
+    let w = World::new();
+    for (name, log) in [
+        ("origin-v2", &w.sigstore.rekor_v2),
+        ("origin-v2-ecdsa", &w.sigstore.rekor_v2_ecdsa),
+    ] {
+        let img = w.image(name).await;
+        let leaf = github(&w);
+        let good = w.bundle(log, &img.id, &Signer::Keyless(&leaf), Twist::None);
+        // Another origin, signed under the log's own name; and under the other name too.
+        for signer in [log.key_name.as_str(), "log2099-1.rekor.test"] {
+            let b = bundles::with_checkpoint(&good, |cp| {
+                log.checkpoint_with_origin(cp, "log2099-1.rekor.test", signer)
+            });
+            let v = w.observe(&img, &b).await;
+            assert_verdict(
+                &v,
+                Posture::InvalidSignature,
+                Reason::BadTransparencyLogEntry,
+            );
+            assert_says(&v, "is not the log's origin");
+        }
+        // The right origin, but the signature line names another signer: no verifier named
+        // after the log's origin signed it.
+        let b = bundles::with_checkpoint(&good, |cp| {
+            log.checkpoint_with_origin(cp, &log.origin, "log2099-1.rekor.test")
+        });
+        let v = w.observe(&img, &b).await;
+        assert_verdict(
+            &v,
+            Posture::InvalidSignature,
+            Reason::BadTransparencyLogEntry,
+        );
+        assert_says(&v, "checkpoint is not signed by the log");
+        // The fixture itself, re-signed unchanged, still verifies.
+        let b = bundles::with_checkpoint(&good, |cp| {
+            log.checkpoint_with_origin(cp, &log.origin, &log.key_name)
+        });
+        assert_keyless(&w.observe(&img, &b).await, TimeSource::Timestamp);
+    }
+}
+
+#[tokio::test]
+async fn rekor_v1_checkpoint_is_bound_by_key_as_sigstore_go_binds_it() {
+    // Rekor v1 checkpoints (`<host> - <tree ID>`) carry the host name the server was given,
+    // which a private deployment need not have put in `baseUrl`: sigstore-go checks the key
+    // and not the origin of a v1-shaped checkpoint, and so does imageposture.
+    let w = World::new();
+    let log = &w.sigstore.rekor_v1;
+    let img = w.image("origin-v1").await;
+    let leaf = github(&w);
+    let good = w.bundle(log, &img.id, &Signer::Keyless(&leaf), Twist::None);
+    assert!(log.origin.starts_with("rekor.test - "), "{}", log.origin);
+    let b = bundles::with_checkpoint(&good, |cp| {
+        log.checkpoint_with_origin(cp, "rekor.internal.example - 42", &log.key_name)
+    });
+    assert_keyless(&w.observe(&img, &b).await, TimeSource::Tlog);
+    // A checkpoint not of Rekor v1's shape is bound to the `baseUrl` host, whatever the entry.
+    let b = bundles::with_checkpoint(&good, |cp| {
+        log.checkpoint_with_origin(cp, "rekor.internal.example", &log.key_name)
+    });
+    let v = w.observe(&img, &b).await;
+    assert_verdict(
+        &v,
+        Posture::InvalidSignature,
+        Reason::BadTransparencyLogEntry,
+    );
+    assert_says(&v, "is not the log's origin");
+}
+
+/// The test trusted root without the log whose ID is `log_id`, and with the CA chains of
+/// `extra_cas` added.
+fn trusted_root_without(
+    w: &World,
+    log_id: Option<&[u8; 32]>,
+    extra_cas: &[&support::pki::Ca],
+) -> Vec<u8> {
+    let mut root = w.sigstore.trusted_root(&w.env.pki);
+    if let Some(id) = log_id {
+        let id = support::pki::b64(id);
+        root["tlogs"]
+            .as_array_mut()
+            .unwrap()
+            .retain(|l| l["logId"]["keyId"] != id.as_str());
+    }
+    for ca in extra_cas {
+        let certs: Vec<_> = ca
+            .chain_der()
+            .iter()
+            .map(|d| serde_json::json!({ "rawBytes": support::pki::b64(d) }))
+            .collect();
+        root["certificateAuthorities"]
+            .as_array_mut()
+            .unwrap()
+            .push(serde_json::json!({
+                "certChain": { "certificates": certs },
+                "validFor": { "start": "2020-01-01T00:00:00Z" }
+            }));
+    }
+    serde_json::to_vec_pretty(&root).unwrap()
+}
+
+#[tokio::test]
+async fn trust_root_that_gains_a_log_or_a_ca_verifies_without_restart() {
+    let w = World::new();
+    let path = w.env.dir.path().join("trusted_root_refresh.json");
+    std::fs::write(
+        &path,
+        trusted_root_without(&w, Some(&w.sigstore.rekor_v2.log_id), &[]),
+    )
+    .unwrap();
+    let mut config = w.config.clone();
+    config.trust = TrustSource::File(path.clone());
+    // One verifier for the whole test: one process, never restarted.
+    let verifier = w.env.verifier(config).await;
+
+    // An entry in a log the root does not list: the file is read again, still without it,
+    // which confirms the log unknown: invalid.
+    let img = w.image("refresh-log").await;
+    let leaf = github(&w);
+    let b = w.bundle(
+        &w.sigstore.rekor_v2,
+        &img.id,
+        &Signer::Keyless(&leaf),
+        Twist::None,
+    );
+    w.env.oci.push_bundle_referrer(&img, &b).await;
+    let before = verifier.observe(&img.id).await;
+    assert_verdict(
+        &before,
+        Posture::InvalidSignature,
+        Reason::BadTransparencyLogEntry,
+    );
+    assert_says(&before, "is not in the trusted root");
+    assert!(verifier.unchanged(&img.id, &before.artifact_digests).await);
+
+    // The root gains the log (a new shard): the same verifier verifies it, and the verdict
+    // judged under the old root is no longer taken as unchanged.
+    std::fs::write(&path, trusted_root_without(&w, None, &[])).unwrap();
+    let after = verifier.observe(&img.id).await;
+    assert_keyless(&after, TimeSource::Timestamp);
+    assert!(!verifier.unchanged(&img.id, &before.artifact_digests).await);
+    assert!(verifier.unchanged(&img.id, &after.artifact_digests).await);
+
+    // A certificate from a CA the root does not list: invalid once confirmed; signed after the
+    // root gains the CA (a new Fulcio intermediate).
+    let img2 = w.image("refresh-ca").await;
+    let other = w.env.pki.untrusted.issue(&Identity::github());
+    let b = w.bundle(
+        &w.sigstore.rekor_v2,
+        &img2.id,
+        &Signer::Keyless(&other),
+        Twist::None,
+    );
+    w.env.oci.push_bundle_referrer(&img2, &b).await;
+    let v = verifier.observe(&img2.id).await;
+    assert_verdict(&v, Posture::InvalidSignature, Reason::UntrustedCertificate);
+    std::fs::write(
+        &path,
+        trusted_root_without(&w, None, &[&w.env.pki.untrusted]),
+    )
+    .unwrap();
+    assert_keyless(&verifier.observe(&img2.id).await, TimeSource::Timestamp);
+
+    // The root cannot be read again (a half-written file): an entry of an unknown log is
+    // `checking`, not invalid; what the last good root knows still verifies.
+    let shard = Log::rekor_v2("log2026-1.rekor.test", support::tlog::KeyKind::Ed25519);
+    let img3 = w.image("refresh-broken").await;
+    let b = w.bundle(&shard, &img3.id, &Signer::Keyless(&leaf), Twist::None);
+    w.env.oci.push_bundle_referrer(&img3, &b).await;
+    std::fs::write(&path, b"{ \"tlogs\": [").unwrap();
+    let v = verifier.observe(&img3.id).await;
+    assert_verdict(&v, Posture::Checking, Reason::TrustRootUnavailable);
+    assert_says(&v, "could not be refreshed");
+    assert_keyless(&verifier.observe(&img.id).await, TimeSource::Timestamp);
+}

@@ -97,23 +97,26 @@ impl Leaf {
         trust: &TrustMaterial,
         extra_chain: &[Vec<u8>],
         time: i64,
-    ) -> Result<(), String> {
+    ) -> Result<(), ChainError> {
         if trust.anchors.is_empty() {
-            return Err("trusted root has no certificate authority".into());
+            return Err(ChainError::other(
+                "trusted root has no certificate authority",
+            ));
         }
         let key = chain_key(&self.der, extra_chain);
         if trust.chains.covers(&key, time) {
             return Ok(());
         }
         let leaf = CertificateDer::from(self.der.as_slice());
-        let ee = webpki::EndEntityCert::try_from(&leaf).map_err(|e| format!("leaf: {e}"))?;
+        let ee = webpki::EndEntityCert::try_from(&leaf)
+            .map_err(|e| ChainError::other(format!("leaf: {e}")))?;
         let mut intermediates: Vec<CertificateDer<'_>> = trust.ca_certs.clone();
         intermediates.extend(
             extra_chain
                 .iter()
                 .map(|c| CertificateDer::from(c.as_slice())),
         );
-        let secs = u64::try_from(time).map_err(|_| "negative signing time")?;
+        let secs = u64::try_from(time).map_err(|_| ChainError::other("negative signing time"))?;
         let at = UnixTime::since_unix_epoch(std::time::Duration::from_secs(secs));
         ee.verify_for_usage(
             webpki::ALL_VERIFICATION_ALGS,
@@ -124,8 +127,17 @@ impl Leaf {
             None,
             None,
         )
-        .map_err(|e| {
-            format!("certificate does not chain to a trusted Fulcio CA at the signing time: {e}")
+        .map_err(|e| ChainError {
+            // No path to any listed CA: no issuer of that name, or one of that name whose key
+            // did not sign it (a new intermediate keeps its predecessor's name) — a CA the
+            // trust root may gain; as opposed to a path that is expired or misused.
+            unknown_issuer: matches!(
+                e,
+                webpki::Error::UnknownIssuer | webpki::Error::InvalidSignatureForPublicKey
+            ),
+            message: format!(
+                "certificate does not chain to a trusted Fulcio CA at the signing time: {e}"
+            ),
         })?;
         if let Some(window) = self.path_window(trust, extra_chain) {
             trust.chains.insert(key, window);
@@ -168,6 +180,29 @@ impl Leaf {
             issuer = next;
         }
         None
+    }
+}
+
+/// Why a certificate path was not verified.
+#[derive(Debug)]
+pub struct ChainError {
+    /// No issuer of the path is a CA of the trust root.
+    pub unknown_issuer: bool,
+    pub message: String,
+}
+
+impl ChainError {
+    fn other(message: impl Into<String>) -> Self {
+        ChainError {
+            unknown_issuer: false,
+            message: message.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for ChainError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
     }
 }
 
@@ -336,6 +371,25 @@ mod tests {
         });
         let trust = TrustMaterial::from_json(&serde_json::to_vec(&root).unwrap()).unwrap();
         (trust, Leaf::from_der(leaf.der()).unwrap())
+    }
+
+    #[test]
+    fn a_certificate_of_an_unknown_ca_is_told_apart() {
+        let (trust, leaf) = fixture();
+        let (other, stranger) = fixture();
+        let t = now();
+        // Issued by a CA the root does not list, under the same name as the CA it does list
+        // (as a new Fulcio intermediate is): a CA the root may gain.
+        let e = stranger.verify_chain(&trust, &[], t).unwrap_err();
+        assert!(e.unknown_issuer, "{e}");
+        assert!(
+            leaf.verify_chain(&other, &[], t)
+                .unwrap_err()
+                .unknown_issuer
+        );
+        // Known CA, expired leaf: not a matter of the root.
+        let e = leaf.verify_chain(&trust, &[], t + 3600).unwrap_err();
+        assert!(!e.unknown_issuer, "{e}");
     }
 
     #[test]

@@ -12,7 +12,7 @@ use sha2::{Digest as _, Sha256};
 
 use super::keys::Signer;
 use super::normalize::{Artifact, Content, Material, MAX_ENTRIES};
-use super::record::{Checked, Context, Failure};
+use super::record::{Checked, Context, Failure, Unknown};
 use super::rekor::{Body, EntryKind, Verifier};
 use super::timestamp;
 use crate::posture::{bound, Reason, SignatureFormat, SignatureSource, TimeSource};
@@ -172,6 +172,16 @@ pub(crate) fn verify(
     let payload_sha256: [u8; 32] = Sha256::digest(a.content.payload()).into();
     let mut log_times = Vec::new();
     for entry in &a.entries {
+        if ctx.trust.log(&entry.log_id).is_none() {
+            return Err(Failure::unknown(
+                Reason::BadTransparencyLogEntry,
+                Unknown::Log,
+                format!(
+                    "log {} is not in the trusted root",
+                    hex::encode(entry.log_id.iter().take(8).copied().collect::<Vec<u8>>())
+                ),
+            ));
+        }
         let included = entry.verify(ctx.trust).map_err(tlog_bad)?;
         describes(&included.body, &a.content, &payload_sha256, signer_der).map_err(tlog_bad)?;
         if let Some(t) = included.integrated_time {
@@ -206,8 +216,13 @@ pub(crate) fn verify(
                 ));
             }
             for t in log_times.iter().chain(tsa_times.iter()) {
-                leaf.verify_chain(ctx.trust, chain, *t)
-                    .map_err(|m| Failure::new(Reason::UntrustedCertificate, m))?;
+                leaf.verify_chain(ctx.trust, chain, *t).map_err(|e| {
+                    if e.unknown_issuer {
+                        Failure::unknown(Reason::UntrustedCertificate, Unknown::Ca, e.message)
+                    } else {
+                        Failure::new(Reason::UntrustedCertificate, e.message)
+                    }
+                })?;
             }
             let (signer, issuer) = leaf
                 .identity()

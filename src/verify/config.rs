@@ -39,6 +39,9 @@ pub enum TrustSource {
 #[derive(Clone, Debug)]
 pub struct VerifierConfig {
     pub trust: TrustSource,
+    /// How often the trust root is loaded again while the process runs (a file is re-read;
+    /// the TUF one fetched); a failed refresh keeps the last good root.
+    pub trust_refresh: Duration,
     /// `NAME=FILE` public keys (PEM) that name key-based signers.
     pub trusted_keys: Vec<(String, PathBuf)>,
     /// A docker `config.json` with registry credentials.

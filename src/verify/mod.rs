@@ -27,18 +27,18 @@ pub use self::auth::Credentials;
 pub use self::config::{Limits, SetupError, TrustSource, VerifierConfig};
 use self::discovery::{Artifact, Discovered, Discovery};
 pub use self::keys::KeyRing;
-use self::record::{Checked, Context, Failure};
+use self::record::{Checked, Context, Failure, Unknown};
 use self::registry::Repo;
 pub use self::registry::{FetchError, RegistryClient, RequestHook};
-use self::trust::TrustCell;
-pub use self::trust::{TrustError, TrustMaterial};
+use self::trust::{Confirmation, TrustCell};
+pub use self::trust::{TrustError, TrustMaterial, DEFAULT_REFRESH, TUF_REFRESH_GAP};
 use crate::image::{ImageId, ImageRef};
-use crate::posture::EVIDENCE_SIG_TAG;
 use crate::posture::{bound, Posture, Reason, SignatureRecord, Verdict, MAX_MESSAGE};
+use crate::posture::{EVIDENCE_SIG_TAG, EVIDENCE_TRUST_ROOT};
 
 pub struct Verifier {
     registry: RegistryClient,
-    trust: TrustCell,
+    trust: Arc<TrustCell>,
     keys: KeyRing,
     limits: Limits,
 }
@@ -72,16 +72,10 @@ impl Verifier {
         if let Some(hook) = hook {
             registry = registry.with_hook(hook);
         }
-        let trust = TrustCell {
-            source: config.trust.clone(),
-            state: tokio::sync::Mutex::default(),
-        };
+        let trust = Arc::new(TrustCell::new(config.trust.clone(), config.trust_refresh));
         match &config.trust {
             // A given file must be right at startup: fail with its error.
-            TrustSource::File(_) => {
-                let material = TrustMaterial::load(&config.trust).await?;
-                trust.state.lock().await.loaded = Some(Arc::new(material));
-            }
+            TrustSource::File(_) => trust.set(TrustMaterial::load(&config.trust).await?),
             // The TUF root may come later; until then images stay `checking`.
             TrustSource::PublicGood { .. } => {
                 if let Err(e) = trust.get().await {
@@ -162,7 +156,7 @@ impl Verifier {
     }
 
     async fn observe_within_budget(&self, image: &ImageId) -> Verdict {
-        let trust = match self.trust.get().await {
+        let mut trust = match self.trust.get().await {
             Ok(t) => t,
             Err(e) => return Verdict::checking(Reason::TrustRootUnavailable, e),
         };
@@ -213,18 +207,52 @@ impl Verifier {
                 return e.checking();
             }
         }
-        let mut records = Vec::new();
-        for artifact in found.artifacts {
-            // Discovery judges most attestations from their manifests; one it could not tell
-            // apart is recognised by the verifier and counted, never verified as a signature.
-            match verify_artifact(artifact, &image.digest, &ctx) {
-                Some(record) => records.push(record),
-                None => found.attestations += 1,
+        let (mut records, unknown) = judge(&found.artifacts, &image.digest, &ctx);
+        let mut attestations = found.attestations + records.attestations;
+        // An artifact failed only for a log or CA this root does not hold: invalid once a
+        // current root confirms it; with a newer root, judged again.
+        if unknown.is_some() && !records.signed() {
+            match self.trust.confirm(&trust).await {
+                Confirmation::Unknown => {}
+                Confirmation::Newer(newer) => {
+                    trust = newer;
+                    let ctx = Context {
+                        trust: &trust,
+                        keys: &self.keys,
+                    };
+                    (records, _) = judge(&found.artifacts, &image.digest, &ctx);
+                    attestations = found.attestations + records.attestations;
+                }
+                Confirmation::Unavailable(why) => {
+                    let what = match unknown {
+                        Some(Unknown::Ca) => "a certificate chains to no CA of the trust root",
+                        _ => "a log entry names a transparency log the trust root does not list",
+                    };
+                    return Verdict::checking(
+                        Reason::TrustRootUnavailable,
+                        bound(
+                            &format!(
+                                "{what}, and the trust root could not be refreshed to confirm it \
+                                 (the last good trust root is kept): {why}"
+                            ),
+                            MAX_MESSAGE,
+                        ),
+                    );
+                }
             }
         }
+        let judged_any = !records.list.is_empty();
+        let records = records.list;
         let mut verdict = Verdict::from_signatures(records);
         verdict.artifact_digests = evidence;
-        note_attestations(&mut verdict, found.attestations);
+        // Which trust root judged the signatures: a verdict is not revalidated across a root
+        // change (see `unchanged`).
+        if judged_any && !trust.digest.is_empty() {
+            verdict
+                .artifact_digests
+                .insert(EVIDENCE_TRUST_ROOT.to_string(), trust.digest.clone());
+        }
+        note_attestations(&mut verdict, attestations);
         if found.skipped > 0 {
             verdict.message = bound(
                 &format!(
@@ -263,6 +291,15 @@ impl Verifier {
             if let Some((source, d)) = referrers.ok()? {
                 now.insert(source.key().to_string(), d);
             }
+            // Signatures judged under another trust root are judged again (a log or CA it
+            // gained or lost); with no root loaded, the recorded judgement stands.
+            if let Some(judged) = recorded.get(EVIDENCE_TRUST_ROOT) {
+                let root = self.trust.current().map(|l| l.material.digest.clone());
+                now.insert(
+                    EVIDENCE_TRUST_ROOT.to_string(),
+                    root.unwrap_or_else(|| judged.clone()),
+                );
+            }
             Some(now == *recorded)
         };
         matches!(
@@ -272,25 +309,58 @@ impl Verifier {
     }
 }
 
-/// One discovered artifact, verified; `None` for an attestation (not a signature).
-fn verify_artifact(
-    artifact: Artifact,
+/// The signature records of one image's artifacts.
+#[derive(Default)]
+struct Records {
+    list: Vec<SignatureRecord>,
+    /// Artifacts the verifier recognised as attestations, not signatures.
+    attestations: usize,
+}
+
+impl Records {
+    fn signed(&self) -> bool {
+        self.list.iter().any(|r| r.verified)
+    }
+}
+
+/// Verifies every artifact against one trust root; also says whether one failed for want of
+/// a log or CA the root does not hold.
+fn judge(
+    artifacts: &[Artifact],
     image_digest: &str,
     ctx: &Context<'_>,
-) -> Option<SignatureRecord> {
+) -> (Records, Option<Unknown>) {
+    let mut records = Records::default();
+    let mut unknown = None;
+    for artifact in artifacts {
+        // Discovery judges most attestations from their manifests; one it could not tell
+        // apart is recognised by the verifier and counted, never verified as a signature.
+        match verify_artifact(artifact, image_digest, ctx) {
+            Some(checked) => {
+                unknown = unknown.or(checked.unknown());
+                records.list.push(checked.record());
+            }
+            None => records.attestations += 1,
+        }
+    }
+    (records, unknown)
+}
+
+/// One discovered artifact, verified; `None` for an attestation (not a signature).
+fn verify_artifact(artifact: &Artifact, image_digest: &str, ctx: &Context<'_>) -> Option<Checked> {
     let checked = match artifact {
         Artifact::Legacy {
             annotations,
             payload,
-        } => legacy::classify(&annotations, &payload, image_digest, ctx),
-        Artifact::Bundle(raw) => bundle::classify(&raw, image_digest, ctx),
+        } => legacy::classify(annotations, payload, image_digest, ctx),
+        Artifact::Bundle(raw) => bundle::classify(raw, image_digest, ctx),
         Artifact::Broken {
             source,
             format,
             failure,
-        } => return Some(Checked::failed(source, format, failure)),
+        } => return Some(Checked::failed(*source, *format, failure.clone())),
     };
-    (!checked.is_attestation()).then(|| checked.record())
+    (!checked.is_attestation()).then_some(checked)
 }
 
 fn note_attestations(verdict: &mut Verdict, attestations: usize) {

@@ -14,10 +14,22 @@ pub(crate) struct Context<'a> {
 }
 
 /// Why an artifact did not verify.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct Failure {
     reason: Reason,
     message: String,
+    unknown: Option<Unknown>,
+}
+
+/// Trust material an artifact names and the trust root in use does not hold: the artifact
+/// is invalid only once a refreshed trust root confirms it (a new log shard or CA otherwise
+/// reads as a bad signature until a restart).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Unknown {
+    /// A log entry names a log ID the trust root does not list.
+    Log,
+    /// The certificate chains to no CA the trust root lists.
+    Ca,
 }
 
 impl Failure {
@@ -25,13 +37,23 @@ impl Failure {
         Failure {
             reason,
             message: message.into(),
+            unknown: None,
+        }
+    }
+
+    /// A failure that a newer trust root might undo.
+    pub fn unknown(reason: Reason, unknown: Unknown, message: impl Into<String>) -> Self {
+        Failure {
+            unknown: Some(unknown),
+            ..Failure::new(reason, message)
         }
     }
 }
 
 /// A signature record under construction. An artifact that turned out to be an attestation
-/// (an in-toto statement with another predicate) is marked so: it is not a signature.
-pub(crate) struct Checked(SignatureRecord, bool);
+/// (an in-toto statement with another predicate) is marked so: it is not a signature. A
+/// failure for want of trust material is marked with what was unknown.
+pub(crate) struct Checked(SignatureRecord, bool, Option<Unknown>);
 
 impl Checked {
     pub(super) fn new(source: SignatureSource, format: SignatureFormat) -> Self {
@@ -51,6 +73,7 @@ impl Checked {
                 signing_time_source: None,
             },
             false,
+            None,
         )
     }
 
@@ -92,6 +115,7 @@ impl Checked {
                 self.0.signing_time_source = None;
                 self.0.reason = f.reason;
                 self.0.message = bound(&f.message, MAX_MESSAGE);
+                self.2 = f.unknown;
             }
         }
         self
@@ -101,12 +125,17 @@ impl Checked {
         self.0
     }
 
+    /// What the trust root did not know, when that is why the artifact failed.
+    pub(super) fn unknown(&self) -> Option<Unknown> {
+        self.2
+    }
+
     pub(super) fn failed(
         source: SignatureSource,
         format: SignatureFormat,
         failure: Failure,
-    ) -> SignatureRecord {
-        Checked::new(source, format).finish(Err(failure)).record()
+    ) -> Checked {
+        Checked::new(source, format).finish(Err(failure))
     }
 }
 

@@ -121,7 +121,7 @@ impl InclusionProof {
     fn verify(&self, log: &Log, body: &[u8], entry_index: i64, v2: bool) -> Result<(), String> {
         let (root, tree_size) = match &self.checkpoint {
             Some(text) => {
-                let checkpoint = verify_checkpoint(log, text)?;
+                let checkpoint = verify_checkpoint(log, text, bound_origin(log, text, v2)?)?;
                 let root = *checkpoint.root_hash();
                 // Rekor v1 repeats the root beside the checkpoint; Rekor v2 leaves it
                 // unauthenticated.
@@ -157,17 +157,60 @@ impl InclusionProof {
     }
 }
 
+/// The origin a checkpoint must name, as sigstore-go (cosign 3) decides it: a checkpoint of
+/// Rekor v1's shape (`<host> - <tree ID>` on its first line) for a Rekor v1 entry is bound to
+/// its log by the key alone (sigstore-go checks no v1 origin: Rekor v1 writes whatever host
+/// name its server was given, which a private deployment need not have put in `baseUrl`);
+/// any other checkpoint, and every Rekor v2 entry's, must name the host of the log's
+/// `baseUrl` as its origin and as the signer of the signature that verifies.
+fn bound_origin<'a>(log: &'a Log, text: &str, v2: bool) -> Result<Option<&'a str>, String> {
+    if !v2 && text.lines().count() >= 4 && is_v1_origin(text.lines().next().unwrap_or("")) {
+        return Ok(None);
+    }
+    match log.origin.as_deref() {
+        Some(origin) => Ok(Some(origin)),
+        None => Err(
+            "the trusted root gives no baseUrl for this log: its checkpoint origin cannot be checked"
+                .into(),
+        ),
+    }
+}
+
+/// `<anything> - <decimal tree ID>`: a Rekor v1 signed tree head's origin.
+fn is_v1_origin(line: &str) -> bool {
+    line.rsplit_once(" - ")
+        .is_some_and(|(_, tree)| !tree.is_empty() && tree.bytes().all(|b| b.is_ascii_digit()))
+}
+
 /// Parses a checkpoint and requires a signature by `log`'s key. The signature line's key ID
 /// must name the log: the first four bytes of its log ID (Rekor v1: SHA-256 of the key;
 /// Rekor v2: the C2SP key ID), or the C2SP Ed25519 key ID computed from the line's name.
-pub fn verify_checkpoint(log: &Log, text: &str) -> Result<Checkpoint, String> {
+/// With an `origin`, the checkpoint must name it on its first line, and the signature must
+/// be the one signed under that name (a C2SP note verifier is named after the log's origin).
+pub fn verify_checkpoint(
+    log: &Log,
+    text: &str,
+    origin: Option<&str>,
+) -> Result<Checkpoint, String> {
     if text.len() > MAX_CHECKPOINT {
         return Err("checkpoint is too large".into());
     }
     let checkpoint = Checkpoint::from_text(text)
         .map_err(|e| format!("checkpoint: {}", bound(&e.to_string(), 120)))?;
+    if let Some(origin) = origin {
+        if checkpoint.origin() != origin {
+            return Err(format!(
+                "checkpoint origin {:?} is not the log's origin {:?}",
+                bound(checkpoint.origin(), 80),
+                bound(origin, 80)
+            ));
+        }
+    }
     let mut named = false;
     for sig in checkpoint.signatures() {
+        if origin.is_some_and(|o| sig.name != o) {
+            continue;
+        }
         let hint = sig.key_id.as_bytes();
         let ours = log.id.get(..4) == Some(hint.as_slice())
             || ed25519_key_id(&sig.name, &log.spki)
@@ -280,6 +323,7 @@ mod tests {
             key: CosignVerificationKey::try_from_der(&spki).unwrap(),
             id: Sha256::digest(&spki).to_vec(),
             spki,
+            origin: Some("log.example".into()),
             valid_from: None,
             valid_to: None,
         }
@@ -309,6 +353,26 @@ mod tests {
     }
 
     #[test]
+    fn rekor_v1_origins_are_recognised_by_their_tree_id() {
+        assert!(is_v1_origin("rekor.sigstore.dev - 1193050959916656506"));
+        assert!(is_v1_origin("rekor.test - 7"));
+        assert!(!is_v1_origin("log2025-1.rekor.sigstore.dev"));
+        assert!(!is_v1_origin("rekor.test - "));
+        assert!(!is_v1_origin("rekor.test - 12a"));
+        // A v1-shaped checkpoint of a Rekor v1 entry is bound by key only; a v2 entry's
+        // always by origin, and a log without a baseUrl cannot bind it.
+        let mut log = log();
+        let v1 = "rekor.test - 7\n1\nAAAA\nTimestamp: 1\n\n\u{2014} x AAAA\n";
+        assert_eq!(bound_origin(&log, v1, false), Ok(None));
+        assert_eq!(bound_origin(&log, v1, true), Ok(Some("log.example")));
+        let v2 = "log.example\n1\nAAAA\n\n\u{2014} x AAAA\n";
+        assert_eq!(bound_origin(&log, v2, false), Ok(Some("log.example")));
+        log.origin = None;
+        assert!(bound_origin(&log, v2, true).is_err());
+        assert_eq!(bound_origin(&log, v1, false), Ok(None));
+    }
+
+    #[test]
     fn checkpoints_need_the_log_signature() {
         let log = log();
         let note = "log.example\n1\nAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\n";
@@ -320,11 +384,14 @@ mod tests {
             format!("{note}\n\u{2014} log.example {}\n", B64.encode(sig))
         };
         // Right hint, wrong key; wrong hint.
-        let err = verify_checkpoint(&log, &sign(log.id.get(..4).unwrap())).unwrap_err();
+        let err = verify_checkpoint(&log, &sign(log.id.get(..4).unwrap()), None).unwrap_err();
         assert!(err.contains("does not verify"), "{err}");
-        let err = verify_checkpoint(&log, &sign(&[0, 0, 0, 0])).unwrap_err();
+        let err = verify_checkpoint(&log, &sign(&[0, 0, 0, 0]), None).unwrap_err();
         assert!(err.contains("not signed by the log"), "{err}");
-        assert!(verify_checkpoint(&log, "garbage").is_err());
-        assert!(verify_checkpoint(&log, &"x".repeat(MAX_CHECKPOINT + 1)).is_err());
+        assert!(verify_checkpoint(&log, "garbage", None).is_err());
+        assert!(verify_checkpoint(&log, &"x".repeat(MAX_CHECKPOINT + 1), None).is_err());
+        let err = verify_checkpoint(&log, &sign(log.id.get(..4).unwrap()), Some("other.example"))
+            .unwrap_err();
+        assert!(err.contains("is not the log's origin"), "{err}");
     }
 }

@@ -360,3 +360,13 @@ pub fn legacy_rekord_layer_logging(
         annotations,
     }
 }
+
+/// `bundle` with its (first) log entry's checkpoint replaced by what `checkpoint` makes of it.
+pub fn with_checkpoint(bundle: &[u8], checkpoint: impl Fn(&str) -> String) -> Vec<u8> {
+    let mut b: Value = serde_json::from_slice(bundle).expect("bundle JSON");
+    let envelope = &mut b["verificationMaterial"]["tlogEntries"][0]["inclusionProof"]["checkpoint"]
+        ["envelope"];
+    let new = checkpoint(envelope.as_str().expect("a checkpoint"));
+    *envelope = Value::String(new);
+    serde_json::to_vec(&b).expect("bundle JSON")
+}

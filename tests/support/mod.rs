@@ -66,6 +66,7 @@ impl TestEnv {
         insecure.extend(hosts.iter().map(|h| h.to_string()));
         VerifierConfig {
             trust: TrustSource::File(self.trusted_root.clone()),
+            trust_refresh: imageposture::verify::DEFAULT_REFRESH,
             trusted_keys: vec![],
             registry_config: None,
             insecure_registries: insecure,

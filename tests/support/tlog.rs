@@ -385,9 +385,23 @@ impl Log {
 
     /// Signs any note text with this log's key (for checkpoints with a twist).
     pub fn sign_note(&self, body: &str) -> String {
+        self.sign_note_as(body, &self.key_name)
+    }
+
+    /// Signs note text with this log's key and key hint, under another signer `name`.
+    pub fn sign_note_as(&self, body: &str, name: &str) -> String {
         let mut sig = self.key_hint.to_vec();
         sig.extend(self.key.sign(body.as_bytes()));
-        format!("{body}\n\u{2014} {} {}\n", self.key_name, b64(sig))
+        format!("{body}\n\u{2014} {name} {}\n", b64(sig))
+    }
+
+    /// `checkpoint` (one of this log's) naming `origin` on its first line instead, signed again
+    /// by this very log key, on a signature line under `name`: a checkpoint of another log
+    /// that this log's key signed.
+    pub fn checkpoint_with_origin(&self, checkpoint: &str, origin: &str, name: &str) -> String {
+        let body = checkpoint.split_once("\n\n").expect("signed note").0;
+        let rest = body.split_once('\n').expect("checkpoint lines").1;
+        self.sign_note_as(&format!("{origin}\n{rest}\n"), name)
     }
 
     /// Rekor v1 signed entry timestamp over the canonical JSON payload.
