@@ -176,9 +176,10 @@ impl Sweeper {
             .collect();
         if !pending.is_empty() {
             for (name, cr) in &existing {
-                let named = cr.status.as_ref().is_some_and(|s| {
-                    s.references.iter().any(|r| pending.contains(r.as_str()))
-                });
+                let named = cr
+                    .status
+                    .as_ref()
+                    .is_some_and(|s| s.references.iter().any(|r| pending.contains(r.as_str())));
                 if named && !live.contains(name) {
                     live.insert(name.clone());
                 }
@@ -350,7 +351,13 @@ impl Sweeper {
         let desired = desired.only(INVENTORY_FIELDS);
         let synced = self
             .writer
-            .sync_status(name, current, INVENTORY_FIELDS, desired, FIELD_MANAGER_INVENTORY)
+            .sync_status(
+                name,
+                current,
+                INVENTORY_FIELDS,
+                desired,
+                FIELD_MANAGER_INVENTORY,
+            )
             .await?;
         report.status_writes += synced.writes;
         Ok(())
