@@ -1,22 +1,29 @@
 //! Faults under the operator: the registry (through the fault proxy in front of a real
-//! Distribution 2.8) and the Kubernetes API (the API double) misbehave, and the sweep must
-//! never delete or downgrade an ImagePosture because of it.
+//! Distribution 2.8) and the Kubernetes API (the real kube-apiserver of tests/kube, behind its
+//! counting, fault-injecting proxy) misbehave, and the sweep must never delete or downgrade an
+//! ImagePosture because of it.
 //!
 //! After every fault: a resource that rested at a posture keeps it or shows `checking` with the
 //! right reason and `checkingSince` (never another resting posture); the next good pass brings
 //! the resting posture back; retries are bounded, counted outside the code under test (at the
-//! proxy, the API double, and the verifier's request hook).
+//! registry proxies, the API proxy, and the verifier's request hook).
 //!
 //! The in-process tests drive both loops through the same seams as `tests/sweep.rs`
-//! (tests/harness: a kube reflector store for pods, a real `kube::Client` over the API double)
-//! with the clock passed in, so TTLs and backoffs cost no wall time. Watch drops and 410 Gone need the reflectors, so
-//! that scenario runs the `imageposture run` process, as `tests/run.rs` does.
+//! (tests/harness: a kube reflector store fed with the real Pods as the operator's
+//! ServiceAccount lists them, a real `kube::Client` with the RBAC of config/rbac, through the
+//! API proxy) with the clock passed in, so TTLs and backoffs cost no wall time. API faults
+//! (500, 409, 504, unanswered writes, cut watches, 410 Gone) are the proxy's: the real server
+//! cannot give them on demand. Watch drops and 410 Gone need the reflectors, so that scenario
+//! runs the `imageposture run` process, as `tests/run.rs` does.
+//!
+//! Each test starts its own kube-apiserver and skips (with a note) when its binaries are
+//! missing, except under `CI=true`.
 //!
 //! `cargo test --test faults -- --nocapture` prints the counts behind the README's
 //! Reliability table.
 
-mod apidouble;
 mod harness;
+mod kube;
 mod support;
 
 use std::collections::BTreeMap;
@@ -24,7 +31,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use apidouble::ApiDouble;
+use ::kube::runtime::reflector::{self, store::Writer, Store};
+use ::kube::runtime::watcher;
 use chrono::{DateTime, SecondsFormat, Utc};
 use harness::{Operator, Report};
 use imageposture::crd::{ImagePosture, ImagePostureStatus};
@@ -34,8 +42,8 @@ use imageposture::observer::ObserverConfig;
 use imageposture::posture::{Posture, Reason};
 use imageposture::verify::{Verifier, VerifierConfig};
 use k8s_openapi::api::core::v1::Pod;
-use kube::runtime::reflector::{self, store::Writer, Store};
-use kube::runtime::watcher;
+use kube::cluster::Cluster;
+use kube::proxy::{is_list_of, is_watch, is_watch_of, Fault};
 use serde_json::{json, Value};
 use support::pki::{Identity, WORKFLOW_URI};
 use support::proxy::{refused_address, Mode, Proxy};
@@ -112,13 +120,13 @@ impl Attempts {
     }
 }
 
-/// Two registry endpoints (proxies `a` and `b` in front of one Distribution), the API double,
-/// a pod reflector store and an operator.
+/// Two registry endpoints (proxies `a` and `b` in front of one Distribution), the real API
+/// server (the operator's client through its proxy), a pod reflector store and an operator.
 struct World {
     env: TestEnv,
     a: Proxy,
     b: Proxy,
-    api: ApiDouble,
+    api: Cluster,
     attempts: Attempts,
     op: Operator,
     pods: Store<Pod>,
@@ -145,16 +153,16 @@ fn config() -> harness::Config {
 }
 
 impl World {
-    async fn new() -> World {
+    async fn new() -> Option<World> {
+        let api = Cluster::start().await?;
         let env = TestEnv::new();
         let a = Proxy::start(&env.registry.host).await;
         let b = Proxy::start(&env.registry.host).await;
-        let api = ApiDouble::start().await;
         let (pods, writer) = reflector::store::<Pod>();
         let attempts = Attempts::default();
         let config = verifier_config(&env, &[&a.host, &b.host]);
         let op = new_operator(&api, &attempts, config).await;
-        World {
+        Some(World {
             env,
             a,
             b,
@@ -163,7 +171,7 @@ impl World {
             op,
             pods,
             writer,
-        }
+        })
     }
 
     /// A restarted operator with another verifier configuration.
@@ -181,11 +189,43 @@ impl World {
         via(&img.id, &proxy.host)
     }
 
-    /// One pod per image, as the pod watcher's initial list.
-    fn run(&mut self, ids: &[&ImageId]) {
+    /// One pod per image (`prod/p<i>`), real Pods in the cluster: a pod of another image or
+    /// not named any more is deleted, a missing one created (spec, then status as the kubelet
+    /// writes it). The pod watcher's initial list is the pods as the operator's ServiceAccount
+    /// lists them.
+    async fn run(&mut self, ids: &[&ImageId]) {
+        let wanted: Vec<Pod> = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| pod("prod", &format!("p{i}"), &[id]))
+            .collect();
+        let image = |p: &Pod| {
+            p.spec
+                .as_ref()
+                .and_then(|s| s.containers.first())
+                .and_then(|c| c.image.clone())
+        };
+        let listed = self.api.pods().await;
+        let mut fresh = Vec::new();
+        for want in &wanted {
+            let same = listed.iter().find(|o| o.metadata.name == want.metadata.name);
+            match same {
+                Some(old) if image(old) == image(want) => {}
+                Some(old) => {
+                    self.api.delete_pod(old).await;
+                    fresh.push(want.clone());
+                }
+                None => fresh.push(want.clone()),
+            }
+        }
+        for old in &listed {
+            if !wanted.iter().any(|w| w.metadata.name == old.metadata.name) {
+                self.api.delete_pod(old).await;
+            }
+        }
+        self.api.put_pods(&fresh).await;
         self.writer.apply_watcher_event(&watcher::Event::Init);
-        for (i, id) in ids.iter().enumerate() {
-            let p = pod("prod", &format!("p{i}"), &[id]);
+        for p in self.api.pods().await {
             self.writer
                 .apply_watcher_event(&watcher::Event::InitApply(p));
         }
@@ -200,46 +240,77 @@ impl World {
         op.pass(&self.api.client(), &self.pods.state(), now).await
     }
 
-    /// Every stored ImagePosture's status, by name.
-    fn snapshot(&self) -> BTreeMap<String, ImagePostureStatus> {
+    /// Every stored ImagePosture's status, by name (read by the admin).
+    async fn snapshot(&self) -> BTreeMap<String, ImagePostureStatus> {
         self.api
             .image_postures()
+            .await
             .into_iter()
-            .map(|(name, v)| {
+            .map(|v| {
                 let cr: ImagePosture = serde_json::from_value(v).expect("stored ImagePosture");
+                let name = cr.metadata.name.clone().expect("name");
                 (name, cr.status.unwrap_or_default())
             })
             .collect()
     }
 
-    #[track_caller]
-    fn status(&self, id: &ImageId) -> ImagePostureStatus {
+    async fn status(&self, id: &ImageId) -> ImagePostureStatus {
         self.snapshot()
+            .await
             .remove(&id.resource_name())
             .unwrap_or_else(|| panic!("no ImagePosture for {id}"))
     }
 
+    /// How many of `ids` are `checking` now.
+    async fn checking(&self, ids: &[&ImageId]) -> usize {
+        let now = self.snapshot().await;
+        ids.iter()
+            .filter(|id| {
+                now.get(&id.resource_name())
+                    .is_some_and(|s| s.posture == Some(Posture::Checking))
+            })
+            .count()
+    }
+
     /// The `imageposture.io/posture` label of an image's resource.
-    fn label(&self, id: &ImageId) -> Option<String> {
-        let v = self.api.image_posture(&id.resource_name())?;
+    async fn label(&self, id: &ImageId) -> Option<String> {
+        let v = self.api.image_posture(&id.resource_name()).await?;
         v["metadata"]["labels"]["imageposture.io/posture"]
             .as_str()
             .map(str::to_string)
     }
 
+    /// Forgets counted requests (registries, API proxy, verifier) and the API faults.
     fn reset_counters(&self) {
         self.a.reset_requests();
         self.b.reset_requests();
         self.api.reset_counters();
+        self.api.proxy.clear_faults();
         self.attempts.reset();
     }
 
-    /// ImagePosture writes (main and status endpoints, any method) at the API double.
+    /// ImagePosture writes (main and status endpoints, any method) at the API proxy, answered
+    /// or failed.
     fn posture_writes(&self) -> usize {
         ["PATCH", "PUT", "POST", "DELETE"]
             .iter()
             .map(|m| self.api.image_posture_writes(m))
             .sum()
+    }
+
+    /// The next `n` writes to a path containing `needle` answer `code` (at the API proxy).
+    fn fail_writes_to(&self, needle: &str, code: u16, n: usize) {
+        self.api
+            .proxy
+            .fail_writes(needle, Fault::Status(code), Some(n));
+    }
+
+    /// The next `n` writes to a path containing `needle` are held `delay` before they are
+    /// forwarded: an API server that does not answer in time.
+    fn delay_writes_to(&self, needle: &str, delay: Duration, n: usize) {
+        self.api
+            .proxy
+            .fail_writes(needle, Fault::Delay(delay), Some(n));
     }
 }
 
@@ -249,7 +320,7 @@ fn verifier_config(env: &TestEnv, insecure: &[&str]) -> VerifierConfig {
     config
 }
 
-async fn new_operator(api: &ApiDouble, attempts: &Attempts, config: VerifierConfig) -> Operator {
+async fn new_operator(api: &Cluster, attempts: &Attempts, config: VerifierConfig) -> Operator {
     let log = attempts.0.clone();
     let verifier = Verifier::with_hook(
         config,
@@ -335,15 +406,17 @@ fn row(fault: &str, counts: String) {
 
 #[tokio::test]
 async fn registry_down_for_a_whole_pass() {
-    let mut w = World::new().await;
+    let Some(mut w) = World::new().await else {
+        return;
+    };
     let s1 = w.signed("down-s1", &w.a).await;
     let s2 = w.signed("down-s2", &w.a).await;
     let u1 = w.unsigned("down-u1", &w.a).await;
-    w.run(&[&s1, &s2, &u1]);
+    w.run(&[&s1, &s2, &u1]).await;
     let t0 = Utc::now();
     let r = w.sweep(t0).await;
     assert_eq!((r.created, r.errors), (3, 0), "{r:#?}");
-    let rested = w.snapshot();
+    let rested = w.snapshot().await;
 
     // Down after the TTL: connections refused.
     w.a.pause();
@@ -352,14 +425,14 @@ async fn registry_down_for_a_whole_pass() {
     let r = w.sweep(t1).await;
     let (attempts, writes, events) = (w.attempts.to(&w.a.host), w.posture_writes(), r.events);
     assert_eq!((r.deleted, r.errors, r.events), (0, 0, 3), "{r:#?}");
-    let now = w.snapshot();
+    let now = w.snapshot().await;
     assert_no_harm(&rested, &now);
     for id in [&s1, &s2, &u1] {
-        let s = w.status(id);
+        let s = w.status(id).await;
         assert_posture(&s, Posture::Checking, Reason::RegistryUnreachable);
         assert_eq!(s.checking_since, Some(stamp(t1)), "{s:#?}");
         assert_eq!(s.last_verified, Some(stamp(t0)), "{s:#?}");
-        assert_eq!(w.label(id).as_deref(), Some("checking"));
+        assert_eq!(w.label(id).await.as_deref(), Some("checking"));
     }
     // Revalidation (2 HEADs) then verification (2 GETs) per image in flight; once the first
     // failure is noted the other images of the registry are not even tried.
@@ -384,7 +457,7 @@ async fn registry_down_for_a_whole_pass() {
     // At most one status rewrite per image: see `backoff_pass_rewrites_nothing` (ignored).
     assert!(backoff_writes <= 3, "{:#?}", w.api.writes());
     for id in [&s1, &s2, &u1] {
-        assert_eq!(w.status(id).checking_since, Some(stamp(t1)));
+        assert_eq!(w.status(id).await.checking_since, Some(stamp(t1)));
     }
 
     // Still down after the backoff: tried again (bounded), `checkingSince` keeps t1.
@@ -399,7 +472,7 @@ async fn registry_down_for_a_whole_pass() {
         "{attempts2} attempts"
     );
     for id in [&s1, &s2, &u1] {
-        let s = w.status(id);
+        let s = w.status(id).await;
         assert_posture(&s, Posture::Checking, Reason::RegistryUnreachable);
         assert_eq!(s.checking_since, Some(stamp(t1)), "{s:#?}");
     }
@@ -410,12 +483,12 @@ async fn registry_down_for_a_whole_pass() {
     let t3 = next_pass(t2);
     let r = w.sweep(t3).await;
     assert_eq!((r.errors, r.events), (0, 3), "{r:#?}");
-    assert_signed(&w.status(&s1));
-    assert_signed(&w.status(&s2));
-    assert_not_signed(&w.status(&u1));
+    assert_signed(&w.status(&s1).await);
+    assert_signed(&w.status(&s2).await);
+    assert_not_signed(&w.status(&u1).await);
     for id in [&s1, &s2] {
-        assert_eq!(w.status(id).last_verified, Some(stamp(t0)));
-        assert_eq!(w.label(id).as_deref(), Some("signed"));
+        assert_eq!(w.status(id).await.last_verified, Some(stamp(t0)));
+        assert_eq!(w.label(id).await.as_deref(), Some("signed"));
     }
     let back = w.a.requests();
     assert!(back.iter().all(|q| q.method == "HEAD"), "{back:#?}");
@@ -435,10 +508,12 @@ async fn registry_down_for_a_whole_pass() {
 /// rewritten with another image's message (naming that image's URL).
 #[tokio::test]
 async fn backoff_pass_rewrites_nothing() {
-    let mut w = World::new().await;
+    let Some(mut w) = World::new().await else {
+        return;
+    };
     let s1 = w.signed("backoff-s1", &w.a).await;
     let s2 = w.signed("backoff-s2", &w.a).await;
-    w.run(&[&s1, &s2]);
+    w.run(&[&s1, &s2]).await;
     let t0 = Utc::now();
     w.sweep(t0).await;
     w.a.pause();
@@ -448,7 +523,7 @@ async fn backoff_pass_rewrites_nothing() {
     w.sweep(after(t1, BACKOFF / 2)).await;
     assert_eq!(w.posture_writes(), 0, "{:#?}", w.api.writes());
     for id in [&s1, &s2] {
-        let s = w.status(id);
+        let s = w.status(id).await;
         assert!(s.message.contains(&id.repository), "{id}: {:?}", s.message);
     }
 }
@@ -457,7 +532,9 @@ async fn backoff_pass_rewrites_nothing() {
 
 #[tokio::test]
 async fn flapping_registry_never_yields_a_false_verdict() {
-    let mut w = World::new().await;
+    let Some(mut w) = World::new().await else {
+        return;
+    };
     let mut signed = Vec::new();
     for i in 0..4 {
         signed.push(w.signed(&format!("flap-s{i}"), &w.a).await);
@@ -467,10 +544,10 @@ async fn flapping_registry_never_yields_a_false_verdict() {
         w.unsigned("flap-u1", &w.a).await,
     ];
     let all: Vec<&ImageId> = signed.iter().chain(&unsigned).collect();
-    w.run(&all);
+    w.run(&all).await;
     let t0 = Utc::now();
     w.sweep(t0).await;
-    let rested = w.snapshot();
+    let rested = w.snapshot().await;
 
     let faults = [
         (
@@ -490,11 +567,8 @@ async fn flapping_registry_never_yields_a_false_verdict() {
         let r = w.sweep(t).await;
         let requests = w.a.requests().len();
         assert_eq!((r.deleted, r.errors), (0, 0), "{what}: {r:#?}");
-        assert_no_harm(&rested, &w.snapshot());
-        let checking = all
-            .iter()
-            .filter(|id| w.status(id).posture == Some(Posture::Checking))
-            .count();
+        assert_no_harm(&rested, &w.snapshot().await);
+        let checking = w.checking(&all).await;
         // Each image in flight costs at most revalidation + verification (4 requests) plus a
         // blob; the backoff stops the rest.
         assert!(requests <= 5 * all.len(), "{what}: {requests} requests");
@@ -516,30 +590,27 @@ async fn flapping_registry_never_yields_a_false_verdict() {
     let cold_unsigned = w.unsigned("flap-cold-u0", &w.a).await;
     let mut ids = all.clone();
     ids.extend(cold_signed.iter().chain([&cold_unsigned]));
-    w.run(&ids);
+    w.run(&ids).await;
     t = next_pass(t);
     w.a.set_mode(Mode::Every(2, Box::new(Mode::Truncate)));
     w.reset_counters();
     let r = w.sweep(t).await;
     let truncated = w.a.requests().len();
     assert_eq!((r.deleted, r.errors), (0, 0), "{r:#?}");
-    assert_no_harm(&rested, &w.snapshot());
+    assert_no_harm(&rested, &w.snapshot().await);
     for id in &cold_signed {
-        let p = w.status(id).posture;
+        let p = w.status(id).await.posture;
         assert!(
             matches!(p, Some(Posture::Signed | Posture::Checking)),
             "{id}: {p:?}"
         );
     }
-    let p = w.status(&cold_unsigned).posture;
+    let p = w.status(&cold_unsigned).await.posture;
     assert!(
         matches!(p, Some(Posture::NotSigned | Posture::Checking)),
         "{p:?}"
     );
-    let cold_checking = ids
-        .iter()
-        .filter(|id| w.status(id).posture == Some(Posture::Checking))
-        .count();
+    let cold_checking = w.checking(&ids).await;
     row(
         "registry flapping mid-pass: every 2nd body cut in half (6 known + 3 new images)",
         format!("{truncated} requests, {cold_checking} of 9 images checking, the rest right"),
@@ -548,12 +619,12 @@ async fn flapping_registry_never_yields_a_false_verdict() {
     // Only the signature blob is cut: deterministic `checking`, never invalid-signature.
     let fresh = w.signed("flap-cold", &w.a).await;
     ids.push(&fresh);
-    w.run(&ids);
+    w.run(&ids).await;
     t = next_pass(t);
     w.a.set_mode_for(Mode::Truncate, "/blobs/");
     w.reset_counters();
     w.sweep(t).await;
-    let s = w.status(&fresh);
+    let s = w.status(&fresh).await;
     assert_posture(&s, Posture::Checking, Reason::RegistryUnreachable);
 
     // Fault removed: every resting posture is back.
@@ -562,10 +633,10 @@ async fn flapping_registry_never_yields_a_false_verdict() {
     let r = w.sweep(next_pass(t)).await;
     assert_eq!(r.errors, 0, "{r:#?}");
     for id in signed.iter().chain(&cold_signed).chain([&fresh]) {
-        assert_signed(&w.status(id));
+        assert_signed(&w.status(id).await);
     }
     for id in unsigned.iter().chain([&cold_unsigned]) {
-        assert_not_signed(&w.status(id));
+        assert_not_signed(&w.status(id).await);
     }
 }
 
@@ -573,7 +644,9 @@ async fn flapping_registry_never_yields_a_false_verdict() {
 
 #[tokio::test]
 async fn slow_registry_is_timeout_within_the_budget() {
-    let mut w = World::new().await;
+    let Some(mut w) = World::new().await else {
+        return;
+    };
     let ids = vec![
         w.signed("slow-s0", &w.a).await,
         w.signed("slow-s1", &w.a).await,
@@ -581,10 +654,10 @@ async fn slow_registry_is_timeout_within_the_budget() {
         w.unsigned("slow-u0", &w.a).await,
     ];
     let refs: Vec<&ImageId> = ids.iter().collect();
-    w.run(&refs);
+    w.run(&refs).await;
     let t0 = Utc::now();
     w.sweep(t0).await;
-    let rested = w.snapshot();
+    let rested = w.snapshot().await;
 
     w.a.set_mode(Mode::Delay(BUDGET * 5));
     let t1 = next_pass(t0);
@@ -594,9 +667,9 @@ async fn slow_registry_is_timeout_within_the_budget() {
     let took = started.elapsed();
     let requests = w.a.requests().len();
     assert_eq!((r.deleted, r.errors), (0, 0), "{r:#?}");
-    assert_no_harm(&rested, &w.snapshot());
+    assert_no_harm(&rested, &w.snapshot().await);
     for id in &ids {
-        let s = w.status(id);
+        let s = w.status(id).await;
         assert_posture(&s, Posture::Checking, Reason::Timeout);
         assert_eq!(s.checking_since, Some(stamp(t1)), "{s:#?}");
     }
@@ -612,9 +685,9 @@ async fn slow_registry_is_timeout_within_the_budget() {
     let r = w.sweep(next_pass(t1)).await;
     assert_eq!(r.errors, 0, "{r:#?}");
     for id in &ids[..3] {
-        assert_signed(&w.status(id));
+        assert_signed(&w.status(id).await);
     }
-    assert_not_signed(&w.status(&ids[3]));
+    assert_not_signed(&w.status(&ids[3]).await);
     row(
         "registry slower than --image-timeout (600 ms budget, 3 s delay), 4 images",
         format!(
@@ -629,16 +702,18 @@ async fn slow_registry_is_timeout_within_the_budget() {
 /// verification that follows it share one budget.
 #[tokio::test]
 async fn slow_registry_costs_at_most_one_budget_per_image() {
-    let mut w = World::new().await;
+    let Some(mut w) = World::new().await else {
+        return;
+    };
     let id = w.signed("slow-one", &w.a).await;
-    w.run(&[&id]);
+    w.run(&[&id]).await;
     let t0 = Utc::now();
     w.sweep(t0).await;
     w.a.set_mode(Mode::Delay(BUDGET * 5));
     let started = Instant::now();
     w.sweep(next_pass(t0)).await;
     let took = started.elapsed();
-    assert_posture(&w.status(&id), Posture::Checking, Reason::Timeout);
+    assert_posture(&w.status(&id).await, Posture::Checking, Reason::Timeout);
     assert!(
         took < BUDGET + Duration::from_millis(300),
         "one image took {took:?} with a budget of {BUDGET:?}"
@@ -649,7 +724,9 @@ async fn slow_registry_costs_at_most_one_budget_per_image() {
 
 #[tokio::test]
 async fn rate_limited_registry_is_left_alone_and_others_are_unaffected() {
-    let mut w = World::new().await;
+    let Some(mut w) = World::new().await else {
+        return;
+    };
     let mut on_a = Vec::new();
     for i in 0..5 {
         on_a.push(w.signed(&format!("rl-a{i}"), &w.a).await);
@@ -658,10 +735,10 @@ async fn rate_limited_registry_is_left_alone_and_others_are_unaffected() {
     let b_unsigned = w.unsigned("rl-b-unsigned", &w.b).await;
     let mut all: Vec<&ImageId> = on_a.iter().collect();
     all.extend([&b_signed, &b_unsigned]);
-    w.run(&all);
+    w.run(&all).await;
     let t0 = Utc::now();
     w.sweep(t0).await;
-    let rested = w.snapshot();
+    let rested = w.snapshot().await;
 
     const RETRY_AFTER: u64 = 120;
     w.a.set_mode(Mode::RateLimited(RETRY_AFTER));
@@ -670,14 +747,14 @@ async fn rate_limited_registry_is_left_alone_and_others_are_unaffected() {
     let r = w.sweep(t1).await;
     let (a1, b1) = (w.a.requests().len(), w.b.requests());
     assert_eq!((r.deleted, r.errors), (0, 0), "{r:#?}");
-    assert_no_harm(&rested, &w.snapshot());
+    assert_no_harm(&rested, &w.snapshot().await);
     for id in &on_a {
-        let s = w.status(id);
+        let s = w.status(id).await;
         assert_posture(&s, Posture::Checking, Reason::RateLimited);
         assert_eq!(s.checking_since, Some(stamp(t1)), "{s:#?}");
     }
-    assert_signed(&w.status(&b_signed));
-    assert_not_signed(&w.status(&b_unsigned));
+    assert_signed(&w.status(&b_signed).await);
+    assert_not_signed(&w.status(&b_unsigned).await);
     assert!(
         a1 <= 4 * PER_REGISTRY,
         "{a1} requests to the rate-limited registry"
@@ -702,7 +779,7 @@ async fn rate_limited_registry_is_left_alone_and_others_are_unaffected() {
     assert!(a2 <= 4 * PER_REGISTRY, "{a2} requests");
     assert_eq!(w.b.requests().len(), 0, "b is cached");
     for id in &on_a {
-        assert_eq!(w.status(id).checking_since, Some(stamp(t1)));
+        assert_eq!(w.status(id).await.checking_since, Some(stamp(t1)));
     }
 
     // The storm is over.
@@ -713,7 +790,7 @@ async fn rate_limited_registry_is_left_alone_and_others_are_unaffected() {
         .await;
     assert_eq!(r.errors, 0, "{r:#?}");
     for id in &on_a {
-        assert_signed(&w.status(id));
+        assert_signed(&w.status(id).await);
     }
     row(
         "429 storm with Retry-After: 120 on registry A (5 images); registry B (2 images) healthy",
@@ -729,25 +806,27 @@ async fn rate_limited_registry_is_left_alone_and_others_are_unaffected() {
 
 #[tokio::test]
 async fn redirect_loop_is_checking_and_bounded() {
-    let mut w = World::new().await;
+    let Some(mut w) = World::new().await else {
+        return;
+    };
     let id = w.signed("loop", &w.a).await;
     let cold = w.signed("loop-cold", &w.a).await;
-    w.run(&[&id]);
+    w.run(&[&id]).await;
     let t0 = Utc::now();
     w.sweep(t0).await;
-    let rested = w.snapshot();
+    let rested = w.snapshot().await;
 
     let me = w.a.host.clone();
     w.a.set_mode(Mode::Redirect(me));
-    w.run(&[&id, &cold]);
+    w.run(&[&id, &cold]).await;
     let t1 = next_pass(t0);
     w.reset_counters();
     let r = w.sweep(t1).await;
     let requests = w.a.requests().len();
     assert_eq!((r.deleted, r.errors), (0, 0), "{r:#?}");
-    assert_no_harm(&rested, &w.snapshot());
+    assert_no_harm(&rested, &w.snapshot().await);
     for id in [&id, &cold] {
-        let s = w.status(id);
+        let s = w.status(id).await;
         assert_eq!(s.posture, Some(Posture::Checking), "{s:#?}");
         assert_eq!(s.checking_since, Some(stamp(t1)), "{s:#?}");
     }
@@ -761,14 +840,15 @@ async fn redirect_loop_is_checking_and_bounded() {
 
     let reason = w
         .status(&id)
+        .await
         .reason
         .map(|r| r.to_string())
         .unwrap_or_default();
     w.a.set_mode(Mode::Pass);
     w.reset_counters();
     w.sweep(next_pass(t1)).await;
-    assert_signed(&w.status(&id));
-    assert_signed(&w.status(&cold));
+    assert_signed(&w.status(&id).await);
+    assert_signed(&w.status(&cold).await);
     row(
         "redirect loop (registry redirects every request to itself), 2 images",
         format!(
@@ -784,18 +864,22 @@ async fn redirect_loop_is_checking_and_bounded() {
 /// `Unreachable`.
 #[tokio::test]
 async fn redirect_loop_is_a_registry_error() {
-    let mut w = World::new().await;
+    let Some(mut w) = World::new().await else {
+        return;
+    };
     let id = w.signed("loop-reason", &w.a).await;
     let me = w.a.host.clone();
     w.a.set_mode(Mode::Redirect(me));
-    w.run(&[&id]);
+    w.run(&[&id]).await;
     w.sweep(Utc::now()).await;
-    assert_posture(&w.status(&id), Posture::Checking, Reason::RegistryError);
+    assert_posture(&w.status(&id).await, Posture::Checking, Reason::RegistryError);
 }
 
 #[tokio::test]
 async fn cross_host_redirect_is_followed_without_the_token() {
-    let mut w = World::new().await;
+    let Some(mut w) = World::new().await else {
+        return;
+    };
     // Registry `a` wants a bearer token and sends blob downloads to `b` (a CDN).
     let id = w.signed("cdn", &w.a).await;
     let cdn = w.b.host.clone();
@@ -804,12 +888,12 @@ async fn cross_host_redirect_is_followed_without_the_token() {
         Box::new(Mode::Redirect(cdn)),
         Box::new(Mode::Bearer("s3cret".into())),
     ));
-    w.run(&[&id]);
+    w.run(&[&id]).await;
     let t0 = Utc::now();
     w.reset_counters();
     let r = w.sweep(t0).await;
     assert_eq!((r.created, r.errors), (1, 0), "{r:#?}");
-    assert_signed(&w.status(&id));
+    assert_signed(&w.status(&id).await);
     let at_cdn = w.b.authorizations();
     assert_eq!(at_cdn.len(), 1, "one blob GET at the CDN: {at_cdn:#?}");
     assert!(at_cdn[0].0.path.contains("/blobs/sha256:"), "{at_cdn:#?}");
@@ -827,13 +911,13 @@ async fn cross_host_redirect_is_followed_without_the_token() {
         Box::new(Mode::Redirect(dead)),
         Box::new(Mode::Bearer("s3cret".into())),
     ));
-    w.run(&[&id, &cold]);
+    w.run(&[&id, &cold]).await;
     w.reset_counters();
     let r = w.sweep(after(t0, Duration::from_secs(60))).await;
     assert_eq!((r.deleted, r.errors), (0, 0), "{r:#?}");
-    assert_signed(&w.status(&id)); // cached, untouched
+    assert_signed(&w.status(&id).await); // cached, untouched
     assert_posture(
-        &w.status(&cold),
+        &w.status(&cold).await,
         Posture::Checking,
         Reason::RegistryUnreachable,
     );
@@ -846,7 +930,7 @@ async fn cross_host_redirect_is_followed_without_the_token() {
     ));
     w.reset_counters();
     w.sweep(next_pass(t0)).await;
-    assert_signed(&w.status(&cold));
+    assert_signed(&w.status(&cold).await);
     row(
         "cross-host redirect of blobs (token registry -> CDN), then the CDN refusing connections",
         format!(
@@ -860,12 +944,14 @@ async fn cross_host_redirect_is_followed_without_the_token() {
 
 #[tokio::test]
 async fn tls_errors_are_checking_and_bounded() {
-    let mut w = World::new().await;
+    let Some(mut w) = World::new().await else {
+        return;
+    };
     let id = w.signed("tls", &w.a).await;
-    w.run(&[&id]);
+    w.run(&[&id]).await;
     let t0 = Utc::now();
     w.sweep(t0).await;
-    let rested = w.snapshot();
+    let rested = w.snapshot().await;
 
     // A restart that forgot `--insecure-registry`: https to a plain-HTTP port.
     let https = w.restarted(verifier_config(&w.env, &[&w.b.host])).await;
@@ -875,8 +961,8 @@ async fn tls_errors_are_checking_and_bounded() {
     let r = w.sweep_with(&https, t1).await;
     let (conns, hellos) = (w.a.connections() - c0, w.a.tls_hellos() - h0);
     assert_eq!((r.deleted, r.errors), (0, 0), "{r:#?}");
-    assert_no_harm(&rested, &w.snapshot());
-    let s = w.status(&id);
+    assert_no_harm(&rested, &w.snapshot().await);
+    let s = w.status(&id).await;
     assert_posture(&s, Posture::Checking, Reason::RegistryUnreachable);
     assert_eq!(s.checking_since, Some(stamp(t1)));
     assert!(hellos >= 1, "the verifier spoke TLS");
@@ -886,13 +972,13 @@ async fn tls_errors_are_checking_and_bounded() {
     // A peer that answers garbage, over TLS and over plain HTTP.
     w.a.set_mode(Mode::Garbage);
     let cold = w.signed("tls-garbage", &w.a).await;
-    w.run(&[&id, &cold]);
+    w.run(&[&id, &cold]).await;
     let c1 = w.a.connections();
     let t2 = next_pass(t1);
     w.sweep_with(&https, t2).await;
     let garbage_tls = w.a.connections() - c1;
     assert_posture(
-        &w.status(&cold),
+        &w.status(&cold).await,
         Posture::Checking,
         Reason::RegistryUnreachable,
     );
@@ -900,12 +986,12 @@ async fn tls_errors_are_checking_and_bounded() {
     w.sweep(t2).await;
     let garbage_http = w.a.connections() - c2;
     assert_posture(
-        &w.status(&cold),
+        &w.status(&cold).await,
         Posture::Checking,
         Reason::RegistryUnreachable,
     );
     assert_posture(
-        &w.status(&id),
+        &w.status(&id).await,
         Posture::Checking,
         Reason::RegistryUnreachable,
     );
@@ -919,8 +1005,8 @@ async fn tls_errors_are_checking_and_bounded() {
     w.reset_counters();
     let r = w.sweep(next_pass(t2)).await;
     assert_eq!(r.errors, 0, "{r:#?}");
-    assert_signed(&w.status(&id));
-    assert_signed(&w.status(&cold));
+    assert_signed(&w.status(&id).await);
+    assert_signed(&w.status(&cold).await);
     row(
         "TLS: https to a plain-HTTP port; a peer answering garbage (TLS and plain)",
         format!(
@@ -937,24 +1023,26 @@ const POSTURES: &str = "/apis/imageposture.io/";
 
 #[tokio::test]
 async fn api_500_on_apply_loses_nothing_and_reverifies_nothing() {
-    let mut w = World::new().await;
+    let Some(mut w) = World::new().await else {
+        return;
+    };
     let ids = vec![
         w.signed("api500-s0", &w.a).await,
         w.signed("api500-s1", &w.a).await,
         w.unsigned("api500-u0", &w.a).await,
     ];
     let refs: Vec<&ImageId> = ids.iter().collect();
-    w.run(&refs);
+    w.run(&refs).await;
 
     // Cold pass, every ImagePosture write answers 500.
-    w.api.fail_writes_to(POSTURES, 500, 1000);
+    w.fail_writes_to(POSTURES, 500, 1000);
     let t0 = Utc::now();
     let r = w.sweep(t0).await;
     let cold_writes = w.posture_writes();
     let registry = w.a.requests().len();
     assert_eq!(r.created, 0, "{r:#?}");
     assert!(r.errors >= 1, "{r:#?}");
-    assert!(w.api.image_postures().is_empty());
+    assert!(w.api.image_postures().await.is_empty());
     // The first failure stops the pass's writes: the API server is not hammered.
     assert_eq!(cold_writes, 1, "{:#?}", w.api.writes());
     // No verification is spent on a resource that could not be written.
@@ -964,20 +1052,20 @@ async fn api_500_on_apply_loses_nothing_and_reverifies_nothing() {
     w.reset_counters();
     let r = w.sweep(after(t0, Duration::from_secs(30))).await;
     assert_eq!((r.created, r.errors), (3, 0), "{r:#?}");
-    assert_signed(&w.status(&ids[0]));
-    assert_not_signed(&w.status(&ids[2]));
-    let rested = w.snapshot();
+    assert_signed(&w.status(&ids[0]).await);
+    assert_not_signed(&w.status(&ids[2]).await);
+    let rested = w.snapshot().await;
 
     // A posture change whose status write fails: the old status stands, nothing is deleted.
     w.a.set_mode(Mode::Status(500));
     let t1 = after(t0, TTL + Duration::from_secs(31));
     w.reset_counters();
-    w.api.fail_writes_to("/status", 500, 1000);
+    w.fail_writes_to("/status", 500, 1000);
     let r = w.sweep(t1).await;
     let failing_writes = w.posture_writes();
     assert!(r.errors >= 1 && r.deleted == 0, "{r:#?}");
     assert_eq!(
-        w.snapshot(),
+        w.snapshot().await,
         rested,
         "status changed although every status write failed"
     );
@@ -989,31 +1077,31 @@ async fn api_500_on_apply_loses_nothing_and_reverifies_nothing() {
     let t2 = after(t1, Duration::from_secs(1));
     let r = w.sweep(t2).await;
     assert_eq!(r.errors, 0, "{r:#?}");
-    assert_no_harm(&rested, &w.snapshot());
+    assert_no_harm(&rested, &w.snapshot().await);
     for id in &ids {
-        let s = w.status(id);
+        let s = w.status(id).await;
         assert_eq!(s.posture, Some(Posture::Checking), "{s:#?}");
         assert!(s.checking_since.is_some(), "{s:#?}");
-        assert_eq!(w.label(id).as_deref(), Some("checking"));
+        assert_eq!(w.label(id).await.as_deref(), Some("checking"));
     }
 
     // Garbage collection with DELETE answering 500: kept, retried next pass.
     w.a.set_mode(Mode::Pass);
-    w.run(&[&ids[0], &ids[1]]);
+    w.run(&[&ids[0], &ids[1]]).await;
     let t3 = next_pass(t2);
     w.sweep(t3).await;
     w.reset_counters();
-    w.api.fail_writes_to(POSTURES, 500, 1000);
+    w.fail_writes_to(POSTURES, 500, 1000);
     let r = w.sweep(after(t3, GRACE)).await;
     let deletes = w.api.image_posture_writes("DELETE");
     assert_eq!((r.deleted, r.errors), (0, 1), "{r:#?}");
-    assert!(w.api.image_posture(&ids[2].resource_name()).is_some());
+    assert!(w.api.image_posture(&ids[2].resource_name()).await.is_some());
     assert_eq!(deletes, 1);
     w.reset_counters();
     let r = w.sweep(after(t3, GRACE + Duration::from_secs(1))).await;
     assert_eq!((r.deleted, r.errors), (1, 0), "{r:#?}");
-    assert!(w.api.image_posture(&ids[2].resource_name()).is_none());
-    assert_signed(&w.status(&ids[0]));
+    assert!(w.api.image_posture(&ids[2].resource_name()).await.is_none());
+    assert_signed(&w.status(&ids[0]).await);
     row(
         "API 500 on every ImagePosture write (cold pass, 3 images); 500 on status writes; 500 on DELETE",
         format!(
@@ -1026,14 +1114,16 @@ async fn api_500_on_apply_loses_nothing_and_reverifies_nothing() {
 
 #[tokio::test]
 async fn api_409_storm_is_retried_a_bounded_number_of_times() {
-    let mut w = World::new().await;
+    let Some(mut w) = World::new().await else {
+        return;
+    };
     let ids = [
         w.signed("api409-s0", &w.a).await,
         w.unsigned("api409-u0", &w.a).await,
     ];
     let refs: Vec<&ImageId> = ids.iter().collect();
-    w.run(&refs);
-    w.api.fail_writes_to(POSTURES, 409, 1000);
+    w.run(&refs).await;
+    w.fail_writes_to(POSTURES, 409, 1000);
     let t0 = Utc::now();
     let r = w.sweep(t0).await;
     let storm = w.posture_writes();
@@ -1047,8 +1137,8 @@ async fn api_409_storm_is_retried_a_bounded_number_of_times() {
     w.reset_counters();
     let r = w.sweep(after(t0, Duration::from_secs(30))).await;
     assert_eq!((r.created, r.errors), (2, 0), "{r:#?}");
-    assert_signed(&w.status(&ids[0]));
-    assert_not_signed(&w.status(&ids[1]));
+    assert_signed(&w.status(&ids[0]).await);
+    assert_not_signed(&w.status(&ids[1]).await);
     row(
         "API 409 Conflict on every ImagePosture write, 2 images",
         format!(
@@ -1059,17 +1149,19 @@ async fn api_409_storm_is_retried_a_bounded_number_of_times() {
 
 #[tokio::test]
 async fn api_timeouts_on_apply_do_not_stall_the_sweep() {
-    let mut w = World::new().await;
+    let Some(mut w) = World::new().await else {
+        return;
+    };
     let ids = vec![
         w.signed("apito-s0", &w.a).await,
         w.signed("apito-s1", &w.a).await,
         w.unsigned("apito-u0", &w.a).await,
     ];
     let refs: Vec<&ImageId> = ids.iter().collect();
-    w.run(&refs);
+    w.run(&refs).await;
 
     // A short burst of 504s (the API server's own request timeout) is absorbed by the client.
-    w.api.fail_writes_to(POSTURES, 504, 2);
+    w.fail_writes_to(POSTURES, 504, 2);
     let t0 = Utc::now();
     let r = w.sweep(t0).await;
     let burst = w.posture_writes();
@@ -1077,20 +1169,20 @@ async fn api_timeouts_on_apply_do_not_stall_the_sweep() {
     // Per new image: spec and labels, the pending verdict, usage (inventory); the verdict and
     // the posture label (verifier). Plus the two retried by the client.
     assert_eq!(burst, 5 * 3 + 2, "{:#?}", w.api.writes());
-    let rested = w.snapshot();
+    let rested = w.snapshot().await;
 
     // Every write answers 504: kube's client retries 504 up to 15 times with backoff growing
     // to minutes; the write deadline ends that.
     w.a.set_mode(Mode::Status(500));
     let t1 = after(t0, TTL + Duration::from_secs(1));
     w.reset_counters();
-    w.api.fail_writes_to(POSTURES, 504, 1000);
+    w.fail_writes_to(POSTURES, 504, 1000);
     let started = Instant::now();
     let r = w.sweep(t1).await;
     let storm_took = started.elapsed();
     let storm = w.posture_writes();
     assert!(r.errors >= 1 && r.deleted == 0, "{r:#?}");
-    assert_eq!(w.snapshot(), rested);
+    assert_eq!(w.snapshot().await, rested);
     // The images in flight (PER_REGISTRY) time out together, then the rest of them.
     assert!(
         storm_took < WRITE_TIMEOUT * 2 + Duration::from_millis(700),
@@ -1100,18 +1192,17 @@ async fn api_timeouts_on_apply_do_not_stall_the_sweep() {
 
     // Writes that get no answer at all.
     w.reset_counters();
-    w.api
-        .delay_writes_to(POSTURES, Duration::from_secs(60), 1000);
+    w.delay_writes_to(POSTURES, Duration::from_secs(60), 1000);
     let started = Instant::now();
     let r = w.sweep(after(t1, Duration::from_secs(1))).await;
     let hung_took = started.elapsed();
     assert!(r.errors >= 1 && r.deleted == 0, "{r:#?}");
-    assert_eq!(w.snapshot(), rested);
+    assert_eq!(w.snapshot().await, rested);
     assert!(
         hung_took < WRITE_TIMEOUT * 2 + Duration::from_millis(700),
         "an unanswered write held the pass {hung_took:?}"
     );
-    let held = w.api.held_writes();
+    let held = w.api.proxy.held();
     assert!(
         held <= ids.len(),
         "at most one unanswered write per image: {held}"
@@ -1121,16 +1212,16 @@ async fn api_timeouts_on_apply_do_not_stall_the_sweep() {
     w.reset_counters();
     let r = w.sweep(after(t1, Duration::from_secs(2))).await;
     assert_eq!(r.errors, 0, "{r:#?}");
-    assert_no_harm(&rested, &w.snapshot());
+    assert_no_harm(&rested, &w.snapshot().await);
     for id in &ids {
-        assert_eq!(w.status(id).posture, Some(Posture::Checking));
+        assert_eq!(w.status(id).await.posture, Some(Posture::Checking));
     }
     w.a.set_mode(Mode::Pass);
     w.reset_counters();
     let r = w.sweep(next_pass(t1)).await;
     assert_eq!(r.errors, 0, "{r:#?}");
-    assert_signed(&w.status(&ids[0]));
-    assert_not_signed(&w.status(&ids[2]));
+    assert_signed(&w.status(&ids[0]).await);
+    assert_not_signed(&w.status(&ids[2]).await);
     row(
         "API 504 on apply: a burst of 2; a storm; writes never answered (3 images)",
         format!(
@@ -1154,19 +1245,24 @@ impl Drop for Process {
     }
 }
 
-fn kubeconfig(dir: &std::path::Path, server: &str) -> std::path::PathBuf {
+/// A kubeconfig for the operator process: the API proxy (plain HTTP) and the operator's
+/// ServiceAccount token (RBAC of config/rbac).
+fn kubeconfig(dir: &std::path::Path, server: &str, token: &str) -> std::path::PathBuf {
     let path = dir.join("kubeconfig");
     let config = format!(
-        "apiVersion: v1\nkind: Config\ncurrent-context: double\nclusters:\n- name: double\n  cluster:\n    server: {server}\ncontexts:\n- name: double\n  context:\n    cluster: double\n    user: nobody\nusers:\n- name: nobody\n  user: {{}}\n"
+        "apiVersion: v1\nkind: Config\ncurrent-context: kubeapi\nclusters:\n- name: kubeapi\n  cluster:\n    server: {server}\ncontexts:\n- name: kubeapi\n  context:\n    cluster: kubeapi\n    user: operator\nusers:\n- name: operator\n  user:\n    token: {token}\n"
     );
     std::fs::write(&path, config).unwrap();
     path
 }
 
-async fn eventually<T>(what: &str, limit: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
+async fn eventually<T, F>(what: &str, limit: Duration, mut probe: impl FnMut() -> F) -> T
+where
+    F: std::future::Future<Output = Option<T>>,
+{
     let deadline = Instant::now() + limit;
     loop {
-        if let Some(v) = probe() {
+        if let Some(v) = probe().await {
             return v;
         }
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
@@ -1174,23 +1270,20 @@ async fn eventually<T>(what: &str, limit: Duration, mut probe: impl FnMut() -> O
     }
 }
 
-fn seed_pod(api: &ApiDouble, name: &str, id: &ImageId) {
-    api.seed(json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"namespace": "prod", "name": name},
-        "spec": {"containers": [{"name": "app", "image": id.key()}]},
-        "status": {"phase": "Running", "containerStatuses": [
-            {"name": "app", "image": id.key(), "imageID": id.key(), "ready": true, "restartCount": 0}]}
-    }));
+/// The stored posture of an ImagePosture (read by the admin).
+async fn posture_of(api: &Cluster, name: &str) -> Option<String> {
+    let cr = api.image_posture(name).await?;
+    cr["status"]["posture"].as_str().map(str::to_string)
 }
 
 /// Watches `ms` long, sampling every resource: none may disappear or leave its posture.
-async fn hold_steady(api: &ApiDouble, ms: u64, expect: &[(String, &str)]) {
+async fn hold_steady(api: &Cluster, ms: u64, expect: &[(String, &str)]) {
     let deadline = Instant::now() + Duration::from_millis(ms);
     while Instant::now() < deadline {
         for (name, posture) in expect {
             let cr = api
                 .image_posture(name)
+                .await
                 .unwrap_or_else(|| panic!("{name} deleted during watch faults"));
             assert_eq!(cr["status"]["posture"], *posture, "{cr:#}");
         }
@@ -1198,11 +1291,33 @@ async fn hold_steady(api: &ApiDouble, ms: u64, expect: &[(String, &str)]) {
     }
 }
 
-const PODS: &str = "/api/v1/pods";
-const IPOSTS: &str = "/apis/imageposture.io/v1alpha1/imagepostures";
+const RESOURCES: [&str; 2] = ["pods", "imagepostures"];
+
+/// (watches, lists) of pods and ImagePostures the proxy saw since its last reset.
+fn reads(api: &Cluster) -> (usize, usize) {
+    let seen = api.proxy.seen();
+    let count = |f: fn(&str, &str, &str) -> bool| {
+        seen.iter()
+            .filter(|q| RESOURCES.iter().any(|r| f(&q.method, &q.path, r)))
+            .count()
+    };
+    (count(is_watch_of), count(is_list_of))
+}
+
+fn reads_log(api: &Cluster) -> Vec<String> {
+    api.proxy
+        .seen()
+        .iter()
+        .filter(|q| !q.is_write())
+        .map(|q| format!("{q} -> {}", q.status))
+        .collect()
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_drops_and_410_gone_neither_delete_nor_rewrite() {
+    let Some(api) = Cluster::start().await else {
+        return;
+    };
     let env = TestEnv::new();
     let signed = env.keyless_image("watch-signed", &Identity::github()).await;
     let later = env
@@ -1210,9 +1325,8 @@ async fn watch_drops_and_410_gone_neither_delete_nor_rewrite() {
         .push_image(&unique_repo("watch-later"), "v1")
         .await
         .id;
-    let api = ApiDouble::start().await;
-    seed_pod(&api, "web-1", &signed);
-    let config = kubeconfig(env.dir.path(), &api.url());
+    api.put_pods(&[pod("prod", "web-1", &[&signed])]).await;
+    let config = kubeconfig(env.dir.path(), &api.proxy.url, &api.token);
     let _operator = Process(
         Command::new(env!("CARGO_BIN_EXE_imageposture"))
             .args([
@@ -1235,67 +1349,75 @@ async fn watch_drops_and_410_gone_neither_delete_nor_rewrite() {
             .expect("the operator starts"),
     );
     let name = signed.resource_name();
-    eventually("the signed ImagePosture", Duration::from_secs(20), || {
-        api.image_posture(&name)
-            .filter(|cr| cr["status"]["posture"] == "signed")
+    eventually("the signed ImagePosture", Duration::from_secs(30), || {
+        let (api, name) = (&api, &name);
+        async move { (posture_of(api, name).await.as_deref() == Some("signed")).then_some(()) }
     })
     .await;
     let steady = [(name.clone(), "signed")];
     hold_steady(&api, 300, &steady).await;
 
-    // Every watch is cut after one second.
+    // Every watch is cut after one second (those open now at once).
     api.reset_counters();
-    api.cap_watches(Some(Duration::from_secs(1)));
+    api.proxy.inject_where(is_watch, Fault::Cut(Duration::from_secs(1)), None);
+    api.proxy.cut_open();
     hold_steady(&api, 3500, &steady).await;
-    let (drop_watches, drop_lists) = (
-        api.watch_count(PODS) + api.watch_count(IPOSTS),
-        api.list_count(PODS) + api.list_count(IPOSTS),
-    );
+    let (drop_watches, drop_lists) = reads(&api);
     let drop_writes = api.image_posture_writes("PATCH") + api.image_posture_writes("DELETE");
     assert_eq!(drop_writes, 0, "{:#?}", api.writes());
     // Two reflectors re-watching about once a second, from their resourceVersion (no re-list).
     assert!(
         (2..=12).contains(&drop_watches),
         "{drop_watches} watches: {:#?}",
-        api.reads()
+        reads_log(&api)
     );
-    assert_eq!(drop_lists, 0, "{:#?}", api.reads());
+    assert_eq!(drop_lists, 0, "{:#?}", reads_log(&api));
 
-    // Re-watches answer 410 Gone and the re-lists fail with 410 too, a few times.
+    // Re-watches answer 410 Gone (an `ERROR` event, as the server does for a resourceVersion
+    // it no longer has) and the re-lists fail with 410 too, a few times.
     api.reset_counters();
-    api.expire_next_watches(4);
-    api.fail_next_lists(410, 2);
-    hold_steady(&api, 4000, &steady).await;
-    let (gone_watches, gone_lists) = (
-        api.watch_count(PODS) + api.watch_count(IPOSTS),
-        api.list_count(PODS) + api.list_count(IPOSTS),
+    api.proxy.inject(kube::proxy::Rule {
+        method: Some("GET".into()),
+        path_contains: "watch=true".into(),
+        fault: Fault::WatchError(410),
+        remaining: Some(4),
+    });
+    api.proxy.inject_where(
+        |m, p| RESOURCES.iter().any(|r| is_list_of(m, p, r)),
+        Fault::Status(410),
+        Some(2),
     );
+    api.proxy.cut_open();
+    hold_steady(&api, 4000, &steady).await;
+    let (gone_watches, gone_lists) = reads(&api);
     let gone_writes = api.image_posture_writes("PATCH") + api.image_posture_writes("DELETE");
     assert_eq!(gone_writes, 0, "{:#?}", api.writes());
     assert!(
         gone_lists >= 2,
         "the reflectors re-listed: {:#?}",
-        api.reads()
+        reads_log(&api)
     );
     assert!(
         gone_lists <= 12 && gone_watches <= 20,
         "{gone_lists} lists, {gone_watches} watches: {:#?}",
-        api.reads()
+        reads_log(&api)
     );
 
     // Still dropping watches: a new pod is seen through the re-established watch.
-    seed_pod(&api, "web-2", &later);
+    api.put_pods(&[pod("prod", "web-2", &[&later])]).await;
     let later_name = later.resource_name();
     eventually(
         "the new pod's ImagePosture",
         Duration::from_secs(10),
         || {
-            api.image_posture(&later_name)
-                .filter(|cr| cr["status"]["posture"] == "not-signed")
+            let (api, name) = (&api, &later_name);
+            async move {
+                (posture_of(api, name).await.as_deref() == Some("not-signed")).then_some(())
+            }
         },
     )
     .await;
-    api.cap_watches(None);
+    api.proxy.clear_faults();
     hold_steady(
         &api,
         300,

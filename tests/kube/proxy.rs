@@ -30,6 +30,10 @@ pub enum Fault {
     Delay(Duration),
     /// Forward, but end the answer's body after this long (a watch cut mid-stream).
     Cut(Duration),
+    /// Answer `200` with one watch `ERROR` event carrying a `Status` of this code, then end,
+    /// without forwarding: what the real server sends for a watch from a resourceVersion it
+    /// no longer has (410 `Expired`).
+    WatchError(u16),
 }
 
 /// Which requests a fault applies to: a method (or any) and a substring of the path.
@@ -52,6 +56,8 @@ pub struct Seen {
     pub body: String,
     /// The answer's status code (as forwarded or injected; 502 when the server did not answer).
     pub status: u16,
+    /// The request's `content-type` (e.g. `application/apply-patch+yaml`; empty without one).
+    pub content_type: String,
 }
 
 impl Seen {
@@ -73,6 +79,26 @@ struct State {
     rules: Mutex<Vec<Rule>>,
     /// Requests held by a `Delay` fault (whether or not their client waited for the answer).
     held: std::sync::atomic::AtomicUsize,
+    /// Rules selecting requests by a predicate on (method, path and query), checked after
+    /// `rules`.
+    filters: Mutex<Vec<FilterRule>>,
+    /// Bumped by [`ApiProxy::cut_open`]: every answer body streaming then ends.
+    cut: CutSignal,
+}
+
+/// A fault for the requests a predicate on (method, path and query) selects.
+struct FilterRule {
+    select: Box<dyn Fn(&str, &str) -> bool + Send + Sync>,
+    fault: Fault,
+    remaining: Option<usize>,
+}
+
+struct CutSignal(tokio::sync::watch::Sender<u64>);
+
+impl Default for CutSignal {
+    fn default() -> Self {
+        CutSignal(tokio::sync::watch::channel(0).0)
+    }
 }
 
 pub struct ApiProxy {
@@ -165,7 +191,64 @@ impl ApiProxy {
 
     pub fn clear_faults(&self) {
         self.state.rules.lock().unwrap().clear();
+        self.state.filters.lock().unwrap().clear();
     }
+
+    /// A fault for the requests `select(method, path_and_query)` picks, for `remaining` of
+    /// them (`None`: all). Checked after the [`Rule`]s, in the order added.
+    pub fn inject_where(
+        &self,
+        select: impl Fn(&str, &str) -> bool + Send + Sync + 'static,
+        fault: Fault,
+        remaining: Option<usize>,
+    ) {
+        self.state.filters.lock().unwrap().push(FilterRule {
+            select: Box::new(select),
+            fault,
+            remaining,
+        });
+    }
+
+    /// A fault for writes (POST, PUT, PATCH, DELETE) whose path contains `needle`; reads,
+    /// lists and watches of the same resources pass.
+    pub fn fail_writes(&self, needle: &str, fault: Fault, remaining: Option<usize>) {
+        let needle = needle.to_string();
+        self.inject_where(
+            move |method, path| {
+                !matches!(method, "GET" | "HEAD" | "OPTIONS") && path.contains(&needle)
+            },
+            fault,
+            remaining,
+        );
+    }
+
+    /// Ends every answer body streaming now (open watches end, as when the server or a load
+    /// balancer closes them); later requests are not affected.
+    pub fn cut_open(&self) {
+        self.state.cut.0.send_modify(|n| *n += 1);
+    }
+}
+
+/// Whether a request is a watch (`watch=true` or `watch=1` in its query).
+pub fn is_watch(method: &str, path: &str) -> bool {
+    method == "GET"
+        && path.split_once('?').is_some_and(|(_, q)| {
+            q.split('&')
+                .any(|kv| kv == "watch=true" || kv == "watch=1")
+        })
+}
+
+/// Whether a request lists a collection whose path (without the query) ends with `/<plural>`
+/// (any namespace or all of them): a GET that is not a watch.
+pub fn is_list_of(method: &str, path: &str, plural: &str) -> bool {
+    let bare = path.split_once('?').map_or(path, |(p, _)| p);
+    method == "GET" && bare.ends_with(&format!("/{plural}")) && !is_watch(method, path)
+}
+
+/// Whether a request watches a collection whose path ends with `/<plural>`.
+pub fn is_watch_of(method: &str, path: &str, plural: &str) -> bool {
+    let bare = path.split_once('?').map_or(path, |(p, _)| p);
+    bare.ends_with(&format!("/{plural}")) && is_watch(method, path)
 }
 
 fn fault_for(state: &State, method: &str, path: &str) -> Option<Fault> {
@@ -174,7 +257,18 @@ fn fault_for(state: &State, method: &str, path: &str) -> Option<Fault> {
         r.method.as_deref().is_none_or(|m| m == method)
             && path.contains(&r.path_contains)
             && r.remaining != Some(0)
-    })?;
+    });
+    if let Some(rule) = rule {
+        if let Some(n) = rule.remaining.as_mut() {
+            *n -= 1;
+        }
+        return Some(rule.fault.clone());
+    }
+    drop(rules);
+    let mut filters = state.filters.lock().unwrap();
+    let rule = filters
+        .iter_mut()
+        .find(|r| r.remaining != Some(0) && (r.select)(method, path))?;
     if let Some(n) = rule.remaining.as_mut() {
         *n -= 1;
     }
@@ -206,6 +300,11 @@ async fn handle(
         .map(|p| p.as_str().to_string())
         .unwrap_or_default();
     let headers = req.headers().clone();
+    let content_type = headers
+        .get(hyper::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
     let body = req
         .into_body()
         .collect()
@@ -217,6 +316,7 @@ async fn handle(
         path: path.clone(),
         body: String::from_utf8_lossy(&body).into_owned(),
         status: 0,
+        content_type,
     };
     let mut record = |status: u16| {
         seen.status = status;
@@ -227,6 +327,7 @@ async fn handle(
         Some(Fault::Status(code)) => {
             let reason = match code {
                 409 => "Conflict",
+                410 => "Expired",
                 429 => "TooManyRequests",
                 500 => "InternalError",
                 503 => "ServiceUnavailable",
@@ -240,6 +341,15 @@ async fn handle(
             });
             record(*code);
             return Ok(full(*code, body.to_string()));
+        }
+        Some(Fault::WatchError(code)) => {
+            let event = serde_json::json!({"type": "ERROR", "object": {
+                "kind": "Status", "apiVersion": "v1", "metadata": {},
+                "status": "Failure", "message": format!("injected watch error {code}"),
+                "reason": if *code == 410 { "Expired" } else { "Unknown" }, "code": code,
+            }});
+            record(200);
+            return Ok(full(200, format!("{event}\n")));
         }
         Some(Fault::Delay(d)) => {
             state.held.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
@@ -273,13 +383,23 @@ async fn handle(
     let stream = answer
         .bytes_stream()
         .map(|c| c.map(Frame::data).map_err(std::io::Error::other));
+    // Every body ends at `cut_open`; a `Cut` fault's also after its time.
+    let mut cut = state.cut.0.subscribe();
+    let cut_now = async move {
+        let _ = cut.changed().await;
+    };
     let body: Body = match fault {
         Some(Fault::Cut(after)) => {
             let deadline = tokio::time::Instant::now() + after;
-            let cut = stream.take_until(tokio::time::sleep_until(deadline));
-            BodyExt::boxed(StreamBody::new(cut))
+            let end = async move {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(deadline) => {}
+                    _ = cut_now => {}
+                }
+            };
+            BodyExt::boxed(StreamBody::new(stream.take_until(end)))
         }
-        _ => BodyExt::boxed(StreamBody::new(stream)),
+        _ => BodyExt::boxed(StreamBody::new(stream.take_until(cut_now))),
     };
     Ok(resp.body(body).expect("response"))
 }
