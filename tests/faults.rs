@@ -1245,17 +1245,6 @@ impl Drop for Process {
     }
 }
 
-/// A kubeconfig for the operator process: the API proxy (plain HTTP) and the operator's
-/// ServiceAccount token (RBAC of config/rbac).
-fn kubeconfig(dir: &std::path::Path, server: &str, token: &str) -> std::path::PathBuf {
-    let path = dir.join("kubeconfig");
-    let config = format!(
-        "apiVersion: v1\nkind: Config\ncurrent-context: kubeapi\nclusters:\n- name: kubeapi\n  cluster:\n    server: {server}\ncontexts:\n- name: kubeapi\n  context:\n    cluster: kubeapi\n    user: operator\nusers:\n- name: operator\n  user:\n    token: {token}\n"
-    );
-    std::fs::write(&path, config).unwrap();
-    path
-}
-
 async fn eventually<T, F>(what: &str, limit: Duration, mut probe: impl FnMut() -> F) -> T
 where
     F: std::future::Future<Output = Option<T>>,
@@ -1326,7 +1315,12 @@ async fn watch_drops_and_410_gone_neither_delete_nor_rewrite() {
         .await
         .id;
     api.put_pods(&[pod("prod", "web-1", &[&signed])]).await;
-    let config = kubeconfig(env.dir.path(), &api.proxy.url, &api.token);
+    // The operator's ServiceAccount (config/rbac) through the API proxy.
+    let config = kube::cluster::write_kubeconfig(
+        &env.dir.path().join("kubeconfig"),
+        &api.proxy.url,
+        &api.token,
+    );
     let _operator = Process(
         Command::new(env!("CARGO_BIN_EXE_imageposture"))
             .args([

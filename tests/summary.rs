@@ -1,13 +1,17 @@
 //! `imageposture summary` as a person runs it: over the output of `imageposture scan` (made by
 //! the real binary against the real registry and test PKI), and over the ImagePostures in a
-//! cluster (the API double behind a kubeconfig), which must summarize the same.
+//! cluster (the real kube-apiserver of tests/kube, through a kubeconfig as a person has one),
+//! which must summarize the same.
 
-mod apidouble;
+mod kube;
 mod support;
 
 use std::process::Command;
 
-use apidouble::ApiDouble;
+use ::kube::api::{Api, Patch, PatchParams, PostParams};
+use imageposture::crd::ImagePosture;
+use kube::proxy::{is_list_of, ApiProxy};
+use kube::KubeApi;
 use serde_json::{json, Value};
 use support::cosign::{self, Spoil};
 use support::pki::{Identity, Signer, EMAIL, GITHUB_ISSUER, GOOGLE_ISSUER, WORKFLOW_URI};
@@ -237,41 +241,74 @@ async fn summary_of_a_scan_file_and_of_the_cluster() {
         "a raw escape reached the terminal:\n{table}"
     );
 
-    // The same objects served by an API server: the cluster path summarizes the same.
-    let api = ApiDouble::start().await;
+    // The same objects served by a real API server: the cluster path summarizes the same.
+    let Some(api) = KubeApi::start().await else {
+        return;
+    };
+    api.install_crd().await;
     let list: Value = serde_json::from_str(&scanned.json).unwrap();
+    let postures: Api<ImagePosture> = Api::all(api.admin());
     for item in list["items"].as_array().unwrap() {
-        api.seed(item.clone());
+        // As the operator makes them: the object with its spec and labels, then the status
+        // through its subresource.
+        let name = item["metadata"]["name"].as_str().expect("name");
+        let object: ImagePosture = serde_json::from_value(json!({
+            "apiVersion": item["apiVersion"], "kind": item["kind"],
+            "metadata": {"name": name, "labels": item["metadata"]["labels"]},
+            "spec": item["spec"],
+        }))
+        .expect("an ImagePosture");
+        postures
+            .create(&PostParams::default(), &object)
+            .await
+            .unwrap_or_else(|e| panic!("create {name}: {e}"));
+        postures
+            .patch_status(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"status": item["status"]})),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("status of {name}: {e}"));
     }
-    let kubeconfig = dir.join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\ncurrent-context: double\nclusters:\n- name: double\n  cluster:\n    server: {}\ncontexts:\n- name: double\n  context:\n    cluster: double\n    user: nobody\nusers:\n- name: nobody\n  user: {{}}\n",
-            api.url()
-        ),
-    )
-    .unwrap();
-    let (ok, out, err) = run(
-        &["summary", "-o", "json"],
-        &[("KUBECONFIG", kubeconfig.to_str().unwrap())],
-    );
-    assert!(ok, "{err}");
-    let from_cluster: Value = serde_json::from_str(&out).unwrap();
+    let kubeconfig = api.write_kubeconfig(None);
+    let summarize_cluster = |kubeconfig: std::path::PathBuf| async move {
+        let (ok, out, err) = tokio::task::spawn_blocking(move || {
+            run(
+                &["summary", "-o", "json"],
+                &[("KUBECONFIG", kubeconfig.to_str().unwrap())],
+            )
+        })
+        .await
+        .unwrap();
+        assert!(ok, "{err}");
+        serde_json::from_str::<Value>(&out).unwrap()
+    };
+    let from_cluster = summarize_cluster(kubeconfig.clone()).await;
     // The cluster's objects are the scan's (the checking age moved on between the runs).
     assert_eq!(
         from_cluster["checking"][0]["checkingSince"],
         from_json["checking"][0]["checkingSince"]
     );
-    assert_eq!(strip(from_cluster), strip(from_json));
-    let reads: Vec<(String, String)> = api.reads();
+    assert_eq!(strip(from_cluster), strip(from_json.clone()));
+
+    // The same kubeconfig through a counting proxy: the ImagePostures are read in pages.
+    let proxy = ApiProxy::start(&api.url()).await;
+    let mut config: Value =
+        serde_yaml::from_str(&std::fs::read_to_string(&kubeconfig).unwrap()).unwrap();
+    config["clusters"][0]["cluster"]["server"] = json!(proxy.url);
+    let proxied = dir.join("kubeconfig-proxied.yaml");
+    std::fs::write(&proxied, serde_yaml::to_string(&config).unwrap()).unwrap();
+    let again = summarize_cluster(proxied).await;
+    assert_eq!(strip(again), strip(from_json));
+    let seen = proxy.seen();
     assert!(
-        reads
-            .iter()
-            .any(|(p, q)| p == "/apis/imageposture.io/v1alpha1/imagepostures"
-                && q.contains("limit=500")),
-        "{reads:?}"
+        seen.iter().any(|q| is_list_of(&q.method, &q.path, "imagepostures")
+            && q.path.starts_with("/apis/imageposture.io/v1alpha1/imagepostures?")
+            && q.path.contains("limit=500")),
+        "{seen:#?}"
     );
+    assert!(seen.iter().all(|q| !q.is_write()), "{seen:#?}");
 }
 
 #[test]

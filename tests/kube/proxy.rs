@@ -54,10 +54,11 @@ pub struct Seen {
     pub path: String,
     /// The request body (writes only; empty for GET).
     pub body: String,
+    /// The request's `Content-Type` (empty when none): a server-side apply is
+    /// `application/apply-patch+yaml`, a merge patch `application/merge-patch+json`.
+    pub content_type: String,
     /// The answer's status code (as forwarded or injected; 502 when the server did not answer).
     pub status: u16,
-    /// The request's `content-type` (e.g. `application/apply-patch+yaml`; empty without one).
-    pub content_type: String,
 }
 
 impl Seen {
@@ -300,11 +301,6 @@ async fn handle(
         .map(|p| p.as_str().to_string())
         .unwrap_or_default();
     let headers = req.headers().clone();
-    let content_type = headers
-        .get(hyper::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_string();
     let body = req
         .into_body()
         .collect()
@@ -315,8 +311,12 @@ async fn handle(
         method: method.clone(),
         path: path.clone(),
         body: String::from_utf8_lossy(&body).into_owned(),
+        content_type: headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string(),
         status: 0,
-        content_type,
     };
     let mut record = |status: u16| {
         seen.status = status;
