@@ -208,7 +208,9 @@ impl World {
         let listed = self.api.pods().await;
         let mut fresh = Vec::new();
         for want in &wanted {
-            let same = listed.iter().find(|o| o.metadata.name == want.metadata.name);
+            let same = listed
+                .iter()
+                .find(|o| o.metadata.name == want.metadata.name);
             match same {
                 Some(old) if image(old) == image(want) => {}
                 Some(old) => {
@@ -872,7 +874,11 @@ async fn redirect_loop_is_a_registry_error() {
     w.a.set_mode(Mode::Redirect(me));
     w.run(&[&id]).await;
     w.sweep(Utc::now()).await;
-    assert_posture(&w.status(&id).await, Posture::Checking, Reason::RegistryError);
+    assert_posture(
+        &w.status(&id).await,
+        Posture::Checking,
+        Reason::RegistryError,
+    );
 }
 
 #[tokio::test]
@@ -1353,7 +1359,8 @@ async fn watch_drops_and_410_gone_neither_delete_nor_rewrite() {
 
     // Every watch is cut after one second (those open now at once).
     api.reset_counters();
-    api.proxy.inject_where(is_watch, Fault::Cut(Duration::from_secs(1)), None);
+    api.proxy
+        .inject_where(is_watch, Fault::Cut(Duration::from_secs(1)), None);
     api.proxy.cut_open();
     hold_steady(&api, 3500, &steady).await;
     let (drop_watches, drop_lists) = reads(&api);

@@ -1,18 +1,22 @@
 //! Least privilege, proven.
 //!
-//! 1. RBAC: the real `imageposture run` process goes through every path that talks to the API
-//!    server (reflectors, server-side apply create/update, status, Events incl. a series patch,
-//!    garbage collection, leader election and release) against the API double. Every request
-//!    in the double's log is mapped to the RBAC (apiGroup, resource[/subresource], verb) the
-//!    API server would authorize, and `config/rbac/*.yaml` must grant exactly that: nothing
-//!    unused (a verb added to a role fails here), nothing missing, each in the narrowest scope
-//!    (a Role for the operator's own namespace, the ClusterRole for the rest).
+//! 1. RBAC: the real `imageposture run` process (with `--policy-reports`) goes through every
+//!    path that talks to the API server (reflectors, server-side apply create/update, status,
+//!    Events incl. a series patch, PolicyReports created, patched and deleted, garbage
+//!    collection, leader election and release) against the real kube-apiserver (tests/kube),
+//!    authenticated as its ServiceAccount bound to `config/rbac` and `config/policy-reports`,
+//!    with RBAC on. The real authorizer must refuse nothing (no request answered 403: every
+//!    grant the operator needs is there). Every request the proxy in front of the server saw is
+//!    mapped to the RBAC (apiGroup, resource[/subresource], verb) the server authorized, and
+//!    the roles must grant exactly that: nothing unused (a verb added to a role fails here),
+//!    nothing missing, each in the narrowest scope (a Role for the operator's own namespace,
+//!    the ClusterRole for the rest).
 //! 2. Secrets: registry passwords, their base64 Basic form and bearer tokens never reach the
 //!    process's logs (at `RUST_LOG=debug`), its output, ImagePosture status or Events.
 //! 3. The Deployment runs non-root on a read-only root filesystem without capabilities, and
 //!    the Dockerfile's final stage runs as a numeric non-root user.
 
-mod apidouble;
+mod kube;
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -20,13 +24,20 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use apidouble::{ApiDouble, RequestRecord};
+use ::kube::api::{Api, ListParams};
 use base64::Engine as _;
 use imageposture::image::ImageId;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Pod;
+use kube::cluster::{write_kubeconfig, Cluster};
+use kube::proxy::Seen;
 use serde_json::{json, Value};
 use support::pki::Identity;
 use support::proxy::{Mode, Proxy};
 use support::{via, TestEnv};
+
+/// The RBAC component `--policy-reports` needs besides config/rbac.
+const POLICY_REPORTS: &str = "config/policy-reports";
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -117,6 +128,30 @@ enum Scope {
     Namespace(String),
 }
 
+/// One request as the API server's request-info resolver sees it.
+#[derive(Clone, Debug)]
+struct Request {
+    method: String,
+    path: String,
+    query: String,
+    content_type: String,
+    /// The answer's status code.
+    status: u16,
+}
+
+impl From<&Seen> for Request {
+    fn from(s: &Seen) -> Request {
+        let (path, query) = s.path.split_once('?').unwrap_or((&s.path, ""));
+        Request {
+            method: s.method.clone(),
+            path: path.to_string(),
+            query: query.to_string(),
+            content_type: s.content_type.clone(),
+            status: s.status,
+        }
+    }
+}
+
 /// One authorization check a request causes, and the namespace it is made in (`None`:
 /// cluster-scoped, or across all namespaces).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -130,7 +165,7 @@ struct Use {
 /// `create`; PUT `update`; PATCH `patch`, plus `create` when a server-side apply created the
 /// object (the server then authorizes `create` too); DELETE `delete` (`deletecollection` on a
 /// collection). `Err` for a non-resource path (which RBAC grants through `nonResourceURLs`).
-fn rbac_of(r: &RequestRecord) -> Result<Vec<Use>, String> {
+fn rbac_of(r: &Request) -> Result<Vec<Use>, String> {
     let segs: Vec<&str> = r.path.trim_matches('/').split('/').collect();
     let (group, rest) = match segs.as_slice() {
         ["api", _version, rest @ ..] if !rest.is_empty() => ("", rest),
@@ -368,24 +403,21 @@ impl Operator {
     }
 }
 
-fn kubeconfig(dir: &Path, server: &str) -> PathBuf {
-    let path = dir.join("kubeconfig");
-    let config = format!(
-        "apiVersion: v1\nkind: Config\ncurrent-context: double\nclusters:\n- name: double\n  cluster:\n    server: {server}\ncontexts:\n- name: double\n  context:\n    cluster: double\n    user: nobody\nusers:\n- name: nobody\n  user: {{}}\n"
-    );
-    std::fs::write(&path, config).unwrap();
-    path
-}
-
-/// `imageposture run` against the double, in the Deployment's namespace, fast timings.
+/// `imageposture run` as the operator's ServiceAccount through the API proxy, in the
+/// Deployment's namespace, fast timings.
 fn spawn_operator(
     env: &TestEnv,
-    api: &ApiDouble,
+    api: &Cluster,
     namespace: &str,
     args: &[&str],
     rust_log: &str,
     logs: Option<(&Path, &Path)>,
 ) -> Operator {
+    let kubeconfig = write_kubeconfig(
+        &env.dir.path().join("kubeconfig"),
+        &api.proxy.url,
+        &api.token,
+    );
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_imageposture"));
     // As the Deployment runs it: the CRD is installed by the manifests, not the operator.
     cmd.args([
@@ -402,7 +434,7 @@ fn spawn_operator(
     .args(["--trusted-root", env.trusted_root.to_str().unwrap()])
     .args(["--insecure-registry", &env.registry.host])
     .args(args)
-    .env("KUBECONFIG", kubeconfig(env.dir.path(), &api.url()))
+    .env("KUBECONFIG", kubeconfig)
     .env("POD_NAMESPACE", namespace)
     .env("POD_NAME", "operator-0")
     .env("RUST_LOG", rust_log);
@@ -418,10 +450,13 @@ fn spawn_operator(
     Operator(cmd.spawn().expect("the operator starts"))
 }
 
-async fn eventually<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
+async fn eventually<T, F>(what: &str, mut probe: impl FnMut() -> F) -> T
+where
+    F: std::future::Future<Output = Option<T>>,
+{
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        if let Some(v) = probe() {
+        if let Some(v) = probe().await {
             return v;
         }
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
@@ -429,7 +464,7 @@ async fn eventually<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
     }
 }
 
-fn pod(ns: &str, name: &str, images: &[&ImageId]) -> Value {
+fn pod(ns: &str, name: &str, images: &[&ImageId]) -> Pod {
     let containers: Vec<Value> = images
         .iter()
         .enumerate()
@@ -443,24 +478,51 @@ fn pod(ns: &str, name: &str, images: &[&ImageId]) -> Value {
                    "ready": true, "restartCount": 0})
         })
         .collect();
-    json!({
+    serde_json::from_value(json!({
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {"namespace": ns, "name": name},
         "spec": {"containers": containers},
         "status": {"phase": "Running", "containerStatuses": statuses},
-    })
+    }))
+    .expect("pod")
 }
 
-fn posture_of(api: &ApiDouble, id: &ImageId) -> Option<String> {
+async fn posture_of(api: &Cluster, id: &ImageId) -> Option<String> {
     api.image_posture(&id.resource_name())
+        .await
         .and_then(|cr| cr["status"]["posture"].as_str().map(str::to_string))
 }
 
-async fn wait_posture(api: &ApiDouble, id: &ImageId, want: &str) {
-    eventually(&format!("posture {want}"), || {
-        (posture_of(api, id).as_deref() == Some(want)).then_some(())
+async fn wait_posture(api: &Cluster, id: &ImageId, want: &str) {
+    eventually(&format!("posture {want}"), || async move {
+        (posture_of(api, id).await.as_deref() == Some(want)).then_some(())
     })
     .await
+}
+
+/// The Leases in the operator's namespace (read by the admin).
+async fn leases(api: &Cluster, namespace: &str) -> Vec<Value> {
+    Api::<Lease>::namespaced(api.admin(), namespace)
+        .list(&ListParams::default())
+        .await
+        .expect("leases")
+        .items
+        .iter()
+        .map(|l| serde_json::to_value(l).unwrap())
+        .collect()
+}
+
+/// PolicyReports in `namespace` (read by the admin).
+async fn policy_reports(api: &Cluster, namespace: &str) -> Vec<Value> {
+    let resource = imageposture::policy_report_sync::api_resource();
+    Api::<::kube::api::DynamicObject>::namespaced_with(api.admin(), namespace, &resource)
+        .list(&ListParams::default())
+        .await
+        .expect("policy reports")
+        .items
+        .iter()
+        .map(|r| serde_json::to_value(r).unwrap())
+        .collect()
 }
 
 fn table(required: &BTreeMap<Scope, BTreeSet<Triple>>) -> String {
@@ -496,19 +558,31 @@ fn table(required: &BTreeMap<Scope, BTreeSet<Triple>>) -> String {
 /// Every path that talks to the API server, through the real process: the pod and
 /// ImagePosture reflectors (list + watch), server-side apply that creates and then updates an
 /// ImagePosture, status writes, an Event on each posture change and a patched Event series
-/// when a change repeats, garbage collection once no pod uses the image, and leader election
-/// (get, create, renew) with a release at SIGTERM.
+/// when a change repeats, a PolicyReport created, patched and deleted, garbage collection once
+/// no pod uses the image, and leader election (get, create, renew) with a release at SIGTERM.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn roles_grant_exactly_what_the_operator_uses() {
-    let (_, namespace) = service_account();
+    let (sa, namespace) = service_account();
+    assert_eq!(
+        (sa.as_str(), namespace.as_str()),
+        (kube::OPERATOR_SA, kube::OPERATOR_NS),
+        "the harness binds the Deployment's ServiceAccount"
+    );
+    let Some(api) = Cluster::start_with(&[POLICY_REPORTS]).await else {
+        return;
+    };
+    api.kube
+        .install_crd_file(&root().join("tests/fixtures/policyreport-crd.yaml"))
+        .await;
     let env = TestEnv::new();
     let proxy = Proxy::start(&env.registry.host).await;
     let id = via(
         &env.keyless_image("rbac", &Identity::github()).await,
         &proxy.host,
     );
-    let api = ApiDouble::start().await;
-    api.seed(pod("prod", "web-1", &[&id]));
+    let web = pod("prod", "web-1", &[&id]);
+    api.put_pods(std::slice::from_ref(&web)).await;
+    api.reset_counters();
     let operator = spawn_operator(
         &env,
         &api,
@@ -520,43 +594,67 @@ async fn roles_grant_exactly_what_the_operator_uses() {
             "1s",
             "--insecure-registry",
             &proxy.host,
+            "--policy-reports=true",
         ],
         "warn",
         None,
     );
 
     wait_posture(&api, &id, "signed").await;
+    eventually("a PolicyReport in prod", || async {
+        (!policy_reports(&api, "prod").await.is_empty()).then_some(())
+    })
+    .await;
     // The signature disappears (its `.sig` tag and the referrers tag answer 404), comes back,
-    // and disappears again: the second signed -> not-signed Event is a series (a PATCH).
+    // and disappears again: the second signed -> not-signed Event is a series (a PATCH); the
+    // report follows each change (an apply that patches).
     proxy.set_mode_for(Mode::Status(404), "/manifests/sha256-");
     wait_posture(&api, &id, "not-signed").await;
     proxy.set_mode(Mode::Pass);
     wait_posture(&api, &id, "signed").await;
     proxy.set_mode_for(Mode::Status(404), "/manifests/sha256-");
-    eventually("an Event series patch", || {
-        api.requests()
+    eventually("an Event series patch", || async {
+        api.proxy
+            .seen()
             .iter()
             .any(|r| r.method == "PATCH" && r.path.starts_with("/apis/events.k8s.io/"))
             .then_some(())
     })
     .await;
-    // No pod uses the image any more: after the grace period its ImagePosture is deleted.
-    api.remove("", "pods", "prod", "web-1").expect("the pod");
-    eventually("garbage collection", || {
+    // No pod uses the image any more: after the grace period its ImagePosture is deleted, and
+    // the namespace's report with its last pod.
+    api.delete_pod(&web).await;
+    eventually("garbage collection", || async {
         api.image_posture(&id.resource_name())
+            .await
             .is_none()
             .then_some(())
     })
     .await;
+    eventually("the PolicyReport deleted", || async {
+        policy_reports(&api, "prod").await.is_empty().then_some(())
+    })
+    .await;
     operator.stop().await;
-    let lease = api.objects("coordination.k8s.io", "leases").remove(0);
+    let lease = leases(&api, &namespace).await.remove(0);
     assert_eq!(
         lease["spec"]["holderIdentity"].as_str().unwrap_or(""),
         "",
         "released"
     );
 
-    let requests = api.requests();
+    let seen = api.proxy.seen();
+    // The real authorizer refused nothing: config/ grants all the operator needs.
+    let refused: Vec<String> = seen
+        .iter()
+        .filter(|r| r.status == 401 || r.status == 403)
+        .map(|r| format!("{r} -> {}", r.status))
+        .collect();
+    assert!(
+        refused.is_empty(),
+        "requests the API server refused the operator's ServiceAccount: {refused:#?}"
+    );
+    let requests: Vec<Request> = seen.iter().map(Request::from).collect();
     let mut uses = Vec::new();
     let mut non_resource = Vec::new();
     for r in &requests {
@@ -592,6 +690,10 @@ async fn roles_grant_exactly_what_the_operator_uses() {
         ("coordination.k8s.io", "leases", "get"),
         ("coordination.k8s.io", "leases", "create"),
         ("coordination.k8s.io", "leases", "update"),
+        ("wgpolicyk8s.io", "policyreports", "list"),
+        ("wgpolicyk8s.io", "policyreports", "create"),
+        ("wgpolicyk8s.io", "policyreports", "patch"),
+        ("wgpolicyk8s.io", "policyreports", "delete"),
     ] {
         assert!(
             all.contains(&Triple::new(g, r, v)),
@@ -600,12 +702,13 @@ async fn roles_grant_exactly_what_the_operator_uses() {
         );
     }
 
-    let objects = config_dir("config/rbac");
+    let mut objects = config_dir("config/rbac");
+    objects.extend(config_dir(POLICY_REPORTS));
     check_bindings(&objects);
     let diff = differences(&required, &granted(&objects));
     assert!(
         diff.is_empty(),
-        "config/rbac does not match what the operator uses:\n{}\nderived:\n{}",
+        "config/rbac and {POLICY_REPORTS} do not match what the operator uses:\n{}\nderived:\n{}",
         diff.join("\n"),
         table(&required)
     );
@@ -613,14 +716,14 @@ async fn roles_grant_exactly_what_the_operator_uses() {
 
 #[test]
 fn requests_map_to_the_verbs_the_api_server_authorizes() {
-    let req = |method: &str, path: &str, query: &str, ct: &str, status: u16| RequestRecord {
+    let req = |method: &str, path: &str, query: &str, ct: &str, status: u16| Request {
         method: method.into(),
         path: path.into(),
         query: query.into(),
         content_type: ct.into(),
         status,
     };
-    let one = |r: RequestRecord| -> Vec<(String, String, String, Option<String>)> {
+    let one = |r: Request| -> Vec<(String, String, String, Option<String>)> {
         rbac_of(&r)
             .unwrap()
             .into_iter()
@@ -810,6 +913,9 @@ fn assert_no_secret(what: &str, text: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registry_secrets_never_reach_logs_events_or_status() {
     let (_, namespace) = service_account();
+    let Some(api) = Cluster::start().await else {
+        return;
+    };
     let env = TestEnv::new();
     let img = env.keyless_image("secrets", &Identity::github()).await;
     let bearer = Proxy::start(&env.registry.host).await;
@@ -837,12 +943,12 @@ async fn registry_secrets_never_reach_logs_events_or_status() {
     let hosts = format!("{},{},{}", bearer.host, basic.host, refusing.host);
 
     // The operator.
-    let api = ApiDouble::start().await;
-    api.seed(pod(
+    api.put_pods(&[pod(
         "prod",
         "web-1",
         &[&via_bearer, &via_basic, &via_refusing],
-    ));
+    )])
+    .await;
     let (out, err) = (
         env.dir.path().join("operator.out"),
         env.dir.path().join("operator.err"),
@@ -863,7 +969,10 @@ async fn registry_secrets_never_reach_logs_events_or_status() {
     wait_posture(&api, &via_bearer, "signed").await;
     wait_posture(&api, &via_basic, "signed").await;
     wait_posture(&api, &via_refusing, "checking").await;
-    let refused = api.image_posture(&via_refusing.resource_name()).unwrap();
+    let refused = api
+        .image_posture(&via_refusing.resource_name())
+        .await
+        .unwrap();
     assert_eq!(refused["status"]["reason"], "Unauthorized", "{refused}");
     // A few more passes, then a clean stop.
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -886,9 +995,10 @@ async fn registry_secrets_never_reach_logs_events_or_status() {
     );
     let stored: Vec<Value> = api
         .image_postures()
-        .into_values()
-        .chain(api.events())
-        .chain(api.objects("coordination.k8s.io", "leases"))
+        .await
+        .into_iter()
+        .chain(api.events().await)
+        .chain(leases(&api, &namespace).await)
         .collect();
     assert_no_secret(
         "the objects written to the API server",
@@ -896,7 +1006,7 @@ async fn registry_secrets_never_reach_logs_events_or_status() {
     );
     assert_no_secret(
         "the requests sent to the API server",
-        &format!("{:?}", api.requests()),
+        &format!("{:?}", api.proxy.seen()),
     );
 
     // `imageposture observe`, same registries, each output format.

@@ -303,9 +303,11 @@ async fn summary_of_a_scan_file_and_of_the_cluster() {
     assert_eq!(strip(again), strip(from_json));
     let seen = proxy.seen();
     assert!(
-        seen.iter().any(|q| is_list_of(&q.method, &q.path, "imagepostures")
-            && q.path.starts_with("/apis/imageposture.io/v1alpha1/imagepostures?")
-            && q.path.contains("limit=500")),
+        seen.iter()
+            .any(|q| is_list_of(&q.method, &q.path, "imagepostures")
+                && q.path
+                    .starts_with("/apis/imageposture.io/v1alpha1/imagepostures?")
+                && q.path.contains("limit=500")),
         "{seen:#?}"
     );
     assert!(seen.iter().all(|q| !q.is_write()), "{seen:#?}");

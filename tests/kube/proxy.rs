@@ -87,9 +87,12 @@ struct State {
     cut: CutSignal,
 }
 
+/// A predicate on (method, path and query).
+type Select = Box<dyn Fn(&str, &str) -> bool + Send + Sync>;
+
 /// A fault for the requests a predicate on (method, path and query) selects.
 struct FilterRule {
-    select: Box<dyn Fn(&str, &str) -> bool + Send + Sync>,
+    select: Select,
     fault: Fault,
     remaining: Option<usize>,
 }
@@ -233,10 +236,9 @@ impl ApiProxy {
 /// Whether a request is a watch (`watch=true` or `watch=1` in its query).
 pub fn is_watch(method: &str, path: &str) -> bool {
     method == "GET"
-        && path.split_once('?').is_some_and(|(_, q)| {
-            q.split('&')
-                .any(|kv| kv == "watch=true" || kv == "watch=1")
-        })
+        && path
+            .split_once('?')
+            .is_some_and(|(_, q)| q.split('&').any(|kv| kv == "watch=true" || kv == "watch=1"))
 }
 
 /// Whether a request lists a collection whose path (without the query) ends with `/<plural>`
