@@ -716,8 +716,11 @@ async fn slow_registry_costs_at_most_one_budget_per_image() {
     w.sweep(next_pass(t0)).await;
     let took = started.elapsed();
     assert_posture(&w.status(&id).await, Posture::Checking, Reason::Timeout);
+    // The pass includes the real API server's lists and writes (tens of ms, more while another
+    // test's kube-apiserver starts on the same cores): bounded below two budgets, which is what
+    // a budget per request (revalidation, then verification) would cost at least.
     assert!(
-        took < BUDGET + Duration::from_millis(300),
+        took < BUDGET * 2,
         "one image took {took:?} with a budget of {BUDGET:?}"
     );
 }
