@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
 use kube::ResourceExt;
 
-use crate::image::{digest_from_image_id, ImageId, ImageRef};
+use crate::image::{ConfigDigest, ImageId, ImageRef, RuntimeImage};
 
 /// Who uses one image.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -77,11 +77,67 @@ fn add_use<K: Ord + Clone>(
         .add(reference, namespace, pod);
 }
 
+/// A running image not yet tied to a manifest digest in the pod's own repository. Only the
+/// registry can tie it ([`crate::observer::Observer::resolve_running`]); until then (and when it
+/// cannot) no identity, and so no posture, is attributed to it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Unresolved {
+    /// Not pulled yet (no `imageID`): the tag's current digest is what the kubelet pulls.
+    Tag(ImageRef),
+    /// Runs an image the runtime names without a manifest digest of this repository.
+    Tie(Tie),
+}
+
+/// A running image known only by what the runtime reports, to be tied through the pod's tag:
+/// the tag must lead (itself, or through the index it points at) to the running manifest.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Tie {
+    /// The pod's spec reference (a tag; a digest-pinned spec never needs a tie).
+    pub reference: ImageRef,
+    pub running: Untied,
+}
+
+/// What the runtime reports that is not (yet) a manifest digest of the pod's repository.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Untied {
+    /// A bare config digest (`docker load`, `k3d image import`, some CRI-O releases).
+    Config(ConfigDigest),
+    /// A manifest digest under a name that is not the pod's repository (`kind load`'s
+    /// `import-<date>@sha256:…`): never looked up under that name.
+    Foreign(String),
+}
+
+impl Unresolved {
+    /// The pod's reference (what the tie goes through).
+    pub fn reference(&self) -> &ImageRef {
+        match self {
+            Unresolved::Tag(r) => r,
+            Unresolved::Tie(t) => &t.reference,
+        }
+    }
+}
+
+impl std::fmt::Display for Unresolved {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unresolved::Tag(r) => write!(f, "{r}"),
+            Unresolved::Tie(Tie {
+                reference,
+                running: Untied::Config(c),
+            }) => write!(f, "{reference} (running config {c})"),
+            Unresolved::Tie(Tie {
+                reference,
+                running: Untied::Foreign(d),
+            }) => write!(f, "{reference} (running {d} under another name)"),
+        }
+    }
+}
+
 /// What one (reference, imageID) pair names.
 enum Parsed {
     Image(ImageId),
-    /// A tag whose digest is not known yet.
-    Tag(ImageRef),
+    /// No manifest digest of the pod's repository known yet.
+    Unresolved(Unresolved),
     Invalid(String),
 }
 
@@ -91,16 +147,38 @@ impl Parsed {
             Ok(r) => r,
             Err(e) => return Parsed::Invalid(e.why),
         };
-        let digest = image_id
-            .and_then(digest_from_image_id)
-            .or_else(|| parsed.digest.clone());
-        match digest {
-            Some(digest) => Parsed::Image(ImageId {
+        let runtime = image_id.map_or(RuntimeImage::Unknown, RuntimeImage::parse);
+        let own = |digest: String, parsed: ImageRef| {
+            Parsed::Image(ImageId {
                 registry: parsed.registry,
                 repository: parsed.repository,
                 digest,
-            }),
-            None => Parsed::Tag(parsed),
+            })
+        };
+        // The runtime's own name for the digest is the pod's repository: what ran.
+        if let RuntimeImage::Manifest {
+            repository: Some((registry, repository)),
+            digest,
+        } = &runtime
+        {
+            if *registry == parsed.registry && *repository == parsed.repository {
+                return own(digest.clone(), parsed);
+            }
+        }
+        // A digest-pinned spec is what the runtime resolved and checked by content.
+        if let Some(d) = parsed.digest.clone() {
+            return own(d, parsed);
+        }
+        match runtime {
+            RuntimeImage::Manifest { digest, .. } => Parsed::Unresolved(Unresolved::Tie(Tie {
+                reference: parsed,
+                running: Untied::Foreign(digest),
+            })),
+            RuntimeImage::Config(config) => Parsed::Unresolved(Unresolved::Tie(Tie {
+                reference: parsed,
+                running: Untied::Config(config),
+            })),
+            RuntimeImage::Unknown => Parsed::Unresolved(Unresolved::Tag(parsed)),
         }
     }
 }
@@ -112,8 +190,9 @@ type ContainerGroup<'a> = (Vec<(&'a str, Option<&'a str>)>, &'a [ContainerStatus
 pub struct Inventory {
     /// Images with a known digest.
     pub images: BTreeMap<ImageId, Usage>,
-    /// Tag-only images not pulled yet: resolve through the registry, or wait.
-    pub unresolved: BTreeMap<ImageRef, Usage>,
+    /// Images with no manifest digest of their repository yet (a tag not pulled yet, a bare
+    /// config digest, a digest under another name): tied through the registry, or wait.
+    pub unresolved: BTreeMap<Unresolved, Usage>,
     /// References that do not parse, with why (reported, never verified).
     pub invalid: BTreeMap<String, String>,
 }
@@ -184,15 +263,15 @@ impl Inventory {
     fn add(&mut self, reference: &str, what: &Parsed, namespace: &str, pod: &str) {
         match what {
             Parsed::Image(id) => add_use(&mut self.images, id, reference, namespace, pod),
-            Parsed::Tag(tag) => add_use(&mut self.unresolved, tag, reference, namespace, pod),
+            Parsed::Unresolved(u) => add_use(&mut self.unresolved, u, reference, namespace, pod),
             Parsed::Invalid(why) => {
                 self.invalid.insert(reference.to_string(), why.clone());
             }
         }
     }
 
-    /// Folds a resolved tag into the images it points at.
-    pub fn resolve(&mut self, reference: &ImageRef, id: ImageId) {
+    /// Folds a resolved tag (or a tied running image) into the image it is.
+    pub fn resolve(&mut self, reference: &Unresolved, id: ImageId) {
         if let Some(usage) = self.unresolved.remove(reference) {
             self.images.entry(id).or_default().merge(usage);
         }

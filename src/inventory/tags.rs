@@ -1,7 +1,14 @@
-//! Tags resolved in the background for the inventory: a container whose `imageID` carries no
-//! manifest digest (a locally loaded image: `sha256:<config>`) names a tag, whose digest one
-//! HEAD request to the registry tells. Resolutions run concurrently in tasks of their own and
-//! are cached for the TTL, so no image's write ever waits for another image's registry.
+//! Running images tied to a manifest digest in the background for the inventory:
+//! - a container not pulled yet names a tag, whose digest one HEAD request tells (cached for
+//!   the TTL: the tag may move);
+//! - a container whose `imageID` is a bare config digest, or a digest under another name
+//!   (`kind load`), is tied through the pod's tag to the manifest that really runs (see
+//!   `Verifier::tie`); a tie found is a fact about immutable content and kept while pods use
+//!   it, one not found (`checking` / `DigestUnknown`) is tried again on a later pass and no
+//!   posture is attributed meanwhile.
+//!
+//! Resolutions run concurrently in tasks of their own, so no image's write ever waits for
+//! another image's registry.
 
 use crate::lock::LockExt as _;
 use std::collections::{HashMap, HashSet};
@@ -11,8 +18,10 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use tokio::sync::{Notify, Semaphore};
 
-use crate::image::{ImageId, ImageRef};
+use super::Unresolved;
+use crate::image::ImageId;
 use crate::observer::Observer;
+use crate::posture::Reason;
 
 /// Tag resolutions in flight at once.
 const IN_FLIGHT: usize = 8;
@@ -30,8 +39,8 @@ pub struct TagResolver {
 
 #[derive(Default)]
 struct State {
-    cache: HashMap<ImageRef, (ImageId, DateTime<Utc>)>,
-    in_flight: HashSet<ImageRef>,
+    cache: HashMap<Unresolved, (ImageId, DateTime<Utc>)>,
+    in_flight: HashSet<Unresolved>,
 }
 
 impl TagResolver {
@@ -46,13 +55,13 @@ impl TagResolver {
         })
     }
 
-    /// The digest of `tag` if known and fresh; otherwise starts resolving it (once) and answers
-    /// `None` at once.
-    pub fn lookup(self: &Arc<Self>, tag: &ImageRef, now: DateTime<Utc>) -> Option<ImageId> {
+    /// The identity of `tag` if known and fresh (a tie never goes stale); otherwise starts
+    /// resolving it (once) and answers `None` at once.
+    pub fn lookup(self: &Arc<Self>, tag: &Unresolved, now: DateTime<Utc>) -> Option<ImageId> {
         let mut state = self.state.locked();
         if let Some((id, at)) = state.cache.get(tag) {
             let age = now.signed_duration_since(*at).to_std().unwrap_or_default();
-            if age < self.ttl {
+            if age < self.ttl || matches!(tag, Unresolved::Tie(_)) {
                 return Some(id.clone());
             }
         }
@@ -60,7 +69,7 @@ impl TagResolver {
             let (me, tag) = (Arc::clone(self), tag.clone());
             tokio::spawn(async move {
                 let _slot = me.slots.acquire().await.ok();
-                let result = me.observer.resolve(&tag, now).await;
+                let result = me.observer.resolve_running(&tag, now).await;
                 let mut state = me.state.locked();
                 state.in_flight.remove(&tag);
                 match result {
@@ -68,8 +77,14 @@ impl TagResolver {
                         state.cache.insert(tag, (id, now));
                         me.resolved.notify_one();
                     }
+                    Err(v) if v.reason == Reason::DigestUnknown => tracing::warn!(
+                        image = %crate::text::escape(&tag.to_string()),
+                        reason = %v.reason,
+                        message = %crate::text::escape(&v.message),
+                        "running image not tied to a manifest digest: no posture attributed; retried on a later pass"
+                    ),
                     Err(v) => tracing::info!(
-                        image = %tag,
+                        image = %crate::text::escape(&tag.to_string()),
                         reason = %v.reason,
                         "tag not resolved yet; retried on a later pass"
                     ),
@@ -99,7 +114,7 @@ impl TagResolver {
     }
 
     /// Forgets tags no pod names any more.
-    pub fn retain(&self, live: &HashSet<&ImageRef>) {
+    pub fn retain(&self, live: &HashSet<&Unresolved>) {
         self.state
             .locked()
             .cache
