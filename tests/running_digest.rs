@@ -260,12 +260,15 @@ async fn platform_signatures_cover_an_unsigned_index() {
     let mut carried: Vec<_> = ours
         .signatures
         .iter()
-        .map(|s| (s.digest.clone().unwrap(), s.via))
+        .map(|s| {
+            assert_eq!(s.via, Some(Via::Platform), "{s:#?}");
+            s.digest.clone().unwrap()
+        })
         .collect();
     carried.sort();
     let mut want = vec![
-        (m.amd64.image.id.digest.clone(), Some(Via::Platform)),
-        (m.arm64.image.id.digest.clone(), Some(Via::Platform)),
+        m.amd64.image.id.digest.clone(),
+        m.arm64.image.id.digest.clone(),
     ];
     want.sort();
     assert_eq!(carried, want, "the attestation manifest is not a platform");
@@ -477,7 +480,6 @@ async fn cost_cache_and_revalidation() {
     assert_signed(&v.observe_with(&id, &leads(&[&tag]), at(0)).await, "me");
     let with = proxy.requests().len();
     assert_eq!(with, without, "{:#?}", proxy.requests());
-    assert!(with <= 3, "{:#?}", proxy.requests());
 
     // Covered by its index: the walk once, then cached.
     let m = multiarch(&env, "cost-index").await;
