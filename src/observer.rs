@@ -25,7 +25,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::image::{ImageId, ImageRef};
 use crate::inventory::Unresolved;
 use crate::metrics::Metrics;
-use crate::posture::{Posture, Reason, Verdict};
+use crate::posture::{Posture, Reason, Verdict, EVIDENCE_VIA_INDEX};
 use crate::verify::Verifier;
 
 #[derive(Clone, Debug)]
@@ -251,6 +251,17 @@ impl Observer {
         if let Some(o) = self.backed_off(&id.registry, now) {
             return o;
         }
+        // The index a recorded verdict was reached through stays a lead after its tag moved.
+        let recorded_index = recorded
+            .and_then(|r| r.verdict.artifact_digests.get(EVIDENCE_VIA_INDEX))
+            .filter(|_| !leads.is_empty())
+            .map(|index| ImageRef {
+                registry: id.registry.clone(),
+                repository: id.repository.clone(),
+                tag: None,
+                digest: Some(index.clone()),
+            });
+        let leads: Vec<ImageRef> = leads.iter().cloned().chain(recorded_index).collect();
         let budget = self.config.budget;
         let started = std::time::Instant::now();
         let work = async {
@@ -266,7 +277,7 @@ impl Observer {
             let verdict = if leads.is_empty() {
                 self.verifier.observe_task(id).await
             } else {
-                self.verifier.observe_task_with(id, leads, now).await
+                self.verifier.observe_task_with(id, &leads, now).await
             };
             (verdict, Source::Verified)
         };

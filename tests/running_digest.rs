@@ -105,7 +105,11 @@ fn inventory(pods: &[Pod]) -> Inventory {
 
 /// The one unresolved entry of an inventory (a tie the registry must make).
 fn only_unresolved(inv: &Inventory) -> Unresolved {
-    assert!(inv.images.is_empty(), "nothing is guessed: {:?}", inv.images);
+    assert!(
+        inv.images.is_empty(),
+        "nothing is guessed: {:?}",
+        inv.images
+    );
     assert_eq!(inv.unresolved.len(), 1, "{:?}", inv.unresolved);
     inv.unresolved.keys().next().unwrap().clone()
 }
@@ -143,7 +147,10 @@ async fn index_signed_by_tag_covers_each_runtime_form() {
         &ours,
     );
     assert_signed(&ours, "me");
-    assert_eq!(ours.signatures[0].digest.as_deref(), Some(&*m.index.id.digest));
+    assert_eq!(
+        ours.signatures[0].digest.as_deref(),
+        Some(&*m.index.id.digest)
+    );
     assert_eq!(ours.signatures[0].via, None);
 
     // CRI-O: a platform manifest, the pod's tag leads to the index that lists it.
@@ -202,7 +209,11 @@ async fn index_signed_by_tag_covers_each_runtime_form() {
     let id = o.resolve_running(&key, now).await.expect("tied");
     assert_eq!(id, m.amd64.image.id);
     inv.resolve(&key, id.clone());
-    let refs: Vec<&str> = inv.images[&id].references.iter().map(|s| s.as_str()).collect();
+    let refs: Vec<&str> = inv.images[&id]
+        .references
+        .iter()
+        .map(|s| s.as_str())
+        .collect();
     let ours = o.observe_with(&id, &leads(&refs), None, now).await.verdict;
     row(
         "same; imageID = bare config digest of amd64 (docker load, k3d)",
@@ -222,7 +233,10 @@ async fn index_signed_by_tag_covers_each_runtime_form() {
     let key = only_unresolved(&inv);
     let id = o.resolve_running(&key, now).await.expect("tied");
     assert_eq!(id, m.index.id);
-    let ours = o.observe_with(&id, &leads(&[&tag]), None, now).await.verdict;
+    let ours = o
+        .observe_with(&id, &leads(&[&tag]), None, now)
+        .await
+        .verdict;
     row(
         "same; imageID = `import-…@<index digest>` (kind load)",
         verdict_of(on_tag.ok),
@@ -273,7 +287,9 @@ async fn platform_signatures_cover_an_unsigned_index() {
     want.sort();
     assert_eq!(carried, want, "the attestation manifest is not a platform");
 
-    let ours = v.observe_with(&m.amd64.image.id, &leads(&[&tag]), now).await;
+    let ours = v
+        .observe_with(&m.amd64.image.id, &leads(&[&tag]), now)
+        .await;
     row(
         "same; imageID = platform digest",
         verdict_of(cosign.verify_legacy(&me.public, &m.amd64.image.id.key()).ok),
@@ -286,10 +302,15 @@ async fn platform_signatures_cover_an_unsigned_index() {
     let half = multiarch(&env, "ix-half").await;
     let half_tag = half.tag_ref("v1");
     cosign.sign(&me, &half.amd64.image.id.key(), true);
-    let ours = v.observe_with(&half.index.id, &leads(&[&half_tag]), now).await;
+    let ours = v
+        .observe_with(&half.index.id, &leads(&[&half_tag]), now)
+        .await;
     row(
         "only the amd64 digest signed; imageID = index digest",
-        &format!("tag {}", verdict_of(cosign.verify(&me.public, &half_tag).ok)),
+        &format!(
+            "tag {}",
+            verdict_of(cosign.verify(&me.public, &half_tag).ok)
+        ),
         &ours,
     );
     assert_eq!(
@@ -297,8 +318,14 @@ async fn platform_signatures_cover_an_unsigned_index() {
         (Posture::Checking, Reason::DigestUnknown),
         "{ours:#?}"
     );
-    assert!(ours.message.contains("1 of 2 platform manifest(s)"), "{}", ours.message);
-    let ours = v.observe_with(&half.arm64.image.id, &leads(&[&half_tag]), now).await;
+    assert!(
+        ours.message.contains("1 of 2 platform manifest(s)"),
+        "{}",
+        ours.message
+    );
+    let ours = v
+        .observe_with(&half.arm64.image.id, &leads(&[&half_tag]), now)
+        .await;
     row(
         "same; imageID = the unsigned arm64 digest",
         verdict_of(cosign.verify(&me.public, &half.arm64.image.id.key()).ok),
@@ -323,7 +350,9 @@ async fn invalid_index_signature_is_invalid_for_its_platforms() {
     let theirs = cosign.verify(&other.public, &tag);
     assert!(!theirs.ok, "{theirs:?}");
     let v = verifier(&env, &[("other", &other)], &[]).await;
-    let ours = v.observe_with(&m.amd64.image.id, &leads(&[&tag]), at(0)).await;
+    let ours = v
+        .observe_with(&m.amd64.image.id, &leads(&[&tag]), at(0))
+        .await;
     row(
         "`cosign sign` of the tag by a key not trusted; imageID = platform digest",
         verdict_of(theirs.ok),
@@ -335,7 +364,11 @@ async fn invalid_index_signature_is_invalid_for_its_platforms() {
         "{ours:#?}"
     );
     assert_eq!(ours.signatures[0].via, Some(Via::Index));
-    assert!(ours.message.contains(&m.index.id.digest), "{}", ours.message);
+    assert!(
+        ours.message.contains(&m.index.id.digest),
+        "{}",
+        ours.message
+    );
 }
 
 /// The tag moved from an unsigned image to a signed one while a node runs the old one, known
@@ -351,15 +384,27 @@ async fn moved_tag_unsigned_to_signed_is_not_signed() {
     let new = env.oci.push_multiarch(&repo, "v1").await;
     cosign.sign(&me, &tag, true);
     let theirs = cosign.verify(&me.public, &tag);
-    assert!(theirs.ok, "the tag (now the new image) is signed: {theirs:?}");
+    assert!(
+        theirs.ok,
+        "the tag (now the new image) is signed: {theirs:?}"
+    );
     let v = verifier(&env, &[("me", &me)], &[]).await;
     let o = observer(v.clone());
-    assert_signed(&v.observe_with(&new.index.id, &leads(&[&tag]), at(0)).await, "me");
+    assert_signed(
+        &v.observe_with(&new.index.id, &leads(&[&tag]), at(0)).await,
+        "me",
+    );
 
     for image_id in [
         old.amd64.config.clone(),
-        format!("docker.io/library/import-2026-12-04@{}", old.index.id.digest),
-        format!("docker.io/library/import-2026-12-04@{}", old.arm64.image.id.digest),
+        format!(
+            "docker.io/library/import-2026-12-04@{}",
+            old.index.id.digest
+        ),
+        format!(
+            "docker.io/library/import-2026-12-04@{}",
+            old.arm64.image.id.digest
+        ),
     ] {
         let pods = [pod("old", &tag, &image_id)];
         let inv = inventory(&pods);
@@ -420,7 +465,10 @@ async fn moved_tag_signed_to_unsigned_is_not_not_signed() {
 
     let _new = env.oci.push_multiarch(&repo, "v1").await;
     let theirs = cosign.verify(&me.public, &tag);
-    assert!(!theirs.ok, "the tag (now the new image) is unsigned: {theirs:?}");
+    assert!(
+        !theirs.ok,
+        "the tag (now the new image) is unsigned: {theirs:?}"
+    );
 
     // A tie made before the move stands past the TTL.
     let later = at(2 * TTL.as_secs() as i64);
@@ -497,7 +545,8 @@ async fn cost_cache_and_revalidation() {
     let cached = proxy.requests();
     assert!(
         !cached.iter().any(|r| r.path.ends_with("/manifests/v1")
-            || r.path.ends_with(&format!("/manifests/{}", m.index.id.digest))),
+            || r.path
+                .ends_with(&format!("/manifests/{}", m.index.id.digest))),
         "tag and index answers are cached: {cached:#?}"
     );
     assert!(cached.len() < walk.len(), "{cached:#?}");
@@ -555,5 +604,8 @@ async fn pod_not_pulled_yet_resolves_its_tag() {
     let inv = inventory(&pods);
     assert!(inv.unresolved.is_empty(), "{:?}", inv.unresolved);
     let ids: Vec<&ImageId> = inv.images.keys().collect();
-    assert!(ids.contains(&&m.amd64.image.id) && ids.contains(&&m.index.id), "{ids:?}");
+    assert!(
+        ids.contains(&&m.amd64.image.id) && ids.contains(&&m.index.id),
+        "{ids:?}"
+    );
 }

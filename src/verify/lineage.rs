@@ -366,7 +366,10 @@ impl Verifier {
                 continue;
             }
             let v = self.via_index(image, &candidate, own).await;
-            if best.as_ref().is_none_or(|b| v.posture.stronger_than(b.posture)) {
+            if best
+                .as_ref()
+                .is_none_or(|b| v.posture.stronger_than(b.posture))
+            {
                 best = Some(v);
             }
         }
@@ -462,10 +465,7 @@ impl Verifier {
         .await;
         let checked: Vec<(&str, Verdict)> = platforms.into_iter().zip(verdicts).collect();
         let n = checked.len();
-        if let Some((d, v)) = checked
-            .iter()
-            .find(|(_, v)| v.posture == Posture::Checking)
-        {
+        if let Some((d, v)) = checked.iter().find(|(_, v)| v.posture == Posture::Checking) {
             let mut c = Verdict::checking(
                 v.reason,
                 format!("platform manifest {d} of this index: {}", v.message),
@@ -587,7 +587,8 @@ impl Verifier {
             let doc = self.doc(repo, &image.digest).await.ok()?;
             let platforms: Vec<&str> = doc.platforms().into_iter().take(MAX_PLATFORMS).collect();
             let listings = join_all(platforms.iter().map(|d| self.listings(repo, d))).await;
-            let listings: Vec<BTreeMap<String, String>> = listings.into_iter().collect::<Option<_>>()?;
+            let listings: Vec<BTreeMap<String, String>> =
+                listings.into_iter().collect::<Option<_>>()?;
             now.insert(
                 EVIDENCE_VIA_PLATFORMS.to_string(),
                 fingerprint(platforms.iter().copied().zip(listings.iter())),

@@ -144,10 +144,8 @@ impl Verifier {
         leads: &[ImageRef],
         now: chrono::DateTime<chrono::Utc>,
     ) -> Verdict {
-        let within = tokio::time::timeout(
-            self.limits.budget,
-            self.observe_running(image, leads, now),
-        );
+        let within =
+            tokio::time::timeout(self.limits.budget, self.observe_running(image, leads, now));
         match crate::isolate::catch(within).await {
             Ok(Ok(v)) => v,
             Err(_) => internal_error(),

@@ -246,9 +246,7 @@ impl RegistryClient {
             .to_str()
             .ok()
             .and_then(|d| crate::image::validate_digest(d).ok())
-            .ok_or_else(|| {
-                FetchError::Protocol("malformed Docker-Content-Digest header".into())
-            })?;
+            .ok_or_else(|| FetchError::Protocol("malformed Docker-Content-Digest header".into()))?;
         if reference.contains(':') && digest != reference {
             return Err(FetchError::Protocol(format!(
                 "manifest {reference} answered with digest {digest}"

@@ -108,7 +108,8 @@ impl Oci {
             )
             .await;
         let mut layer = statement.json();
-        layer["annotations"] = json!({"in-toto.io/predicate-type": "https://slsa.dev/provenance/v0.2"});
+        layer["annotations"] =
+            json!({"in-toto.io/predicate-type": "https://slsa.dev/provenance/v0.2"});
         let att = json!({
             "schemaVersion": 2,
             "mediaType": OCI_MANIFEST,
@@ -117,7 +118,9 @@ impl Oci {
         });
         let body = serde_json::to_vec(&att).unwrap();
         let att_digest = Desc::of(OCI_MANIFEST, &body).digest;
-        let att_desc = self.put_manifest(repo, &att_digest, OCI_MANIFEST, &body).await;
+        let att_desc = self
+            .put_manifest(repo, &att_digest, OCI_MANIFEST, &body)
+            .await;
 
         let entry = |p: &Platform| {
             let mut e = p.image.manifest.json();
