@@ -411,6 +411,74 @@ mod tests {
         assert!(!inv.images.keys().any(|i| i.repository.contains("old")));
     }
 
+    /// What each runtime's `imageID` makes of a pod's image: only a manifest digest named
+    /// under the pod's own repository (or a digest-pinned spec) is an identity; a bare config
+    /// digest and a digest under another name wait for a tie through the tag.
+    #[test]
+    fn runtime_image_ids() {
+        let running = |image: &str, image_id: &str| {
+            let pods = vec![pod(
+                "a",
+                "p",
+                json!({"containers": [{"name": "c", "image": image}]}),
+                json!({"phase": "Running", "containerStatuses": [{"name": "c", "image": image,
+                       "imageID": image_id, "ready": true, "restartCount": 0}]}),
+            )];
+            Inventory::from_pods(&pods, &NamespaceFilter::default())
+        };
+        let nginx = |d: &str| ImageId {
+            registry: "docker.io".into(),
+            repository: "library/nginx".into(),
+            digest: d.into(),
+        };
+        // containerd / CRI-O: a manifest digest under the pod's repository.
+        for id in [
+            format!("docker.io/library/nginx@{D}"),
+            format!("docker-pullable://nginx@{D}"),
+        ] {
+            let inv = running("nginx:1.27", &id);
+            assert!(inv.images.contains_key(&nginx(D)), "{id}: {inv:?}");
+        }
+        // docker load / k3d: a bare config digest is never an identity.
+        for id in [E.to_string(), format!("docker://{E}")] {
+            let inv = running("nginx:1.27", &id);
+            assert!(inv.images.is_empty(), "{inv:?}");
+            let Some(Unresolved::Tie(Tie {
+                reference,
+                running: Untied::Config(c),
+            })) = inv.unresolved.keys().next()
+            else {
+                panic!("{inv:?}")
+            };
+            assert!(c.is_config_of(E));
+            assert_eq!(reference.tag.as_deref(), Some("1.27"));
+        }
+        // kind load: a digest under a name no registry has.
+        let inv = running(
+            "nginx:1.27",
+            &format!("docker.io/library/import-2024-05-01@{D}"),
+        );
+        assert!(inv.images.is_empty(), "{inv:?}");
+        assert!(matches!(
+            inv.unresolved.keys().next(),
+            Some(Unresolved::Tie(Tie { running: Untied::Foreign(d), .. })) if d == D
+        ));
+        // A digest-pinned spec is what ran, whatever the runtime calls it.
+        let inv = running(&format!("nginx@{D}"), E);
+        assert!(inv.images.contains_key(&nginx(D)), "{inv:?}");
+        let inv = running(
+            &format!("nginx@{D}"),
+            &format!("docker.io/library/import-x@{E}"),
+        );
+        assert!(inv.images.contains_key(&nginx(D)), "{inv:?}");
+        // Not pulled yet: the tag.
+        let inv = running("nginx:1.27", "");
+        assert!(matches!(
+            inv.unresolved.keys().next(),
+            Some(Unresolved::Tag(_))
+        ));
+    }
+
     #[test]
     fn namespace_filter() {
         let pods = vec![
