@@ -245,6 +245,49 @@ async fn index_signed_by_tag_covers_each_runtime_form() {
     assert_signed(&ours, "me");
 }
 
+/// `cosign sign --recursive` (registry.k8s.io, distroless): the index and every manifest it
+/// lists carry their own signature; every runtime form is `signed` on its own digest.
+#[tokio::test]
+async fn recursive_signature_is_each_digests_own() {
+    let Some(cosign) = Cosign::find() else { return };
+    let env = TestEnv::new();
+    let me = cosign.generate_key_pair("me");
+    let m = multiarch(&env, "ix-recursive").await;
+    let tag = m.tag_ref("v1");
+    let out = cosign.run(&[
+        "sign",
+        "--key",
+        me.key.to_str().unwrap(),
+        "--recursive",
+        "--new-bundle-format=true",
+        "--tlog-upload=false",
+        "--use-signing-config=false",
+        "--allow-http-registry",
+        "--yes",
+        &tag,
+    ]);
+    assert!(out.ok, "cosign sign --recursive: {out:?}");
+    let on_tag = cosign.verify(&me.public, &tag);
+    let on_platform = cosign.verify(&me.public, &m.amd64.image.id.key());
+    assert!(on_tag.ok && on_platform.ok, "{on_tag:?} {on_platform:?}");
+    let v = verifier(&env, &[("me", &me)], &[]).await;
+    for (form, id) in [
+        ("index digest (containerd)", &m.index.id),
+        ("amd64 platform digest (CRI-O)", &m.amd64.image.id),
+        ("arm64 platform digest (CRI-O)", &m.arm64.image.id),
+    ] {
+        let ours = v.observe_with(id, &leads(&[&tag]), at(0)).await;
+        row(
+            &format!("`cosign sign --recursive` of the tag; imageID = {form}"),
+            "tag verified, platform digest verified",
+            &ours,
+        );
+        assert_signed(&ours, "me");
+        let s = &ours.signatures[0];
+        assert_eq!((s.digest.as_deref(), s.via), (Some(&*id.digest), None));
+    }
+}
+
 /// Each platform manifest signed (`cosign sign` of each platform digest), not the index: the
 /// index a containerd node reports is `signed` via its platforms; one platform signed and the
 /// other not is `checking` (which one runs is not known), never `not-signed`.
