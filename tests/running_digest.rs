@@ -529,6 +529,30 @@ async fn moved_tag_signed_to_unsigned_is_not_not_signed() {
     assert_eq!(again.source, Source::Revalidated, "{again:#?}");
     assert_signed(&again.verdict, "me");
 
+    // CRI-O reporting the old amd64 digest, verified for the first time after the move: no
+    // reference leads to the old index any more. Its own listings are empty, so `not-signed`,
+    // and the message says where the references lead instead (a known limit, see README).
+    let crio = o
+        .observe_with(&old.amd64.image.id, &leads(&[&tag]), None, later)
+        .await;
+    row(
+        "tag moved signed → unsigned; imageID = the old amd64 digest (CRI-O), first verified after the move",
+        &format!(
+            "tag {}; platform digest {}",
+            verdict_of(theirs.ok),
+            verdict_of(cosign.verify(&me.public, &old.amd64.image.id.key()).ok)
+        ),
+        &crio.verdict,
+    );
+    assert_eq!(crio.verdict.posture, Posture::NotSigned, "{crio:#?}");
+    assert!(
+        crio.verdict
+            .message
+            .contains("instead, which neither is nor lists this manifest"),
+        "{}",
+        crio.verdict.message
+    );
+
     // A node that reports the old image only now (bare config, no tie yet): not tied.
     let pods = [pod("late", &tag, &old.amd64.config)];
     let key = only_unresolved(&inventory(&pods));

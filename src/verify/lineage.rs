@@ -310,9 +310,25 @@ impl Verifier {
         if own.posture != Posture::NotSigned || leads.is_empty() {
             return own;
         }
-        match self.covered(image, leads, now, &own).await {
+        let mut elsewhere = Vec::new();
+        match self.covered(image, leads, now, &own, &mut elsewhere).await {
             Ok(Some(v)) => v,
-            Ok(None) => own,
+            Ok(None) if elsewhere.is_empty() => own,
+            Ok(None) => {
+                // Say so: a tag that moved on leaves a platform manifest with no lead to the
+                // index that may have covered it.
+                let mut v = own;
+                let shown: Vec<String> = elsewhere.iter().map(|d| short(d)).collect();
+                v.message = bound(
+                    &format!(
+                        "{}; the pods' references lead to {} instead, which neither is nor lists this manifest",
+                        v.message,
+                        shown.join(", ")
+                    ),
+                    MAX_MESSAGE,
+                );
+                v
+            }
             Err(v) => v,
         }
     }
@@ -324,6 +340,7 @@ impl Verifier {
         leads: &[ImageRef],
         now: DateTime<Utc>,
         own: &Verdict,
+        elsewhere: &mut Vec<String>,
     ) -> Result<Option<Verdict>, Verdict> {
         let repo = Repo {
             host: image.api_host(),
@@ -351,7 +368,9 @@ impl Verifier {
             };
             if head.digest == image.digest {
                 running_kind = Some(head.kind);
-            } else if head.kind != Kind::Image && !candidates.contains(&head.digest) {
+            } else if head.kind == Kind::Image {
+                elsewhere.push(head.digest);
+            } else if !candidates.contains(&head.digest) {
                 candidates.push(head.digest);
             }
         }
@@ -363,6 +382,7 @@ impl Verifier {
                 Err(e) => return Err(e.checking(&format!("index {}", short(&candidate)))),
             };
             if !doc.lists(&image.digest) {
+                elsewhere.push(candidate);
                 continue;
             }
             let v = self.via_index(image, &candidate, own).await;
