@@ -283,7 +283,7 @@ impl RuntimeImage {
 ///
 /// Runtimes write `docker-pullable://repo@sha256:…`, `repo@sha256:…` or a bare `sha256:…`.
 /// A bare digest is the image *config* ID on some runtimes, not the manifest digest, so it is
-/// never used: the image is then resolved through the registry instead of guessed.
+/// never used here; [`RuntimeImage`] tells the forms apart for the inventory.
 pub fn digest_from_image_id(image_id: &str) -> Option<String> {
     let s = image_id
         .trim()

@@ -261,7 +261,10 @@ impl Observer {
                 tag: None,
                 digest: Some(index.clone()),
             });
-        let leads: Vec<ImageRef> = leads.iter().cloned().chain(recorded_index).collect();
+        let leads: Vec<ImageRef> = recorded_index
+            .into_iter()
+            .chain(leads.iter().cloned())
+            .collect();
         let budget = self.config.budget;
         let started = std::time::Instant::now();
         let work = async {

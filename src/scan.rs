@@ -56,7 +56,13 @@ pub async fn scan(pods: &[Pod], observer: &Observer, concurrency: usize) -> Vec<
         match r {
             Ok(id) => inv.resolve(&tag, id),
             Err(v) => eprintln!(
-                "imageposture: {tag} has no digest yet ({}: {})",
+                "imageposture: {} {} ({}: {})",
+                crate::text::escape(&tag.to_string()),
+                match tag {
+                    crate::inventory::Unresolved::Tag(_) => "has no digest yet",
+                    crate::inventory::Unresolved::Tie(_) =>
+                        "is not tied to a manifest digest: no posture attributed",
+                },
                 v.reason,
                 crate::text::escape(&v.message)
             ),

@@ -1,8 +1,11 @@
 //! Inventory: pods → the distinct images they run, with who runs them.
 //!
 //! Every container kind counts (containers, init containers, ephemeral containers). The digest
-//! comes from the kubelet's `imageID` (what actually ran) or from a digest-pinned spec; a
-//! tag-only image that has not been pulled yet is listed as unresolved, never guessed.
+//! comes from the kubelet's `imageID` (what actually ran) when it names a manifest digest under
+//! the pod's own repository, or from a digest-pinned spec. Anything else is listed as
+//! [`Unresolved`], never guessed: a tag not pulled yet, a bare config digest (`docker load`,
+//! k3d), a digest under a name no registry holds (`kind load`); the registry ties those (see
+//! [`tags`]), or nothing is attributed to them.
 //!
 //! [`sweep`] is the inventory loop that writes what this finds; [`tags`] resolves tags in
 //! the background for it.
