@@ -676,3 +676,74 @@ async fn pod_not_pulled_yet_resolves_its_tag() {
         "{ids:?}"
     );
 }
+
+/// A single-platform image (no index) loaded locally: its bare config digest is tied to the
+/// tag's manifest when the configs match, and never when the tag moved to another manifest.
+#[tokio::test]
+async fn bare_config_of_a_single_manifest_tag() {
+    let env = TestEnv::new();
+    let repo = unique_repo("single");
+    let old = env.oci.push_image(&repo, "v1").await;
+    let manifest: serde_json::Value = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap()
+        .get(format!(
+            "{}/v2/{repo}/manifests/{}",
+            env.registry.base_url(),
+            old.id.digest
+        ))
+        .header("accept", support::cosign::OCI_MANIFEST)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let config = manifest["config"]["digest"].as_str().unwrap().to_string();
+    let tag = format!("{}:v1", old.id.repo_path());
+    let o = observer(verifier(&env, &[], &[]).await);
+    let pods = [pod("loaded", &tag, &config)];
+    let key = only_unresolved(&inventory(&pods));
+    assert_eq!(o.resolve_running(&key, at(0)).await.unwrap(), old.id);
+
+    let new = env.oci.push_image(&repo, "v1").await;
+    let o = observer(verifier(&env, &[], &[]).await);
+    let err = o.resolve_running(&key, at(0)).await.unwrap_err();
+    assert_eq!(
+        (err.posture, err.reason),
+        (Posture::Checking, Reason::DigestUnknown),
+        "{err:#?}"
+    );
+    assert!(err.message.contains(&new.id.digest), "{}", err.message);
+}
+
+/// Platform manifests whose signatures do not verify make their unsigned index
+/// `invalid-signature`, never `not-signed`.
+#[tokio::test]
+async fn invalid_platform_signatures_are_invalid_for_the_index() {
+    let Some(cosign) = Cosign::find() else { return };
+    let env = TestEnv::new();
+    let (me, other) = (
+        cosign.generate_key_pair("me"),
+        cosign.generate_key_pair("other"),
+    );
+    let m = multiarch(&env, "ix-platforms-invalid").await;
+    cosign.sign(&me, &m.amd64.image.id.key(), true);
+    cosign.sign(&me, &m.arm64.image.id.key(), true);
+    let v = verifier(&env, &[("other", &other)], &[]).await;
+    let ours = v
+        .observe_with(&m.index.id, &leads(&[&m.tag_ref("v1")]), at(0))
+        .await;
+    row(
+        "each platform digest signed by a key not trusted; imageID = index digest",
+        verdict_of(cosign.verify(&other.public, &m.amd64.image.id.key()).ok),
+        &ours,
+    );
+    assert_eq!(
+        (ours.posture, ours.reason),
+        (Posture::InvalidSignature, Reason::UnverifiableKey),
+        "{ours:#?}"
+    );
+    assert_eq!(ours.signatures[0].via, Some(Via::Platform));
+}
