@@ -41,6 +41,9 @@ pub struct TagResolver {
 struct State {
     cache: HashMap<Unresolved, (ImageId, DateTime<Utc>)>,
     in_flight: HashSet<Unresolved>,
+    /// Ties the registry refused (`DigestUnknown`), and when: not tried (nor logged) again
+    /// within the TTL, for which the walk's registry answers are cached anyway.
+    untied: HashMap<Unresolved, DateTime<Utc>>,
 }
 
 impl TagResolver {
@@ -65,6 +68,12 @@ impl TagResolver {
                 return Some(id.clone());
             }
         }
+        if let Some(at) = state.untied.get(tag) {
+            let age = now.signed_duration_since(*at).to_std().unwrap_or_default();
+            if age < self.ttl {
+                return None;
+            }
+        }
         if state.in_flight.insert(tag.clone()) {
             let (me, tag) = (Arc::clone(self), tag.clone());
             tokio::spawn(async move {
@@ -77,12 +86,18 @@ impl TagResolver {
                         state.cache.insert(tag, (id, now));
                         me.resolved.notify_one();
                     }
-                    Err(v) if v.reason == Reason::DigestUnknown => tracing::warn!(
-                        image = %crate::text::escape(&tag.to_string()),
-                        reason = %v.reason,
-                        message = %crate::text::escape(&v.message),
-                        "running image not tied to a manifest digest: no posture attributed; retried on a later pass"
-                    ),
+                    Err(v)
+                        if v.reason == Reason::DigestUnknown
+                            && matches!(tag, Unresolved::Tie(_)) =>
+                    {
+                        tracing::warn!(
+                            image = %crate::text::escape(&tag.to_string()),
+                            reason = %v.reason,
+                            message = %crate::text::escape(&v.message),
+                            "running image not tied to a manifest digest: no posture attributed; tried again after the TTL"
+                        );
+                        state.untied.insert(tag, now);
+                    }
                     Err(v) => tracing::info!(
                         image = %crate::text::escape(&tag.to_string()),
                         reason = %v.reason,
@@ -115,9 +130,8 @@ impl TagResolver {
 
     /// Forgets tags no pod names any more.
     pub fn retain(&self, live: &HashSet<&Unresolved>) {
-        self.state
-            .locked()
-            .cache
-            .retain(|tag, _| live.contains(tag));
+        let mut state = self.state.locked();
+        state.cache.retain(|tag, _| live.contains(tag));
+        state.untied.retain(|tag, _| live.contains(tag));
     }
 }
