@@ -747,3 +747,42 @@ async fn invalid_platform_signatures_are_invalid_for_the_index() {
     );
     assert_eq!(ours.signatures[0].via, Some(Via::Platform));
 }
+
+/// `scan` (the inventory and the observer, no cluster) over pods as three runtimes report one
+/// index-signed image: containerd's index digest, CRI-O's platform digest and `docker load`'s
+/// bare config digest of that same platform (one resource, two pods), all `signed`.
+#[tokio::test]
+async fn scan_ties_every_runtime_form() {
+    let Some(cosign) = Cosign::find() else { return };
+    let env = TestEnv::new();
+    let me = cosign.generate_key_pair("me");
+    let m = multiarch(&env, "scan").await;
+    let tag = m.tag_ref("v1");
+    cosign.sign(&me, &tag, true);
+    let o = observer(verifier(&env, &[("me", &me)], &[]).await);
+    let pods = [
+        pod("containerd", &tag, &m.index.id.key()),
+        pod("crio", &tag, &m.amd64.image.id.key()),
+        pod("loaded", &tag, &m.amd64.config),
+    ];
+    let objects = imageposture::scan::scan(&pods, &o, 4).await;
+    let by_digest: std::collections::BTreeMap<_, _> = objects
+        .iter()
+        .map(|r| (r.spec.digest.clone(), r.status.clone().unwrap()))
+        .collect();
+    assert_eq!(by_digest.len(), 2, "{objects:#?}");
+    let index = &by_digest[&m.index.id.digest];
+    assert_eq!(index.posture, Some(Posture::Signed), "{index:#?}");
+    let amd64 = &by_digest[&m.amd64.image.id.digest];
+    assert_eq!(amd64.posture, Some(Posture::Signed), "{amd64:#?}");
+    assert_eq!(amd64.usage.as_ref().unwrap().pods, 2, "{amd64:#?}");
+    assert_eq!(amd64.signatures[0].via, Some(Via::Index));
+    assert_eq!(
+        amd64.signatures[0].digest.as_deref(),
+        Some(&*m.index.id.digest)
+    );
+    assert!(
+        amd64.signature_digests.contains_key(EVIDENCE_VIA_INDEX),
+        "{amd64:#?}"
+    );
+}
