@@ -99,6 +99,9 @@ pub(crate) struct Child {
     /// An image manifest for a real platform: not an attestation manifest (`unknown/unknown`,
     /// BuildKit's `vnd.docker.reference.type: attestation-manifest`), not a nested index.
     pub platform: bool,
+    /// Its `platform.architecture` is one most nodes run (amd64, arm64): looked at first when
+    /// a config digest is matched, so a typical tie costs one or two manifest GETs.
+    pub common: bool,
 }
 
 impl Doc {
@@ -151,9 +154,14 @@ impl Doc {
                         .as_ref()
                         .is_some_and(|p| p.os == "unknown" || p.architecture == "unknown");
                     let nested = Kind::of(c.media_type.as_deref()) == Kind::Index;
+                    let common = c
+                        .platform
+                        .as_ref()
+                        .is_some_and(|p| p.architecture == "amd64" || p.architecture == "arm64");
                     Some(Child {
                         digest,
                         platform: !attestation && !unknown && !nested,
+                        common,
                     })
                 })
                 .take(MAX_CHILDREN)
@@ -673,17 +681,18 @@ impl Verifier {
                 let doc = self.doc(repo, &head.digest).await.map_err(unfetched)?;
                 match &*doc {
                     Doc::Image { config } if c.is_config_of(config) => Some(head.digest.clone()),
-                    Doc::Index(_) => {
-                        let platforms: Vec<&str> =
-                            doc.platforms().into_iter().take(MAX_PLATFORMS).collect();
-                        let docs = join_all(platforms.iter().map(|d| self.doc(repo, d))).await;
+                    Doc::Index(children) => {
+                        // One GET per platform manifest (a pull on Docker Hub), in turn, the
+                        // common architectures first, until the config matches.
+                        let mut platforms: Vec<&Child> =
+                            children.iter().filter(|c| c.platform).collect();
+                        platforms.sort_by_key(|c| !c.common);
                         let mut hit = None;
-                        for (d, doc) in platforms.iter().zip(docs) {
-                            if let Doc::Image { config } = &*doc.map_err(unfetched)? {
-                                if c.is_config_of(config) {
-                                    hit = Some((*d).to_string());
-                                    break;
-                                }
+                        for child in platforms.into_iter().take(MAX_PLATFORMS) {
+                            let doc = self.doc(repo, &child.digest).await.map_err(unfetched)?;
+                            if matches!(&*doc, Doc::Image { config } if c.is_config_of(config)) {
+                                hit = Some(child.digest.clone());
+                                break;
                             }
                         }
                         hit
