@@ -144,7 +144,12 @@ impl Context {
         let foreign = ownership::foreign_only(cr, FIELD_MANAGER_VERIFIER, Part::Status);
         let tampered = VERDICT_FIELDS.iter().any(|f| foreign.contains(*f));
         let recorded = old.filter(|_| !tampered).and_then(|s| s.recorded());
-        let Ok(observed) = self.observer.try_observe(&id, recorded.as_ref(), now).await else {
+        let leads = cr.leads();
+        let observed = self
+            .observer
+            .try_observe_with(&id, &leads, recorded.as_ref(), now)
+            .await;
+        let Ok(observed) = observed else {
             self.waiting.park(&id.registry, &cr.name_any());
             return Err(Error::RegistryBusy);
         };

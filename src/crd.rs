@@ -392,6 +392,17 @@ impl ImagePosture {
         crate::image::ImageRef::parse(&self.spec.image).ok()?.id()
     }
 
+    /// The references pods name this image by (`status.references`, written by the inventory
+    /// from the pods' spec images), parsed: what leads the verifier from a running platform
+    /// manifest to the index that lists it. Unparsable ones are left out.
+    pub fn leads(&self) -> Vec<crate::image::ImageRef> {
+        self.status
+            .iter()
+            .flat_map(|s| s.references.iter())
+            .filter_map(|r| crate::image::ImageRef::parse(r).ok())
+            .collect()
+    }
+
     /// Carries our `app.kubernetes.io/managed-by` label (only those are collected or verified).
     pub fn is_managed(&self) -> bool {
         self.metadata
@@ -613,6 +624,8 @@ mod tests {
         let t0 = parse_time("2026-01-01T00:00:00Z").unwrap();
         let t1 = parse_time("2026-01-01T07:00:00Z").unwrap();
         let rec = SignatureRecord {
+            digest: None,
+            via: None,
             source: SignatureSource::Tag,
             format: SignatureFormat::Simplesigning,
             verified: true,
@@ -714,6 +727,8 @@ mod tests {
     #[test]
     fn status_is_bounded_and_camel_case() {
         let rec = SignatureRecord {
+            digest: None,
+            via: None,
             source: SignatureSource::Tag,
             format: SignatureFormat::Simplesigning,
             verified: false,
