@@ -36,8 +36,8 @@ use super::Verifier;
 use crate::image::{ImageId, ImageRef};
 use crate::inventory::{Tie, Untied};
 use crate::posture::{
-    bound, Posture, Reason, Verdict, Via, EVIDENCE_VIA_INDEX, EVIDENCE_VIA_INDEX_LISTINGS,
-    EVIDENCE_VIA_PLATFORMS, MAX_MESSAGE,
+    bound, Posture, Reason, Verdict, Via, EVIDENCE_TRUST_ROOT, EVIDENCE_VIA_INDEX,
+    EVIDENCE_VIA_INDEX_LISTINGS, EVIDENCE_VIA_PLATFORMS, MAX_MESSAGE,
 };
 
 /// References of one image consulted for a covering index.
@@ -250,7 +250,12 @@ pub(crate) fn fingerprint<'a>(
     for (digest, listings) in parts {
         h.update(digest.as_bytes());
         h.update(b"\n");
-        for (k, v) in listings {
+        // The registry's listings only: which trust root judged them is kept apart (the
+        // verdict's own `trustRoot` entry), as revalidation compares it apart.
+        for (k, v) in listings
+            .iter()
+            .filter(|(k, _)| k.as_str() != EVIDENCE_TRUST_ROOT)
+        {
             h.update(k.as_bytes());
             h.update(b"=");
             h.update(v.as_bytes());
@@ -446,6 +451,9 @@ impl Verifier {
             return c;
         }
         let mut evidence = own.artifact_digests.clone();
+        if let Some(root) = v.artifact_digests.get(EVIDENCE_TRUST_ROOT) {
+            evidence.insert(EVIDENCE_TRUST_ROOT.to_string(), root.clone());
+        }
         evidence.insert(EVIDENCE_VIA_INDEX.to_string(), index.to_string());
         evidence.insert(
             EVIDENCE_VIA_INDEX_LISTINGS.to_string(),
@@ -502,6 +510,12 @@ impl Verifier {
             return Err(c);
         }
         let mut evidence = own.artifact_digests.clone();
+        if let Some(root) = checked
+            .iter()
+            .find_map(|(_, v)| v.artifact_digests.get(EVIDENCE_TRUST_ROOT))
+        {
+            evidence.insert(EVIDENCE_TRUST_ROOT.to_string(), root.clone());
+        }
         evidence.insert(
             EVIDENCE_VIA_PLATFORMS.to_string(),
             fingerprint(checked.iter().map(|(d, v)| (*d, &v.artifact_digests))),
