@@ -135,6 +135,11 @@ impl Context {
         if !self.writer.may_write() {
             return Err(Error::NotLeader);
         }
+        if cr.spec.untied.is_some() {
+            // Not a manifest identity: the inventory states why (`DigestUnknown`); nothing to
+            // verify, and no registry request.
+            return Ok(Action::await_change());
+        }
         let id = cr
             .image_id()
             .ok_or_else(|| Error::InvalidSpec(crate::text::escape(&cr.spec.image)))?;

@@ -106,6 +106,22 @@ pub struct ImagePostureSpec {
     pub repository: String,
     /// Manifest digest (`sha256:<hex>`), taken from the pod's `imageID`, never guessed.
     pub digest: String,
+    /// Set when `digest` is only what the container runtime reported and could not be tied to
+    /// a manifest of `repository` through the pods' tag (`config`: a bare config digest;
+    /// `foreign`: a digest under a name no registry holds, as `kind load` writes). Such a
+    /// resource is `checking` / `DigestUnknown` and is never verified.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub untied: Option<UntiedKind>,
+}
+
+/// What a running digest that could not be tied to a manifest is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum UntiedKind {
+    /// A bare image config digest.
+    Config,
+    /// A manifest digest under another name than the pod's repository.
+    Foreign,
 }
 
 /// What the operator concluded and why. Every field is optional: a fresh object has no status,
@@ -380,15 +396,46 @@ pub fn new_resource(id: &ImageId) -> ImagePosture {
             image: id.key(),
             repository: id.repo_path(),
             digest: id.digest.clone(),
+            untied: None,
         },
     );
     r.metadata.labels = Some(labels(id, None));
     r
 }
 
+/// The resource of a running image that could not be tied to a manifest of its repository:
+/// named apart from any manifest identity (its hash covers the kind), never verified.
+pub fn untied_resource(tie: &crate::inventory::Tie) -> ImagePosture {
+    let (kind, digest) = tie.runtime_digest();
+    let reference = &tie.reference;
+    let repo = format!("{}/{}", reference.registry, reference.repository);
+    let identity = format!("{repo}@{digest}");
+    let name = crate::image::resource_name_of(&repo, &format!("untied/{kind:?}/{identity}"));
+    let mut r = ImagePosture::new(
+        &name,
+        ImagePostureSpec {
+            image: identity,
+            repository: repo,
+            digest: digest.to_string(),
+            untied: Some(kind),
+        },
+    );
+    let mut l = BTreeMap::new();
+    l.insert(LABEL_MANAGED_BY.to_string(), MANAGER.to_string());
+    let registry = label_value(&reference.registry);
+    if !registry.is_empty() {
+        l.insert(LABEL_REGISTRY.to_string(), registry);
+    }
+    r.metadata.labels = Some(l);
+    r
+}
+
 impl ImagePosture {
     /// The identity this resource was written for (`None`: a spec we did not write).
     pub fn image_id(&self) -> Option<ImageId> {
+        if self.spec.untied.is_some() {
+            return None;
+        }
         crate::image::ImageRef::parse(&self.spec.image).ok()?.id()
     }
 

@@ -113,35 +113,9 @@ impl ImageId {
         api_host(&self.registry)
     }
 
-    /// Deterministic, readable, unique ImagePosture name of at most 63 characters: a slug of
-    /// the repository path and the first 10 hex characters of the identity's SHA-256.
+    /// The ImagePosture name of this identity (see [`resource_name_of`]).
     pub fn resource_name(&self) -> String {
-        let hash = hex::encode(Sha256::digest(self.key().as_bytes()));
-        let mut slug = String::new();
-        let mut last_dash = true;
-        for c in self.repo_path().chars() {
-            let c = c.to_ascii_lowercase();
-            if c.is_ascii_alphanumeric() {
-                slug.push(c);
-                last_dash = false;
-            } else if !last_dash {
-                slug.push('-');
-                last_dash = true;
-            }
-        }
-        let slug = slug.trim_matches('-');
-        let max_slug = 63 - 11;
-        // Keep the end: the image name is more telling than the registry host. The slug is
-        // ASCII, but count characters anyway so no input can cut one in half.
-        let skip = slug.chars().count().saturating_sub(max_slug);
-        let slug: String = slug.chars().skip(skip).collect();
-        let slug = slug.trim_start_matches('-');
-        let short: String = hash.chars().take(10).collect();
-        if slug.is_empty() {
-            format!("img-{short}")
-        } else {
-            format!("{slug}-{short}")
-        }
+        resource_name_of(&self.repo_path(), &self.key())
     }
 
     /// The cosign legacy signature tag, `sha256-<hex>.sig`.
@@ -163,6 +137,37 @@ impl ImageId {
 impl fmt::Display for ImageId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.key())
+    }
+}
+
+/// Deterministic, readable, unique resource name of at most 63 characters: a slug of the
+/// repository path and the first 10 hex characters of the SHA-256 of `identity`.
+pub fn resource_name_of(repo_path: &str, identity: &str) -> String {
+    let hash = hex::encode(Sha256::digest(identity.as_bytes()));
+    let mut slug = String::new();
+    let mut last_dash = true;
+    for c in repo_path.chars() {
+        let c = c.to_ascii_lowercase();
+        if c.is_ascii_alphanumeric() {
+            slug.push(c);
+            last_dash = false;
+        } else if !last_dash {
+            slug.push('-');
+            last_dash = true;
+        }
+    }
+    let slug = slug.trim_matches('-');
+    let max_slug = 63 - 11;
+    // Keep the end: the image name is more telling than the registry host. The slug is
+    // ASCII, but count characters anyway so no input can cut one in half.
+    let skip = slug.chars().count().saturating_sub(max_slug);
+    let slug: String = slug.chars().skip(skip).collect();
+    let slug = slug.trim_start_matches('-');
+    let short: String = hash.chars().take(10).collect();
+    if slug.is_empty() {
+        format!("img-{short}")
+    } else {
+        format!("{slug}-{short}")
     }
 }
 

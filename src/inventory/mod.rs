@@ -110,6 +110,16 @@ pub enum Untied {
     Foreign(String),
 }
 
+impl Tie {
+    /// What the runtime reported: its kind and digest (never a manifest identity by itself).
+    pub fn runtime_digest(&self) -> (crate::crd::UntiedKind, &str) {
+        match &self.running {
+            Untied::Config(c) => (crate::crd::UntiedKind::Config, c.as_str()),
+            Untied::Foreign(d) => (crate::crd::UntiedKind::Foreign, d.as_str()),
+        }
+    }
+}
+
 impl Unresolved {
     /// The pod's reference (what the tie goes through).
     pub fn reference(&self) -> &ImageRef {

@@ -43,7 +43,7 @@ struct State {
     in_flight: HashSet<Unresolved>,
     /// Ties the registry refused (`DigestUnknown`), and when: not tried (nor logged) again
     /// within the TTL, for which the walk's registry answers are cached anyway.
-    untied: HashMap<Unresolved, DateTime<Utc>>,
+    untied: HashMap<Unresolved, (DateTime<Utc>, String)>,
 }
 
 impl TagResolver {
@@ -68,7 +68,7 @@ impl TagResolver {
                 return Some(id.clone());
             }
         }
-        if let Some(at) = state.untied.get(tag) {
+        if let Some((at, _)) = state.untied.get(tag) {
             let age = now.signed_duration_since(*at).to_std().unwrap_or_default();
             if age < self.ttl {
                 return None;
@@ -96,7 +96,10 @@ impl TagResolver {
                             message = %crate::text::escape(&v.message),
                             "running image not tied to a manifest digest: no posture attributed; tried again after the TTL"
                         );
-                        state.untied.insert(tag, now);
+                        let message =
+                            crate::posture::bound(&v.message, crate::posture::MAX_MESSAGE);
+                        state.untied.insert(tag, (now, message));
+                        me.resolved.notify_one();
                     }
                     Err(v) => tracing::info!(
                         image = %crate::text::escape(&tag.to_string()),
@@ -112,7 +115,12 @@ impl TagResolver {
         None
     }
 
-    /// Notified after a resolution found a digest.
+    /// Why a running image could not be tied (the `DigestUnknown` message), while that holds.
+    pub fn untied(&self, tag: &Unresolved) -> Option<String> {
+        self.state.locked().untied.get(tag).map(|(_, m)| m.clone())
+    }
+
+    /// Notified after a resolution found a digest, or found that none can be tied.
     pub fn resolved(&self) -> Arc<Notify> {
         self.resolved.clone()
     }
