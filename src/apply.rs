@@ -394,3 +394,144 @@ where
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::{ImagePostureSpec, ImagePostureStatus};
+    use crate::posture::Posture;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntry};
+
+    const FIELDS: &[&str] = &["posture", "signer", "message"];
+
+    fn entry(manager: &str, operation: &str, fields: Value) -> ManagedFieldsEntry {
+        ManagedFieldsEntry {
+            manager: Some(manager.into()),
+            operation: Some(operation.into()),
+            subresource: Some("status".into()),
+            fields_v1: Some(FieldsV1(fields)),
+            ..Default::default()
+        }
+    }
+
+    fn cr(status: ImagePostureStatus, managers: Vec<ManagedFieldsEntry>) -> ImagePosture {
+        let spec = ImagePostureSpec {
+            image: "r/x@sha256:0".into(),
+            repository: "r/x".into(),
+            digest: "sha256:0".into(),
+            untied: None,
+        };
+        let mut cr = ImagePosture::new("x", spec);
+        cr.status = Some(status);
+        cr.metadata.managed_fields = Some(managers);
+        cr
+    }
+
+    fn invalid() -> ImagePostureStatus {
+        ImagePostureStatus {
+            posture: Some(Posture::InvalidSignature),
+            message: "bad".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn an_unchanged_part_is_not_written() {
+        let c = cr(
+            invalid(),
+            vec![entry(
+                "me",
+                "Apply",
+                json!({"f:status": {"f:posture": {}, "f:message": {}}}),
+            )],
+        );
+        let desired = json!({"posture": "invalid-signature", "message": "bad"});
+        let plan = StatusPlan::new(Some(&c), FIELDS, &desired, "me");
+        assert_eq!(
+            plan,
+            StatusPlan {
+                leftovers: vec![],
+                apply: false
+            }
+        );
+    }
+
+    /// A merge patch by another manager took `posture` and added `signer`: the signer is
+    /// removed (a claim with its value would only share it), the posture applied again.
+    #[test]
+    fn a_foreign_edit_is_removed_and_reapplied() {
+        let mut s = invalid();
+        s.posture = Some(Posture::Signed);
+        s.signer = Some("mallory".into());
+        let c = cr(
+            s,
+            vec![
+                entry("me", "Apply", json!({"f:status": {"f:message": {}}})),
+                entry(
+                    "kubectl-edit",
+                    "Update",
+                    json!({"f:status": {"f:posture": {}, "f:signer": {}}}),
+                ),
+            ],
+        );
+        let desired = json!({"posture": "invalid-signature", "message": "bad"});
+        let plan = StatusPlan::new(Some(&c), FIELDS, &desired, "me");
+        assert_eq!(
+            plan,
+            StatusPlan {
+                leftovers: vec!["signer".into()],
+                apply: true
+            }
+        );
+    }
+
+    /// A field both managers own holds the value we applied: nothing to do about it.
+    #[test]
+    fn a_shared_field_with_our_value_is_left_alone() {
+        let c = cr(
+            invalid(),
+            vec![
+                entry(
+                    "me",
+                    "Apply",
+                    json!({"f:status": {"f:posture": {}, "f:message": {}}}),
+                ),
+                entry("other", "Apply", json!({"f:status": {"f:posture": {}}})),
+            ],
+        );
+        let desired = json!({"posture": "invalid-signature", "message": "bad"});
+        let plan = StatusPlan::new(Some(&c), FIELDS, &desired, "me");
+        assert_eq!(
+            plan,
+            StatusPlan {
+                leftovers: vec![],
+                apply: false
+            }
+        );
+        assert!(ownership::foreign_only(&c, "me", Part::Status).is_empty());
+    }
+
+    /// A field we stated before and no longer state goes by our own apply.
+    #[test]
+    fn a_field_we_dropped_is_removed_by_our_apply() {
+        let mut s = invalid();
+        s.signer = Some("old".into());
+        let c = cr(
+            s,
+            vec![entry(
+                "me",
+                "Apply",
+                json!({"f:status": {"f:posture": {}, "f:message": {}, "f:signer": {}}}),
+            )],
+        );
+        let desired = json!({"posture": "invalid-signature", "message": "bad"});
+        let plan = StatusPlan::new(Some(&c), FIELDS, &desired, "me");
+        assert_eq!(
+            plan,
+            StatusPlan {
+                leftovers: vec![],
+                apply: true
+            }
+        );
+    }
+}

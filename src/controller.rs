@@ -135,6 +135,11 @@ impl Context {
         if !self.writer.may_write() {
             return Err(Error::NotLeader);
         }
+        if cr.spec.untied.is_some() {
+            // Not a manifest identity: the inventory states why (`DigestUnknown`); nothing to
+            // verify, and no registry request.
+            return Ok(Action::await_change());
+        }
         let id = cr
             .image_id()
             .ok_or_else(|| Error::InvalidSpec(crate::text::escape(&cr.spec.image)))?;
@@ -144,7 +149,12 @@ impl Context {
         let foreign = ownership::foreign_only(cr, FIELD_MANAGER_VERIFIER, Part::Status);
         let tampered = VERDICT_FIELDS.iter().any(|f| foreign.contains(*f));
         let recorded = old.filter(|_| !tampered).and_then(|s| s.recorded());
-        let Ok(observed) = self.observer.try_observe(&id, recorded.as_ref(), now).await else {
+        let leads = cr.leads();
+        let observed = self
+            .observer
+            .try_observe_with(&id, &leads, recorded.as_ref(), now)
+            .await;
+        let Ok(observed) = observed else {
             self.waiting.park(&id.registry, &cr.name_any());
             return Err(Error::RegistryBusy);
         };

@@ -106,6 +106,22 @@ pub struct ImagePostureSpec {
     pub repository: String,
     /// Manifest digest (`sha256:<hex>`), taken from the pod's `imageID`, never guessed.
     pub digest: String,
+    /// Set when `digest` is only what the container runtime reported and could not be tied to
+    /// a manifest of `repository` through the pods' tag (`config`: a bare config digest;
+    /// `foreign`: a digest under a name no registry holds, as `kind load` writes). Such a
+    /// resource is `checking` / `DigestUnknown` and is never verified.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub untied: Option<UntiedKind>,
+}
+
+/// What a running digest that could not be tied to a manifest is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum UntiedKind {
+    /// A bare image config digest.
+    Config,
+    /// A manifest digest under another name than the pod's repository.
+    Foreign,
 }
 
 /// What the operator concluded and why. Every field is optional: a fresh object has no status,
@@ -380,16 +396,58 @@ pub fn new_resource(id: &ImageId) -> ImagePosture {
             image: id.key(),
             repository: id.repo_path(),
             digest: id.digest.clone(),
+            untied: None,
         },
     );
     r.metadata.labels = Some(labels(id, None));
     r
 }
 
+/// The resource of a running image that could not be tied to a manifest of its repository:
+/// named apart from any manifest identity (its hash covers the kind), never verified.
+pub fn untied_resource(tie: &crate::inventory::Tie) -> ImagePosture {
+    let (kind, digest) = tie.runtime_digest();
+    let reference = &tie.reference;
+    let repo = format!("{}/{}", reference.registry, reference.repository);
+    let identity = format!("{repo}@{digest}");
+    let name = crate::image::resource_name_of(&repo, &format!("untied/{kind:?}/{identity}"));
+    let mut r = ImagePosture::new(
+        &name,
+        ImagePostureSpec {
+            image: identity,
+            repository: repo,
+            digest: digest.to_string(),
+            untied: Some(kind),
+        },
+    );
+    let mut l = BTreeMap::new();
+    l.insert(LABEL_MANAGED_BY.to_string(), MANAGER.to_string());
+    let registry = label_value(&reference.registry);
+    if !registry.is_empty() {
+        l.insert(LABEL_REGISTRY.to_string(), registry);
+    }
+    r.metadata.labels = Some(l);
+    r
+}
+
 impl ImagePosture {
     /// The identity this resource was written for (`None`: a spec we did not write).
     pub fn image_id(&self) -> Option<ImageId> {
+        if self.spec.untied.is_some() {
+            return None;
+        }
         crate::image::ImageRef::parse(&self.spec.image).ok()?.id()
+    }
+
+    /// The references pods name this image by (`status.references`, written by the inventory
+    /// from the pods' spec images), parsed: what leads the verifier from a running platform
+    /// manifest to the index that lists it. Unparsable ones are left out.
+    pub fn leads(&self) -> Vec<crate::image::ImageRef> {
+        self.status
+            .iter()
+            .flat_map(|s| s.references.iter())
+            .filter_map(|r| crate::image::ImageRef::parse(r).ok())
+            .collect()
     }
 
     /// Carries our `app.kubernetes.io/managed-by` label (only those are collected or verified).
@@ -613,6 +671,8 @@ mod tests {
         let t0 = parse_time("2026-01-01T00:00:00Z").unwrap();
         let t1 = parse_time("2026-01-01T07:00:00Z").unwrap();
         let rec = SignatureRecord {
+            digest: None,
+            via: None,
             source: SignatureSource::Tag,
             format: SignatureFormat::Simplesigning,
             verified: true,
@@ -714,6 +774,8 @@ mod tests {
     #[test]
     fn status_is_bounded_and_camel_case() {
         let rec = SignatureRecord {
+            digest: None,
+            via: None,
             source: SignatureSource::Tag,
             format: SignatureFormat::Simplesigning,
             verified: false,

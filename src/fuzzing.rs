@@ -93,6 +93,9 @@ pub fn image_ref(input: &str) -> Result<(), String> {
 pub fn image_id(data: &[u8]) -> Result<(), String> {
     let input = text(data);
     let _ = image::digest_from_image_id(&input);
+    if let image::RuntimeImage::Manifest { digest, .. } = image::RuntimeImage::parse(&input) {
+        image::validate_digest(&digest)?;
+    }
     let _ = image::validate_digest(&input);
     let _ = image::api_host(&image::normalize_registry(&input));
     let mut f = fields(data).map(text);
@@ -182,6 +185,12 @@ pub fn oci_manifest(data: &[u8]) {
         }
     }
     let _ = serde_json::from_slice::<OciManifest>(data);
+    // Lineage's reading of an index or manifest (children, platforms, config digest).
+    if let crate::verify::lineage::Doc::Index(children) = crate::verify::lineage::Doc::parse(data) {
+        for c in &children {
+            debug_assert!(image::validate_digest(&c.digest).is_ok(), "{}", c.digest);
+        }
+    }
 }
 
 /// A log entry: `body` 0xFF `integratedTime` 0xFF `logIndex` 0xFF `logID` 0xFF `SET` 0xFF

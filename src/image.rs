@@ -113,35 +113,9 @@ impl ImageId {
         api_host(&self.registry)
     }
 
-    /// Deterministic, readable, unique ImagePosture name of at most 63 characters: a slug of
-    /// the repository path and the first 10 hex characters of the identity's SHA-256.
+    /// The ImagePosture name of this identity (see [`resource_name_of`]).
     pub fn resource_name(&self) -> String {
-        let hash = hex::encode(Sha256::digest(self.key().as_bytes()));
-        let mut slug = String::new();
-        let mut last_dash = true;
-        for c in self.repo_path().chars() {
-            let c = c.to_ascii_lowercase();
-            if c.is_ascii_alphanumeric() {
-                slug.push(c);
-                last_dash = false;
-            } else if !last_dash {
-                slug.push('-');
-                last_dash = true;
-            }
-        }
-        let slug = slug.trim_matches('-');
-        let max_slug = 63 - 11;
-        // Keep the end: the image name is more telling than the registry host. The slug is
-        // ASCII, but count characters anyway so no input can cut one in half.
-        let skip = slug.chars().count().saturating_sub(max_slug);
-        let slug: String = slug.chars().skip(skip).collect();
-        let slug = slug.trim_start_matches('-');
-        let short: String = hash.chars().take(10).collect();
-        if slug.is_empty() {
-            format!("img-{short}")
-        } else {
-            format!("{slug}-{short}")
-        }
+        resource_name_of(&self.repo_path(), &self.key())
     }
 
     /// The cosign legacy signature tag, `sha256-<hex>.sig`.
@@ -163,6 +137,37 @@ impl ImageId {
 impl fmt::Display for ImageId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.key())
+    }
+}
+
+/// Deterministic, readable, unique resource name of at most 63 characters: a slug of the
+/// repository path and the first 10 hex characters of the SHA-256 of `identity`.
+pub fn resource_name_of(repo_path: &str, identity: &str) -> String {
+    let hash = hex::encode(Sha256::digest(identity.as_bytes()));
+    let mut slug = String::new();
+    let mut last_dash = true;
+    for c in repo_path.chars() {
+        let c = c.to_ascii_lowercase();
+        if c.is_ascii_alphanumeric() {
+            slug.push(c);
+            last_dash = false;
+        } else if !last_dash {
+            slug.push('-');
+            last_dash = true;
+        }
+    }
+    let slug = slug.trim_matches('-');
+    let max_slug = 63 - 11;
+    // Keep the end: the image name is more telling than the registry host. The slug is
+    // ASCII, but count characters anyway so no input can cut one in half.
+    let skip = slug.chars().count().saturating_sub(max_slug);
+    let slug: String = slug.chars().skip(skip).collect();
+    let slug = slug.trim_start_matches('-');
+    let short: String = hash.chars().take(10).collect();
+    if slug.is_empty() {
+        format!("img-{short}")
+    } else {
+        format!("{slug}-{short}")
     }
 }
 
@@ -211,11 +216,79 @@ pub fn validate_digest(d: &str) -> Result<String, String> {
     Ok(d.to_string())
 }
 
+/// An image **config** digest (`sha256:` of the config blob): what `docker load`, `k3d image
+/// import` and some CRI-O releases leave in `imageID` (a bare `sha256:…`, no repository).
+///
+/// It names no manifest, so no signature is ever looked up under it and no [`ImageId`] can be
+/// built from it: the field is private and nothing converts it. Only a manifest fetched from the
+/// registry whose `config.digest` equals it becomes an identity (see
+/// `Verifier::tie`), so a config digest can never be verified as if it were a manifest digest.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConfigDigest(String);
+
+impl ConfigDigest {
+    /// Whether a manifest's `config.digest` is this digest.
+    pub fn is_config_of(&self, config_digest: &str) -> bool {
+        self.0 == config_digest
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ConfigDigest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What the kubelet's `containerStatuses[].imageID` says a container runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RuntimeImage {
+    /// `name@sha256:…` (containerd, cri-dockerd `docker-pullable://`, CRI-O): a manifest
+    /// digest (an index or a platform manifest) under the repository the runtime names, when
+    /// that name parses.
+    Manifest {
+        repository: Option<(String, String)>,
+        digest: String,
+    },
+    /// A bare `sha256:…` (or `docker://sha256:…`): the image config digest.
+    Config(ConfigDigest),
+    /// Empty (not pulled yet) or unreadable.
+    Unknown,
+}
+
+impl RuntimeImage {
+    pub fn parse(image_id: &str) -> RuntimeImage {
+        let s = image_id.trim();
+        let s = s
+            .strip_prefix("docker-pullable://")
+            .or_else(|| s.strip_prefix("docker://"))
+            .unwrap_or(s);
+        match s.rsplit_once('@') {
+            Some((name, digest)) => match validate_digest(digest) {
+                Ok(digest) => RuntimeImage::Manifest {
+                    repository: ImageRef::parse(name)
+                        .ok()
+                        .map(|r| (r.registry, r.repository)),
+                    digest,
+                },
+                Err(_) => RuntimeImage::Unknown,
+            },
+            None => match validate_digest(s) {
+                Ok(d) => RuntimeImage::Config(ConfigDigest(d)),
+                Err(_) => RuntimeImage::Unknown,
+            },
+        }
+    }
+}
+
 /// The manifest digest recorded by the kubelet in `containerStatuses[].imageID`.
 ///
 /// Runtimes write `docker-pullable://repo@sha256:…`, `repo@sha256:…` or a bare `sha256:…`.
 /// A bare digest is the image *config* ID on some runtimes, not the manifest digest, so it is
-/// never used: the image is then resolved through the registry instead of guessed.
+/// never used here; [`RuntimeImage`] tells the forms apart for the inventory.
 pub fn digest_from_image_id(image_id: &str) -> Option<String> {
     let s = image_id
         .trim()
@@ -321,5 +394,33 @@ mod tests {
         );
         assert_eq!(digest_from_image_id(D), None);
         assert_eq!(digest_from_image_id(""), None);
+    }
+
+    #[test]
+    fn runtime_image_forms() {
+        let repo = |r: &str| Some(("docker.io".to_string(), r.to_string()));
+        assert_eq!(
+            RuntimeImage::parse(&format!("docker-pullable://nginx@{D}")),
+            RuntimeImage::Manifest {
+                repository: repo("library/nginx"),
+                digest: D.into()
+            }
+        );
+        assert_eq!(
+            RuntimeImage::parse(&format!("docker.io/library/import-2024-05-01@{D}")),
+            RuntimeImage::Manifest {
+                repository: repo("library/import-2024-05-01"),
+                digest: D.into()
+            }
+        );
+        for bare in [D.to_string(), format!("docker://{D}")] {
+            let RuntimeImage::Config(c) = RuntimeImage::parse(&bare) else {
+                panic!("{bare}")
+            };
+            assert!(c.is_config_of(D));
+        }
+        for junk in ["", "sha256:zz", "x@sha256:12", "docker://"] {
+            assert_eq!(RuntimeImage::parse(junk), RuntimeImage::Unknown, "{junk}");
+        }
     }
 }

@@ -47,7 +47,10 @@ pub async fn run(args: ObserveArgs) -> Result<(), Box<dyn std::error::Error>> {
                     image: input.clone(),
                     repository,
                     digest: Some(id.digest.clone()),
-                    verdict: observer.observe(&id, None, now).await.verdict,
+                    verdict: observer
+                        .observe_with(&id, std::slice::from_ref(&parsed), None, now)
+                        .await
+                        .verdict,
                 },
                 Err(verdict) => Row {
                     image: input.clone(),

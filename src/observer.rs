@@ -23,8 +23,9 @@ use chrono::{DateTime, Utc};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::image::{ImageId, ImageRef};
+use crate::inventory::Unresolved;
 use crate::metrics::Metrics;
-use crate::posture::{Posture, Reason, Verdict};
+use crate::posture::{Posture, Reason, Verdict, EVIDENCE_VIA_INDEX};
 use crate::verify::Verifier;
 
 #[derive(Clone, Debug)]
@@ -122,6 +123,7 @@ pub struct Observer {
 
 impl Observer {
     pub fn new(verifier: Arc<Verifier>, config: ObserverConfig) -> Self {
+        verifier.set_tag_ttl(config.ttl);
         Observer {
             verifier,
             config,
@@ -162,12 +164,25 @@ impl Observer {
         recorded: Option<&Recorded>,
         now: DateTime<Utc>,
     ) -> Observed {
+        self.observe_with(id, &[], recorded, now).await
+    }
+
+    /// [`observe`](Self::observe) with the references pods name the image by
+    /// (`status.references`): what ties a running platform manifest to a signed index, see
+    /// [`crate::verify::lineage`].
+    pub async fn observe_with(
+        &self,
+        id: &ImageId,
+        leads: &[ImageRef],
+        recorded: Option<&Recorded>,
+        now: DateTime<Utc>,
+    ) -> Observed {
         if let Some(o) = self.without_io(id, recorded, now) {
             return o;
         }
         let slot = self.slot(&id.registry);
         let permit = slot.acquire_owned().await.ok();
-        self.with_slot(id, recorded, now, permit).await
+        self.with_slot(id, leads, recorded, now, permit).await
     }
 
     /// Observes one image, or answers [`Busy`] at once when its registry has no free slot, so
@@ -178,6 +193,17 @@ impl Observer {
         recorded: Option<&Recorded>,
         now: DateTime<Utc>,
     ) -> Result<Observed, Busy> {
+        self.try_observe_with(id, &[], recorded, now).await
+    }
+
+    /// [`try_observe`](Self::try_observe) with the references pods name the image by.
+    pub async fn try_observe_with(
+        &self,
+        id: &ImageId,
+        leads: &[ImageRef],
+        recorded: Option<&Recorded>,
+        now: DateTime<Utc>,
+    ) -> Result<Observed, Busy> {
         if let Some(o) = self.without_io(id, recorded, now) {
             return Ok(o);
         }
@@ -185,7 +211,7 @@ impl Observer {
             .slot(&id.registry)
             .try_acquire_owned()
             .map_err(|_| Busy)?;
-        Ok(self.with_slot(id, recorded, now, Some(permit)).await)
+        Ok(self.with_slot(id, leads, recorded, now, Some(permit)).await)
     }
 
     /// A cache hit, or the backoff's answer: no I/O either way.
@@ -216,6 +242,7 @@ impl Observer {
     async fn with_slot(
         &self,
         id: &ImageId,
+        leads: &[ImageRef],
         recorded: Option<&Recorded>,
         now: DateTime<Utc>,
         _permit: Option<OwnedSemaphorePermit>,
@@ -224,6 +251,20 @@ impl Observer {
         if let Some(o) = self.backed_off(&id.registry, now) {
             return o;
         }
+        // The index a recorded verdict was reached through stays a lead after its tag moved.
+        let recorded_index = recorded
+            .and_then(|r| r.verdict.artifact_digests.get(EVIDENCE_VIA_INDEX))
+            .filter(|_| !leads.is_empty())
+            .map(|index| ImageRef {
+                registry: id.registry.clone(),
+                repository: id.repository.clone(),
+                tag: None,
+                digest: Some(index.clone()),
+            });
+        let leads: Vec<ImageRef> = recorded_index
+            .into_iter()
+            .chain(leads.iter().cloned())
+            .collect();
         let budget = self.config.budget;
         let started = std::time::Instant::now();
         let work = async {
@@ -236,7 +277,12 @@ impl Observer {
                     return (r.verdict.clone(), Source::Revalidated);
                 }
             }
-            (self.verifier.observe_task(id).await, Source::Verified)
+            let verdict = if leads.is_empty() {
+                self.verifier.observe_task(id).await
+            } else {
+                self.verifier.observe_task_with(id, &leads, now).await
+            };
+            (verdict, Source::Verified)
         };
         let (verdict, source) = match tokio::time::timeout(budget, work).await {
             Ok(done) => done,
@@ -299,6 +345,28 @@ impl Observer {
         let result = self.verifier.resolve(reference).await;
         if let Err(v) = &result {
             self.note_failure(&reference.registry, v, now);
+        }
+        result
+    }
+
+    /// The identity of a running image the inventory could not name by itself: a tag not
+    /// pulled yet (its current digest), or a running image tied through its tag
+    /// ([`Verifier::tie`]); unless its registry is backing off.
+    pub async fn resolve_running(
+        &self,
+        what: &Unresolved,
+        now: DateTime<Utc>,
+    ) -> Result<ImageId, Verdict> {
+        let registry = &what.reference().registry;
+        if let Some(o) = self.backed_off(registry, now) {
+            return Err(o.verdict);
+        }
+        let result = match what {
+            Unresolved::Tag(reference) => self.verifier.resolve(reference).await,
+            Unresolved::Tie(tie) => self.verifier.tie(tie, now).await,
+        };
+        if let Err(v) = &result {
+            self.note_failure(registry, v, now);
         }
         result
     }

@@ -139,6 +139,14 @@ pub const EVIDENCE_REFERRERS_TAG: &str = "referrersTag";
 /// Evidence key: digest of the `trusted_root.json` that judged the signatures.
 pub const EVIDENCE_TRUST_ROOT: &str = "trustRoot";
 
+/// Evidence key: the index whose signature covers the running platform manifest.
+pub const EVIDENCE_VIA_INDEX: &str = "viaIndex";
+/// Evidence key: a fingerprint of that index's signature listings (see `EVIDENCE_*` above).
+pub const EVIDENCE_VIA_INDEX_LISTINGS: &str = "viaIndexListings";
+/// Evidence key: a fingerprint of the signature listings of the platform manifests the
+/// running (unsigned) index lists.
+pub const EVIDENCE_VIA_PLATFORMS: &str = "viaPlatforms";
+
 /// Keyless (Fulcio certificate) or key-based signature.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
@@ -177,10 +185,29 @@ pub enum TimeSource {
     Timestamp,
 }
 
+/// How a signature on another digest covers the running one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Via {
+    /// The running digest is a platform manifest; the signature is on an index whose
+    /// `manifests[]` lists it (the signed index bytes commit to it).
+    Index,
+    /// The running digest is an index with no signature of its own; the signature is on one
+    /// of the platform manifests it lists.
+    Platform,
+}
+
 /// The verdict on one signature artifact.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SignatureRecord {
+    /// The manifest digest this signature is over (the running digest, or with `via` the index
+    /// or platform manifest that carried it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    /// Set when the signature is on another digest than the running one, and how it covers it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<Via>,
     pub source: SignatureSource,
     pub format: SignatureFormat,
     pub verified: bool,

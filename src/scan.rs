@@ -46,7 +46,7 @@ pub async fn scan(pods: &[Pod], observer: &Observer, concurrency: usize) -> Vec<
     let tags: Vec<_> = inv.unresolved.keys().cloned().collect();
     let resolved: Vec<_> = stream::iter(tags)
         .map(|tag| async move {
-            let r = observer.resolve(&tag, now).await;
+            let r = observer.resolve_running(&tag, now).await;
             (tag, r)
         })
         .buffer_unordered(concurrency.max(1))
@@ -56,7 +56,13 @@ pub async fn scan(pods: &[Pod], observer: &Observer, concurrency: usize) -> Vec<
         match r {
             Ok(id) => inv.resolve(&tag, id),
             Err(v) => eprintln!(
-                "imageposture: {tag} has no digest yet ({}: {})",
+                "imageposture: {} {} ({}: {})",
+                crate::text::escape(&tag.to_string()),
+                match tag {
+                    crate::inventory::Unresolved::Tag(_) => "has no digest yet",
+                    crate::inventory::Unresolved::Tie(_) =>
+                        "is not tied to a manifest digest: no posture attributed",
+                },
                 v.reason,
                 crate::text::escape(&v.message)
             ),
@@ -66,8 +72,13 @@ pub async fn scan(pods: &[Pod], observer: &Observer, concurrency: usize) -> Vec<
     let inv = &inv;
     stream::iter(order)
         .map(|id| async move {
-            let o = observer.observe(&id, None, now).await;
             let usage = inv.images.get(&id)?;
+            let leads: Vec<_> = usage
+                .references
+                .iter()
+                .filter_map(|r| crate::image::ImageRef::parse(r).ok())
+                .collect();
+            let o = observer.observe_with(&id, &leads, None, now).await;
             let mut r = crd::new_resource(&id);
             r.metadata.labels = Some(crd::labels(&id, Some(o.verdict.posture)));
             let verdict = ImagePostureStatus::verdict_fields(

@@ -1233,3 +1233,61 @@ async fn restart_within_ttl_with_a_tag_not_pulled_writes_nothing() {
         "{requests:#?}"
     );
 }
+
+/// A container whose runtime reports a bare config digest that nothing behind the pod's tag has
+/// (the tag moved, or the image never came from there): its own resource, `checking` /
+/// `DigestUnknown` naming the tag, never verified (no signature lookup), and left alone after.
+#[tokio::test]
+async fn an_untied_config_digest_is_checking_digest_unknown() {
+    let Some(mut w) = World::new().await else {
+        return;
+    };
+    let id = w.signed_image("untied").await;
+    let tag_ref = format!("{}:v1", id.repo_path());
+    let config = "sha256:00000000000000000000000000000000000000000000000000000000000000aa";
+    let ctr = Ctr {
+        image: tag_ref.clone(),
+        image_id: config.into(),
+    };
+    w.init_pods(&[pod("a", "loaded", &[ctr])]).await;
+    let t0 = Utc::now();
+    w.pass(t0).await;
+    w.op.sweeper.tags().settled().await;
+    w.reset_counters();
+    let r = w.pass(after(t0, Duration::from_secs(1))).await;
+    assert_eq!(
+        (r.inventory.untied, r.created, r.errors),
+        (1, 1, 0),
+        "{r:#?}"
+    );
+    let crs = w.api.image_postures().await;
+    assert_eq!(crs.len(), 1, "{crs:#?}");
+    let cr: ImagePosture = serde_json::from_value(crs[0].clone()).unwrap();
+    assert_eq!(
+        cr.spec.untied,
+        Some(imageposture::crd::UntiedKind::Config),
+        "{cr:#?}"
+    );
+    assert_eq!(cr.spec.digest, config);
+    let s = cr.status.clone().unwrap();
+    assert_posture(&s, Posture::Checking, Reason::DigestUnknown);
+    assert!(s.message.contains("tag \"v1\" now points to"), "{s:#?}");
+    assert_eq!(s.signer, None);
+    assert_eq!(s.usage.unwrap().pods, 1);
+    assert_eq!(
+        cr.metadata.labels.unwrap()["imageposture.io/posture"],
+        "checking"
+    );
+    assert!(
+        !w.proxy.requests().iter().any(|q| q.path.contains(".sig")),
+        "an untied digest is never verified: {:#?}",
+        w.proxy.requests()
+    );
+
+    // Nothing changed: nothing written, nothing asked.
+    w.reset_counters();
+    let r = w.pass(after(t0, Duration::from_secs(60))).await;
+    assert_eq!(r.api_writes(), 0, "{r:#?}");
+    assert!(w.api.writes().is_empty(), "{:#?}", w.api.writes());
+    assert!(w.proxy.requests().is_empty(), "{:#?}", w.proxy.requests());
+}

@@ -1,8 +1,11 @@
 //! Inventory: pods → the distinct images they run, with who runs them.
 //!
 //! Every container kind counts (containers, init containers, ephemeral containers). The digest
-//! comes from the kubelet's `imageID` (what actually ran) or from a digest-pinned spec; a
-//! tag-only image that has not been pulled yet is listed as unresolved, never guessed.
+//! comes from the kubelet's `imageID` (what actually ran) when it names a manifest digest under
+//! the pod's own repository, or from a digest-pinned spec. Anything else is listed as
+//! [`Unresolved`], never guessed: a tag not pulled yet, a bare config digest (`docker load`,
+//! k3d), a digest under a name no registry holds (`kind load`); the registry ties those (see
+//! [`tags`]), or nothing is attributed to them.
 //!
 //! [`sweep`] is the inventory loop that writes what this finds; [`tags`] resolves tags in
 //! the background for it.
@@ -15,7 +18,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
 use kube::ResourceExt;
 
-use crate::image::{digest_from_image_id, ImageId, ImageRef};
+use crate::image::{ConfigDigest, ImageId, ImageRef, RuntimeImage};
 
 /// Who uses one image.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -77,11 +80,77 @@ fn add_use<K: Ord + Clone>(
         .add(reference, namespace, pod);
 }
 
+/// A running image not yet tied to a manifest digest in the pod's own repository. Only the
+/// registry can tie it ([`crate::observer::Observer::resolve_running`]); until then (and when it
+/// cannot) no identity, and so no posture, is attributed to it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Unresolved {
+    /// Not pulled yet (no `imageID`): the tag's current digest is what the kubelet pulls.
+    Tag(ImageRef),
+    /// Runs an image the runtime names without a manifest digest of this repository.
+    Tie(Tie),
+}
+
+/// A running image known only by what the runtime reports, to be tied through the pod's tag:
+/// the tag must lead (itself, or through the index it points at) to the running manifest.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Tie {
+    /// The pod's spec reference (a tag; a digest-pinned spec never needs a tie).
+    pub reference: ImageRef,
+    pub running: Untied,
+}
+
+/// What the runtime reports that is not (yet) a manifest digest of the pod's repository.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Untied {
+    /// A bare config digest (`docker load`, `k3d image import`, some CRI-O releases).
+    Config(ConfigDigest),
+    /// A manifest digest under a name that is not the pod's repository (`kind load`'s
+    /// `import-<date>@sha256:…`): never looked up under that name.
+    Foreign(String),
+}
+
+impl Tie {
+    /// What the runtime reported: its kind and digest (never a manifest identity by itself).
+    pub fn runtime_digest(&self) -> (crate::crd::UntiedKind, &str) {
+        match &self.running {
+            Untied::Config(c) => (crate::crd::UntiedKind::Config, c.as_str()),
+            Untied::Foreign(d) => (crate::crd::UntiedKind::Foreign, d.as_str()),
+        }
+    }
+}
+
+impl Unresolved {
+    /// The pod's reference (what the tie goes through).
+    pub fn reference(&self) -> &ImageRef {
+        match self {
+            Unresolved::Tag(r) => r,
+            Unresolved::Tie(t) => &t.reference,
+        }
+    }
+}
+
+impl std::fmt::Display for Unresolved {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unresolved::Tag(r) => write!(f, "{r}"),
+            Unresolved::Tie(Tie {
+                reference,
+                running: Untied::Config(c),
+            }) => write!(f, "{reference} (running config {c})"),
+            Unresolved::Tie(Tie {
+                reference,
+                running: Untied::Foreign(d),
+            }) => write!(f, "{reference} (running {d} under another name)"),
+        }
+    }
+}
+
 /// What one (reference, imageID) pair names.
 enum Parsed {
     Image(ImageId),
-    /// A tag whose digest is not known yet.
-    Tag(ImageRef),
+    /// No manifest digest of the pod's repository known yet.
+    Unresolved(Unresolved),
     Invalid(String),
 }
 
@@ -91,16 +160,38 @@ impl Parsed {
             Ok(r) => r,
             Err(e) => return Parsed::Invalid(e.why),
         };
-        let digest = image_id
-            .and_then(digest_from_image_id)
-            .or_else(|| parsed.digest.clone());
-        match digest {
-            Some(digest) => Parsed::Image(ImageId {
+        let runtime = image_id.map_or(RuntimeImage::Unknown, RuntimeImage::parse);
+        let own = |digest: String, parsed: ImageRef| {
+            Parsed::Image(ImageId {
                 registry: parsed.registry,
                 repository: parsed.repository,
                 digest,
-            }),
-            None => Parsed::Tag(parsed),
+            })
+        };
+        // The runtime's own name for the digest is the pod's repository: what ran.
+        if let RuntimeImage::Manifest {
+            repository: Some((registry, repository)),
+            digest,
+        } = &runtime
+        {
+            if *registry == parsed.registry && *repository == parsed.repository {
+                return own(digest.clone(), parsed);
+            }
+        }
+        // A digest-pinned spec is what the runtime resolved and checked by content.
+        if let Some(d) = parsed.digest.clone() {
+            return own(d, parsed);
+        }
+        match runtime {
+            RuntimeImage::Manifest { digest, .. } => Parsed::Unresolved(Unresolved::Tie(Tie {
+                reference: parsed,
+                running: Untied::Foreign(digest),
+            })),
+            RuntimeImage::Config(config) => Parsed::Unresolved(Unresolved::Tie(Tie {
+                reference: parsed,
+                running: Untied::Config(config),
+            })),
+            RuntimeImage::Unknown => Parsed::Unresolved(Unresolved::Tag(parsed)),
         }
     }
 }
@@ -112,8 +203,9 @@ type ContainerGroup<'a> = (Vec<(&'a str, Option<&'a str>)>, &'a [ContainerStatus
 pub struct Inventory {
     /// Images with a known digest.
     pub images: BTreeMap<ImageId, Usage>,
-    /// Tag-only images not pulled yet: resolve through the registry, or wait.
-    pub unresolved: BTreeMap<ImageRef, Usage>,
+    /// Images with no manifest digest of their repository yet (a tag not pulled yet, a bare
+    /// config digest, a digest under another name): tied through the registry, or wait.
+    pub unresolved: BTreeMap<Unresolved, Usage>,
     /// References that do not parse, with why (reported, never verified).
     pub invalid: BTreeMap<String, String>,
 }
@@ -184,15 +276,15 @@ impl Inventory {
     fn add(&mut self, reference: &str, what: &Parsed, namespace: &str, pod: &str) {
         match what {
             Parsed::Image(id) => add_use(&mut self.images, id, reference, namespace, pod),
-            Parsed::Tag(tag) => add_use(&mut self.unresolved, tag, reference, namespace, pod),
+            Parsed::Unresolved(u) => add_use(&mut self.unresolved, u, reference, namespace, pod),
             Parsed::Invalid(why) => {
                 self.invalid.insert(reference.to_string(), why.clone());
             }
         }
     }
 
-    /// Folds a resolved tag into the images it points at.
-    pub fn resolve(&mut self, reference: &ImageRef, id: ImageId) {
+    /// Folds a resolved tag (or a tied running image) into the image it is.
+    pub fn resolve(&mut self, reference: &Unresolved, id: ImageId) {
         if let Some(usage) = self.unresolved.remove(reference) {
             self.images.entry(id).or_default().merge(usage);
         }
@@ -330,6 +422,74 @@ mod tests {
         );
         assert!(inv.invalid.contains_key("UPPER:case"));
         assert!(!inv.images.keys().any(|i| i.repository.contains("old")));
+    }
+
+    /// What each runtime's `imageID` makes of a pod's image: only a manifest digest named
+    /// under the pod's own repository (or a digest-pinned spec) is an identity; a bare config
+    /// digest and a digest under another name wait for a tie through the tag.
+    #[test]
+    fn runtime_image_ids() {
+        let running = |image: &str, image_id: &str| {
+            let pods = vec![pod(
+                "a",
+                "p",
+                json!({"containers": [{"name": "c", "image": image}]}),
+                json!({"phase": "Running", "containerStatuses": [{"name": "c", "image": image,
+                       "imageID": image_id, "ready": true, "restartCount": 0}]}),
+            )];
+            Inventory::from_pods(&pods, &NamespaceFilter::default())
+        };
+        let nginx = |d: &str| ImageId {
+            registry: "docker.io".into(),
+            repository: "library/nginx".into(),
+            digest: d.into(),
+        };
+        // containerd / CRI-O: a manifest digest under the pod's repository.
+        for id in [
+            format!("docker.io/library/nginx@{D}"),
+            format!("docker-pullable://nginx@{D}"),
+        ] {
+            let inv = running("nginx:1.27", &id);
+            assert!(inv.images.contains_key(&nginx(D)), "{id}: {inv:?}");
+        }
+        // docker load / k3d: a bare config digest is never an identity.
+        for id in [E.to_string(), format!("docker://{E}")] {
+            let inv = running("nginx:1.27", &id);
+            assert!(inv.images.is_empty(), "{inv:?}");
+            let Some(Unresolved::Tie(Tie {
+                reference,
+                running: Untied::Config(c),
+            })) = inv.unresolved.keys().next()
+            else {
+                panic!("{inv:?}")
+            };
+            assert!(c.is_config_of(E));
+            assert_eq!(reference.tag.as_deref(), Some("1.27"));
+        }
+        // kind load: a digest under a name no registry has.
+        let inv = running(
+            "nginx:1.27",
+            &format!("docker.io/library/import-2024-05-01@{D}"),
+        );
+        assert!(inv.images.is_empty(), "{inv:?}");
+        assert!(matches!(
+            inv.unresolved.keys().next(),
+            Some(Unresolved::Tie(Tie { running: Untied::Foreign(d), .. })) if d == D
+        ));
+        // A digest-pinned spec is what ran, whatever the runtime calls it.
+        let inv = running(&format!("nginx@{D}"), E);
+        assert!(inv.images.contains_key(&nginx(D)), "{inv:?}");
+        let inv = running(
+            &format!("nginx@{D}"),
+            &format!("docker.io/library/import-x@{E}"),
+        );
+        assert!(inv.images.contains_key(&nginx(D)), "{inv:?}");
+        // Not pulled yet: the tag.
+        let inv = running("nginx:1.27", "");
+        assert!(matches!(
+            inv.unresolved.keys().next(),
+            Some(Unresolved::Tag(_))
+        ));
     }
 
     #[test]

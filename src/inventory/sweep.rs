@@ -26,15 +26,16 @@ use kube::ResourceExt;
 use serde_json::json;
 
 use super::tags::TagResolver;
-use super::{Inventory, NamespaceFilter, Usage};
+use super::{Inventory, NamespaceFilter, Unresolved, Usage};
 use crate::apply::Writer;
 use crate::crd::{
     self, ImagePosture, ImagePostureStatus, ImageUsage, FIELD_MANAGER_INVENTORY,
-    FIELD_MANAGER_VERIFIER, INVENTORY_FIELDS,
+    FIELD_MANAGER_VERIFIER, INVENTORY_FIELDS, LABEL_POSTURE, VERDICT_FIELDS,
 };
 use crate::error::{Error, Result};
 use crate::image::ImageId;
 use crate::ownership::{self, Part};
+use crate::posture::{Posture, Reason, Verdict};
 
 /// Images whose resources are written at once within a pass.
 const WRITES_IN_FLIGHT: usize = 16;
@@ -69,6 +70,8 @@ pub struct SweepReport {
     pub status_writes: usize,
     pub metadata_writes: usize,
     pub deleted: usize,
+    /// Running images that could not be tied to a manifest (`checking` / `DigestUnknown`).
+    pub untied: usize,
     /// Images over the max-images cap: not recorded.
     pub deferred: usize,
     pub errors: usize,
@@ -137,6 +140,18 @@ impl Sweeper {
                 inv.resolve(tag, id);
             }
         }
+        // Running images the registry could not tie to a manifest of their repository: a
+        // resource of their own, `checking` / `DigestUnknown`, never verified.
+        let mut untied = Vec::new();
+        for tag in &tags {
+            let Unresolved::Tie(tie) = tag else { continue };
+            if let Some(message) = self.tags.untied(tag) {
+                if let Some(usage) = inv.unresolved.remove(tag) {
+                    untied.push((crd::untied_resource(tie), usage, message));
+                }
+            }
+        }
+        report.untied = untied.len();
         report.unresolved = inv.unresolved.len();
         report.images = inv.images.len();
 
@@ -165,6 +180,20 @@ impl Sweeper {
                     work.push((id, usage, current));
                 }
             }
+        }
+        let mut untied_work = Vec::new();
+        for (cr, usage, message) in &untied {
+            let name = cr.name_any();
+            let current = existing.get(&name).copied();
+            if current.is_none() {
+                if room == 0 {
+                    report.deferred += 1;
+                    continue;
+                }
+                room -= 1;
+            }
+            live.insert(name);
+            untied_work.push((cr, usage, message.as_str(), current));
         }
         // After a restart the tag cache is empty: a tag not resolved yet may name an image
         // whose resource exists. Until it resolves, that resource is neither unused nor
@@ -225,6 +254,25 @@ impl Sweeper {
             }
         }
         drop(writes);
+        if !server_failing {
+            for (cr, usage, message, current) in untied_work {
+                if !self.writer.may_write() {
+                    report.aborted = true;
+                    return report;
+                }
+                if let Err(e) = self
+                    .materialize_untied(cr, usage, message, current, now, &mut report)
+                    .await
+                {
+                    report.errors += 1;
+                    tracing::warn!(name = %cr.name_any(), error = %e, "writing ImagePosture failed; retried next pass");
+                    if e.server_failing() {
+                        server_failing = true;
+                        break;
+                    }
+                }
+            }
+        }
         let skipped = total.saturating_sub(done);
         if report.deferred > 0 {
             tracing::warn!(
@@ -329,6 +377,67 @@ impl Sweeper {
                 Err(Error::Kube(kube::Error::Api(s))) if s.is_conflict() => {}
                 Err(e) => return Err(e),
             }
+        }
+        let desired = ImagePostureStatus::inventory_fields(
+            usage.references.iter().cloned().collect(),
+            ImageUsage::new(
+                u32::try_from(usage.pods.len()).unwrap_or(u32::MAX),
+                usage.namespaces.iter().map(String::as_str),
+            ),
+        );
+        self.apply_inventory_status(&name, desired, current, report)
+            .await
+    }
+
+    /// Writes the resource of a running image that could not be tied: identity and usage as
+    /// the inventory, and the verdict fields on the verifier's behalf (`checking` /
+    /// `DigestUnknown`, saying why), each only where it differs.
+    async fn materialize_untied(
+        &self,
+        cr: &ImagePosture,
+        usage: &Usage,
+        message: &str,
+        current: Option<&ImagePosture>,
+        now: DateTime<Utc>,
+        report: &mut SweepReport,
+    ) -> Result<()> {
+        let name = cr.name_any();
+        let labels = cr.labels().clone();
+        let meta_ok = current.is_some_and(|c| {
+            c.spec == cr.spec && labels.iter().all(|(k, v)| c.labels().get(k) == Some(v))
+        });
+        if !meta_ok {
+            let body = json!({ "metadata": { "name": name, "labels": labels }, "spec": cr.spec });
+            self.writer
+                .apply(&name, body, FIELD_MANAGER_INVENTORY)
+                .await?;
+            if current.is_none() {
+                report.created += 1;
+            }
+            report.metadata_writes += 1;
+        }
+        let verdict = Verdict::checking(Reason::DigestUnknown, message);
+        let old = current.and_then(|c| c.status.as_ref());
+        let desired = ImagePostureStatus::verdict_fields(&verdict, None, None, old, now);
+        let synced = self
+            .writer
+            .sync_status(
+                &name,
+                current,
+                VERDICT_FIELDS,
+                serde_json::to_value(&desired).unwrap_or_default(),
+                FIELD_MANAGER_VERIFIER,
+            )
+            .await?;
+        report.status_writes += synced.writes;
+        let label = Posture::Checking.as_str();
+        if current.is_none_or(|c| c.labels().get(LABEL_POSTURE).map(String::as_str) != Some(label))
+        {
+            let body = json!({ "metadata": { "name": name, "labels": { LABEL_POSTURE: label } } });
+            self.writer
+                .apply(&name, body, FIELD_MANAGER_VERIFIER)
+                .await?;
+            report.metadata_writes += 1;
         }
         let desired = ImagePostureStatus::inventory_fields(
             usage.references.iter().cloned().collect(),

@@ -1,7 +1,14 @@
-//! Tags resolved in the background for the inventory: a container whose `imageID` carries no
-//! manifest digest (a locally loaded image: `sha256:<config>`) names a tag, whose digest one
-//! HEAD request to the registry tells. Resolutions run concurrently in tasks of their own and
-//! are cached for the TTL, so no image's write ever waits for another image's registry.
+//! Running images tied to a manifest digest in the background for the inventory:
+//! - a container not pulled yet names a tag, whose digest one HEAD request tells (cached for
+//!   the TTL: the tag may move);
+//! - a container whose `imageID` is a bare config digest, or a digest under another name
+//!   (`kind load`), is tied through the pod's tag to the manifest that really runs (see
+//!   `Verifier::tie`); a tie found is a fact about immutable content and kept while pods use
+//!   it, one not found (`checking` / `DigestUnknown`) is tried again on a later pass and no
+//!   posture is attributed meanwhile.
+//!
+//! Resolutions run concurrently in tasks of their own, so no image's write ever waits for
+//! another image's registry.
 
 use crate::lock::LockExt as _;
 use std::collections::{HashMap, HashSet};
@@ -11,8 +18,10 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use tokio::sync::{Notify, Semaphore};
 
-use crate::image::{ImageId, ImageRef};
+use super::Unresolved;
+use crate::image::ImageId;
 use crate::observer::Observer;
+use crate::posture::Reason;
 
 /// Tag resolutions in flight at once.
 const IN_FLIGHT: usize = 8;
@@ -30,8 +39,11 @@ pub struct TagResolver {
 
 #[derive(Default)]
 struct State {
-    cache: HashMap<ImageRef, (ImageId, DateTime<Utc>)>,
-    in_flight: HashSet<ImageRef>,
+    cache: HashMap<Unresolved, (ImageId, DateTime<Utc>)>,
+    in_flight: HashSet<Unresolved>,
+    /// Ties the registry refused (`DigestUnknown`), and when: not tried (nor logged) again
+    /// within the TTL, for which the walk's registry answers are cached anyway.
+    untied: HashMap<Unresolved, (DateTime<Utc>, String)>,
 }
 
 impl TagResolver {
@@ -46,21 +58,27 @@ impl TagResolver {
         })
     }
 
-    /// The digest of `tag` if known and fresh; otherwise starts resolving it (once) and answers
-    /// `None` at once.
-    pub fn lookup(self: &Arc<Self>, tag: &ImageRef, now: DateTime<Utc>) -> Option<ImageId> {
+    /// The identity of `tag` if known and fresh (a tie never goes stale); otherwise starts
+    /// resolving it (once) and answers `None` at once.
+    pub fn lookup(self: &Arc<Self>, tag: &Unresolved, now: DateTime<Utc>) -> Option<ImageId> {
         let mut state = self.state.locked();
         if let Some((id, at)) = state.cache.get(tag) {
             let age = now.signed_duration_since(*at).to_std().unwrap_or_default();
-            if age < self.ttl {
+            if age < self.ttl || matches!(tag, Unresolved::Tie(_)) {
                 return Some(id.clone());
+            }
+        }
+        if let Some((at, _)) = state.untied.get(tag) {
+            let age = now.signed_duration_since(*at).to_std().unwrap_or_default();
+            if age < self.ttl {
+                return None;
             }
         }
         if state.in_flight.insert(tag.clone()) {
             let (me, tag) = (Arc::clone(self), tag.clone());
             tokio::spawn(async move {
                 let _slot = me.slots.acquire().await.ok();
-                let result = me.observer.resolve(&tag, now).await;
+                let result = me.observer.resolve_running(&tag, now).await;
                 let mut state = me.state.locked();
                 state.in_flight.remove(&tag);
                 match result {
@@ -68,8 +86,23 @@ impl TagResolver {
                         state.cache.insert(tag, (id, now));
                         me.resolved.notify_one();
                     }
+                    Err(v)
+                        if v.reason == Reason::DigestUnknown
+                            && matches!(tag, Unresolved::Tie(_)) =>
+                    {
+                        tracing::warn!(
+                            image = %crate::text::escape(&tag.to_string()),
+                            reason = %v.reason,
+                            message = %crate::text::escape(&v.message),
+                            "running image not tied to a manifest digest: no posture attributed; tried again after the TTL"
+                        );
+                        let message =
+                            crate::posture::bound(&v.message, crate::posture::MAX_MESSAGE);
+                        state.untied.insert(tag, (now, message));
+                        me.resolved.notify_one();
+                    }
                     Err(v) => tracing::info!(
-                        image = %tag,
+                        image = %crate::text::escape(&tag.to_string()),
                         reason = %v.reason,
                         "tag not resolved yet; retried on a later pass"
                     ),
@@ -82,7 +115,12 @@ impl TagResolver {
         None
     }
 
-    /// Notified after a resolution found a digest.
+    /// Why a running image could not be tied (the `DigestUnknown` message), while that holds.
+    pub fn untied(&self, tag: &Unresolved) -> Option<String> {
+        self.state.locked().untied.get(tag).map(|(_, m)| m.clone())
+    }
+
+    /// Notified after a resolution found a digest, or found that none can be tied.
     pub fn resolved(&self) -> Arc<Notify> {
         self.resolved.clone()
     }
@@ -99,10 +137,9 @@ impl TagResolver {
     }
 
     /// Forgets tags no pod names any more.
-    pub fn retain(&self, live: &HashSet<&ImageRef>) {
-        self.state
-            .locked()
-            .cache
-            .retain(|tag, _| live.contains(tag));
+    pub fn retain(&self, live: &HashSet<&Unresolved>) {
+        let mut state = self.state.locked();
+        state.cache.retain(|tag, _| live.contains(tag));
+        state.untied.retain(|tag, _| live.contains(tag));
     }
 }

@@ -13,6 +13,7 @@ mod config;
 pub(crate) mod discovery;
 mod keys;
 pub(crate) mod legacy;
+pub(crate) mod lineage;
 pub(crate) mod normalize;
 pub(crate) mod record;
 mod registry;
@@ -41,6 +42,8 @@ pub struct Verifier {
     trust: Arc<TrustCell>,
     keys: KeyRing,
     limits: Limits,
+    /// Cached registry answers of the walk from a running digest to its signature.
+    lineage: lineage::Lineage,
 }
 
 impl Verifier {
@@ -88,7 +91,13 @@ impl Verifier {
             trust,
             keys,
             limits: config.limits,
+            lineage: lineage::Lineage::default(),
         })
+    }
+
+    /// How long a tag's answer is cached by the walk to a covering index (the observer's TTL).
+    pub fn set_tag_ttl(&self, ttl: std::time::Duration) {
+        self.lineage.set_ttl(ttl);
     }
 
     /// [`observe`](Self::observe) in a task of its own: images verify in parallel on every
@@ -99,6 +108,48 @@ impl Verifier {
         match (&mut task.0).await {
             Ok(v) => v,
             Err(_) => internal_error(),
+        }
+    }
+
+    /// Like [`observe_task`](Self::observe_task), for the digest a node runs, with the
+    /// references the pods name it by (`status.references`): when the digest's own listings
+    /// are definitely empty, an index those references lead to and that lists it, or (for an
+    /// index) its platform manifests, are consulted (see [`lineage`]).
+    pub async fn observe_task_with(
+        self: &Arc<Self>,
+        image: &ImageId,
+        leads: &[ImageRef],
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Verdict {
+        let (verifier, id, leads) = (Arc::clone(self), image.clone(), leads.to_vec());
+        let mut task = AbortOnDrop(tokio::spawn(async move {
+            verifier.observe_with(&id, &leads, now).await
+        }));
+        match (&mut task.0).await {
+            Ok(v) => v,
+            Err(_) => internal_error(),
+        }
+    }
+
+    /// [`observe`](Self::observe) with the references the pods name the image by.
+    pub async fn observe_with(
+        &self,
+        image: &ImageId,
+        leads: &[ImageRef],
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Verdict {
+        let within =
+            tokio::time::timeout(self.limits.budget, self.observe_running(image, leads, now));
+        match crate::isolate::catch(within).await {
+            Ok(Ok(v)) => v,
+            Err(_) => internal_error(),
+            Ok(Err(_)) => Verdict::checking(
+                Reason::Timeout,
+                format!(
+                    "verification exceeded the {}s time budget",
+                    self.limits.budget.as_secs_f32()
+                ),
+            ),
         }
     }
 
@@ -242,7 +293,10 @@ impl Verifier {
             }
         }
         let judged_any = !records.list.is_empty();
-        let records = records.list;
+        let mut records = records.list;
+        for r in &mut records {
+            r.digest = Some(image.digest.clone());
+        }
         let mut verdict = Verdict::from_signatures(records);
         verdict.artifact_digests = evidence;
         // Which trust root judged the signatures: a verdict is not revalidated across a root
@@ -277,20 +331,9 @@ impl Verifier {
             host: image.api_host(),
             name: &image.repository,
         };
-        let sig_tag = image.sig_tag();
         let check = async {
-            let (sig, referrers) = tokio::join!(
-                self.registry.manifest_exists(repo, &sig_tag),
-                self.registry
-                    .referrers_digest(repo, &image.digest, self.limits.max_manifest_bytes)
-            );
-            let mut now = std::collections::BTreeMap::new();
-            if let Some(d) = sig.ok()? {
-                now.insert(EVIDENCE_SIG_TAG.to_string(), d);
-            }
-            if let Some((source, d)) = referrers.ok()? {
-                now.insert(source.key().to_string(), d);
-            }
+            let mut now = self.listings(repo, &image.digest).await?;
+            self.lineage_listings(image, recorded, &mut now).await?;
             // Signatures judged under another trust root are judged again (a log or CA it
             // gained or lost); with no root loaded, the recorded judgement stands.
             if let Some(judged) = recorded.get(EVIDENCE_TRUST_ROOT) {
@@ -306,6 +349,29 @@ impl Verifier {
             tokio::time::timeout(self.limits.budget, check).await,
             Ok(Some(true))
         )
+    }
+
+    /// The digests of one manifest's signature listings, as a verification records them
+    /// (HEAD requests; a GET for the referrers API); `None` on any failure.
+    async fn listings(
+        &self,
+        repo: Repo<'_>,
+        digest: &str,
+    ) -> Option<std::collections::BTreeMap<String, String>> {
+        let sig_tag = format!("{}.sig", digest.replace(':', "-"));
+        let (sig, referrers) = tokio::join!(
+            self.registry.manifest_exists(repo, &sig_tag),
+            self.registry
+                .referrers_digest(repo, digest, self.limits.max_manifest_bytes)
+        );
+        let mut now = std::collections::BTreeMap::new();
+        if let Some(d) = sig.ok()? {
+            now.insert(EVIDENCE_SIG_TAG.to_string(), d);
+        }
+        if let Some((source, d)) = referrers.ok()? {
+            now.insert(source.key().to_string(), d);
+        }
+        Some(now)
     }
 }
 

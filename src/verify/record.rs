@@ -59,6 +59,8 @@ impl Checked {
     pub(super) fn new(source: SignatureSource, format: SignatureFormat) -> Self {
         Checked(
             SignatureRecord {
+                digest: None,
+                via: None,
                 source,
                 format,
                 verified: false,

@@ -218,6 +218,16 @@ impl RegistryClient {
         repo: Repo<'_>,
         reference: &str,
     ) -> Result<String, FetchError> {
+        self.manifest_head(repo, reference).await.map(|(d, _)| d)
+    }
+
+    /// HEAD a manifest: its digest and its Content-Type (an index or an image manifest), so
+    /// an index is told apart without a GET (on Docker Hub a GET counts as a pull).
+    pub async fn manifest_head(
+        &self,
+        repo: Repo<'_>,
+        reference: &str,
+    ) -> Result<(String, Option<String>), FetchError> {
         check_reference(reference)?;
         let url = format!(
             "{}/{}/manifests/{}",
@@ -232,11 +242,22 @@ impl RegistryClient {
             .ok_or_else(|| FetchError::Protocol("no Docker-Content-Digest header".into()))?;
         // The digest becomes part of later URLs and of the image's identity: it must be a
         // digest, not merely look like one (`sha256:` + 64 characters of anything).
-        header
+        let digest = header
             .to_str()
             .ok()
             .and_then(|d| crate::image::validate_digest(d).ok())
-            .ok_or_else(|| FetchError::Protocol("malformed Docker-Content-Digest header".into()))
+            .ok_or_else(|| FetchError::Protocol("malformed Docker-Content-Digest header".into()))?;
+        if reference.contains(':') && digest != reference {
+            return Err(FetchError::Protocol(format!(
+                "manifest {reference} answered with digest {digest}"
+            )));
+        }
+        let media_type = resp
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(|s| bound(s, 128));
+        Ok((digest, media_type))
     }
 
     /// GET a blob and check it against its digest.

@@ -8,6 +8,7 @@ pub mod bundles;
 pub mod cosign;
 pub mod cosign_cli;
 pub mod evil;
+pub mod multiarch;
 pub mod pki;
 pub mod proxy;
 pub mod registry;
