@@ -156,6 +156,18 @@ pub async fn client_for(url: &str, token: &str) -> Client {
     Client::try_from(config).expect("client")
 }
 
+/// Writes a kubeconfig to `path` for `url` (plain HTTP: an [`ApiProxy`]) with a bearer token,
+/// for running the real `imageposture run` process (`KUBECONFIG=`) through a proxy.
+pub fn write_kubeconfig(path: &std::path::Path, url: &str, token: &str) -> std::path::PathBuf {
+    let yaml = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {url}\n\
+         users:\n- name: u\n  user:\n    token: {token}\ncontexts:\n- name: x\n  context:\n    \
+         cluster: c\n    user: u\ncurrent-context: x\n"
+    );
+    std::fs::write(path, yaml).expect("kubeconfig");
+    path.to_path_buf()
+}
+
 /// One pod: spec by create (ephemeral containers through their subresource, as `kubectl
 /// debug` adds them), then the status as a kubelet would write it.
 pub async fn put_pod(admin: &Client, pod: &Pod) {

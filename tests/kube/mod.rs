@@ -639,6 +639,40 @@ impl KubeApi {
         }
     }
 
+    /// Applies (as admin) the CustomResourceDefinitions of one YAML file (a test fixture, e.g.
+    /// `tests/fixtures/policyreport-crd.yaml`) and waits until each is Established.
+    pub async fn install_crd_file(&self, file: &Path) {
+        let api = Api::<CustomResourceDefinition>::all(self.admin());
+        let mut names = Vec::new();
+        for doc in yaml_docs(file) {
+            if doc["kind"] != "CustomResourceDefinition" {
+                continue;
+            }
+            let name = doc["metadata"]["name"].as_str().expect("name").to_string();
+            api.patch(&name, &apply(), &Patch::Apply(&doc))
+                .await
+                .unwrap_or_else(|e| panic!("apply CRD {name}: {e}"));
+            names.push(name);
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for name in names {
+            loop {
+                let crd = api.get(&name).await.expect("get CRD");
+                let established = crd
+                    .status
+                    .and_then(|s| s.conditions)
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|c| c.type_ == "Established" && c.status == "True");
+                if established {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "CRD {name} not Established");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+
     /// Applies (as admin) the ServiceAccount `imageposture-system/imageposture` and the RBAC
     /// objects of `config/rbac` plus the given component dirs (e.g. `"config/policy-reports"`):
     /// the files their `kustomization.yaml` lists, namespaced objects and ServiceAccount subjects

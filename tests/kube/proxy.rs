@@ -50,6 +50,9 @@ pub struct Seen {
     pub path: String,
     /// The request body (writes only; empty for GET).
     pub body: String,
+    /// The request's `Content-Type` (empty when none): a server-side apply is
+    /// `application/apply-patch+yaml`, a merge patch `application/merge-patch+json`.
+    pub content_type: String,
     /// The answer's status code (as forwarded or injected; 502 when the server did not answer).
     pub status: u16,
 }
@@ -216,6 +219,11 @@ async fn handle(
         method: method.clone(),
         path: path.clone(),
         body: String::from_utf8_lossy(&body).into_owned(),
+        content_type: headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string(),
         status: 0,
     };
     let mut record = |status: u16| {
