@@ -201,7 +201,10 @@ async fn a_crd_applied_by_kubectl_is_taken_over_without_conflict() {
         .await
         .expect("installed over kubectl's");
     let stored = w.crds().get(NAME).await.expect("stored");
-    assert_eq!(stored.spec.names.short_names, Some(vec!["ipost".to_string()]));
+    assert_eq!(
+        stored.spec.names.short_names,
+        Some(vec!["ipost".to_string()])
+    );
     let statuses: Vec<u16> = w.to_crd("PATCH").iter().map(|s| s.status).collect();
     assert_eq!(statuses, [200]);
 }
@@ -359,7 +362,10 @@ async fn forbidden_and_failing_applies_are_typed() {
         "{err}"
     );
     assert_eq!(
-        w.to_crd("PATCH").iter().map(|s| s.status).collect::<Vec<_>>(),
+        w.to_crd("PATCH")
+            .iter()
+            .map(|s| s.status)
+            .collect::<Vec<_>>(),
         [403]
     );
 

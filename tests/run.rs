@@ -162,11 +162,12 @@ async fn image_posture(kube: &KubeApi, name: &str) -> Option<Value> {
 }
 
 /// Requests the authorizer refused (the operator asked for more than its RBAC grants).
-fn forbidden(proxy: &ApiProxy) -> Vec<Seen> {
+fn forbidden(proxy: &ApiProxy) -> Vec<String> {
     proxy
         .seen()
-        .into_iter()
+        .iter()
         .filter(|s| s.status == 401 || s.status == 403)
+        .map(line)
         .collect()
 }
 
@@ -174,6 +175,14 @@ fn forbidden(proxy: &ApiProxy) -> Vec<Seen> {
 fn touches_image_postures(s: &Seen) -> bool {
     s.path.starts_with("/apis/imageposture.io/")
 }
+
+/// A request as a line: method, path, answer.
+fn line(s: &Seen) -> String {
+    format!("{s} -> {}", s.status)
+}
+
+/// No requests (as lines).
+const NONE: [String; 0] = [];
 
 fn kubeconfig(env: &TestEnv, name: &str, proxy: &ApiProxy, token: &str) -> PathBuf {
     write_kubeconfig(&env.dir.path().join(name), &proxy.url, token)
@@ -272,7 +281,7 @@ async fn operator_process_writes_imagepostures_and_serves_metrics() {
         "idle resyncs wrote"
     );
     // Everything it did, config/rbac allowed.
-    assert_eq!(forbidden(&cluster.proxy), [], "refused by the authorizer");
+    assert_eq!(forbidden(&cluster.proxy), NONE, "refused by the authorizer");
 
     // SIGTERM: a clean stop that hands the Lease back.
     let status = operator.terminate().await;
@@ -340,12 +349,13 @@ async fn out_of_cluster_run_installs_the_crd_before_the_loops() {
 
     // Established on the server, but not yet read so by the process: the loops must not start.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let touched: Vec<Seen> = proxy
+    let touched: Vec<String> = proxy
         .seen()
-        .into_iter()
-        .filter(touches_image_postures)
+        .iter()
+        .filter(|s| touches_image_postures(s))
+        .map(line)
         .collect();
-    assert_eq!(touched, [], "ImagePostures touched before Established");
+    assert_eq!(touched, NONE, "ImagePostures touched before Established");
     let failed_reads = proxy
         .seen()
         .iter()
@@ -471,16 +481,18 @@ async fn a_standby_writes_nothing_crd_included() {
     // Several election rounds (one a second) and leader resyncs.
     tokio::time::sleep(Duration::from_secs(5)).await;
 
-    assert_eq!(proxy_b.writes(), [], "the standby wrote");
-    let unexpected: Vec<Seen> = proxy_b
+    let standby_writes: Vec<String> = proxy_b.writes().iter().map(line).collect();
+    assert_eq!(standby_writes, NONE, "the standby wrote");
+    let unexpected: Vec<String> = proxy_b
         .seen()
-        .into_iter()
+        .iter()
         .filter(|s| {
             let path = s.path.split('?').next().unwrap_or_default();
             !(s.method == "GET" && (path == "/api/v1/pods" || path == lease_path))
         })
+        .map(line)
         .collect();
-    assert_eq!(unexpected, [], "a standby reads only pods and the Lease");
+    assert_eq!(unexpected, NONE, "a standby reads only pods and the Lease");
     let rounds = lease_reads(&proxy_b) - reads_before;
     assert!(rounds >= 3, "{rounds} election rounds in 5 s");
     let (_, metrics) = get(&format!("http://{metrics_b}/metrics")).await;
@@ -512,8 +524,9 @@ async fn a_standby_writes_nothing_crd_included() {
     .await;
     let seen = proxy_b.seen();
     let writes: Vec<&Seen> = seen.iter().filter(|s| s.is_write()).collect();
-    assert_eq!(writes[0].method, "PUT", "{writes:?}");
-    assert!(writes[0].path.starts_with(&lease_path), "{writes:?}");
+    let listed: Vec<String> = writes.iter().map(|s| line(s)).collect();
+    assert_eq!(writes[0].method, "PUT", "{listed:?}");
+    assert!(writes[0].path.starts_with(&lease_path), "{listed:?}");
     let apply = seen
         .iter()
         .position(|s| s.method == "PATCH" && s.path.starts_with(CRD_PATH))
@@ -665,5 +678,5 @@ async fn policy_reports_created_unchanged_bounded_and_deleted() {
     assert_eq!(deletes, 1);
     assert!(report(k, "prod").await.is_some());
     // Everything it did, config/rbac and config/policy-reports allowed.
-    assert_eq!(forbidden(&cluster.proxy), [], "refused by the authorizer");
+    assert_eq!(forbidden(&cluster.proxy), NONE, "refused by the authorizer");
 }
