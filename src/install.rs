@@ -64,17 +64,21 @@ pub async fn install_crd_within(
 
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        let last = match api.get_opt(&name).await {
-            Ok(Some(current)) => match state(&current) {
+        // Each read is bounded by what is left of the wait: the client retries a 429, 503 or
+        // 504 by itself, with a backoff that grows to minutes.
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let last = match tokio::time::timeout(left, api.get_opt(&name)).await {
+            Ok(Ok(Some(current))) => match state(&current) {
                 State::Established => return Ok(()),
                 State::NamesNotAccepted { reason, message } => {
                     return Err(InstallError::NamesNotAccepted { reason, message })
                 }
                 State::Waiting(seen) => seen,
             },
-            Ok(None) => "not found yet".to_string(),
+            Ok(Ok(None)) => "not found yet".to_string(),
             // Transient (the server is busy installing it): keep the error for the report.
-            Err(e) => format!("reading it failed: {e}"),
+            Ok(Err(e)) => format!("reading it failed: {e}"),
+            Err(_) => "reading it did not answer in time".to_string(),
         };
         if tokio::time::Instant::now() + POLL > deadline {
             return Err(InstallError::NotEstablished {
