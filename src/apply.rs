@@ -435,6 +435,19 @@ mod tests {
         }
     }
 
+    /// The plan for stating the invalid verdict as `me`.
+    fn plan_for(c: &ImagePosture) -> StatusPlan {
+        let desired = json!({"posture": "invalid-signature", "message": "bad"});
+        StatusPlan::new(Some(c), FIELDS, &desired, "me")
+    }
+
+    fn expect(leftovers: &[&str], apply: bool) -> StatusPlan {
+        StatusPlan {
+            leftovers: leftovers.iter().map(|s| s.to_string()).collect(),
+            apply,
+        }
+    }
+
     #[test]
     fn an_unchanged_part_is_not_written() {
         let c = cr(
@@ -445,15 +458,8 @@ mod tests {
                 json!({"f:status": {"f:posture": {}, "f:message": {}}}),
             )],
         );
-        let desired = json!({"posture": "invalid-signature", "message": "bad"});
-        let plan = StatusPlan::new(Some(&c), FIELDS, &desired, "me");
-        assert_eq!(
-            plan,
-            StatusPlan {
-                leftovers: vec![],
-                apply: false
-            }
-        );
+        let plan = plan_for(&c);
+        assert_eq!(plan, expect(&[], false));
     }
 
     /// A merge patch by another manager took `posture` and added `signer`: the signer is
@@ -474,15 +480,8 @@ mod tests {
                 ),
             ],
         );
-        let desired = json!({"posture": "invalid-signature", "message": "bad"});
-        let plan = StatusPlan::new(Some(&c), FIELDS, &desired, "me");
-        assert_eq!(
-            plan,
-            StatusPlan {
-                leftovers: vec!["signer".into()],
-                apply: true
-            }
-        );
+        let plan = plan_for(&c);
+        assert_eq!(plan, expect(&["signer"], true));
     }
 
     /// A field both managers own holds the value we applied: nothing to do about it.
@@ -499,15 +498,8 @@ mod tests {
                 entry("other", "Apply", json!({"f:status": {"f:posture": {}}})),
             ],
         );
-        let desired = json!({"posture": "invalid-signature", "message": "bad"});
-        let plan = StatusPlan::new(Some(&c), FIELDS, &desired, "me");
-        assert_eq!(
-            plan,
-            StatusPlan {
-                leftovers: vec![],
-                apply: false
-            }
-        );
+        let plan = plan_for(&c);
+        assert_eq!(plan, expect(&[], false));
         assert!(ownership::foreign_only(&c, "me", Part::Status).is_empty());
     }
 
@@ -524,14 +516,7 @@ mod tests {
                 json!({"f:status": {"f:posture": {}, "f:message": {}, "f:signer": {}}}),
             )],
         );
-        let desired = json!({"posture": "invalid-signature", "message": "bad"});
-        let plan = StatusPlan::new(Some(&c), FIELDS, &desired, "me");
-        assert_eq!(
-            plan,
-            StatusPlan {
-                leftovers: vec![],
-                apply: true
-            }
-        );
+        let plan = plan_for(&c);
+        assert_eq!(plan, expect(&[], true));
     }
 }

@@ -187,6 +187,27 @@ impl World {
         via(&img.id, &self.proxy.host)
     }
 
+    /// A new image whose only signature is a keyless one over a tampered payload.
+    async fn invalid_image(&self, name: &str) -> ImageId {
+        let id = self.unsigned_image(name).await;
+        let leaf = self.env.pki.ca.issue(&Identity::github());
+        let original = ImageId {
+            registry: self.env.registry.host.clone(),
+            ..id.clone()
+        };
+        let layer = cosign::legacy_layer(
+            &original,
+            &Signer::Keyless(&leaf),
+            Some(&self.env.pki.rekor),
+            Spoil::TamperPayload,
+        );
+        self.env
+            .oci
+            .push_sig(&id.repository, &id.digest, &[layer])
+            .await;
+        id
+    }
+
     /// Creates `pods` in the cluster (spec, then status as the kubelet writes it), and gives
     /// the reflector store the initial list of every pod not created before, as the
     /// operator's ServiceAccount lists them. Pods created before and not named again are
@@ -912,22 +933,7 @@ async fn a_foreign_signer_does_not_survive_on_an_invalid_image() {
     let Some(mut w) = World::new().await else {
         return;
     };
-    let id = w.unsigned_image("forged").await;
-    let leaf = w.env.pki.ca.issue(&Identity::github());
-    let original = ImageId {
-        registry: w.env.registry.host.clone(),
-        ..id.clone()
-    };
-    let layer = cosign::legacy_layer(
-        &original,
-        &Signer::Keyless(&leaf),
-        Some(&w.env.pki.rekor),
-        Spoil::TamperPayload,
-    );
-    w.env
-        .oci
-        .push_sig(&id.repository, &id.digest, &[layer])
-        .await;
+    let id = w.invalid_image("forged").await;
     w.init_pods(&[pod("a", "p", &[pinned(&id)])]).await;
     let t0 = Utc::now();
     w.pass(t0).await;
@@ -1114,22 +1120,7 @@ async fn a_merge_patched_status_is_restored_once_and_then_left_alone() {
     let Some(mut w) = World::new().await else {
         return;
     };
-    let id = w.unsigned_image("edited").await;
-    let leaf = w.env.pki.ca.issue(&Identity::github());
-    let original = ImageId {
-        registry: w.env.registry.host.clone(),
-        ..id.clone()
-    };
-    let layer = cosign::legacy_layer(
-        &original,
-        &Signer::Keyless(&leaf),
-        Some(&w.env.pki.rekor),
-        Spoil::TamperPayload,
-    );
-    w.env
-        .oci
-        .push_sig(&id.repository, &id.digest, &[layer])
-        .await;
+    let id = w.invalid_image("edited").await;
     w.init_pods(&[pod("a", "p", &[pinned(&id)])]).await;
     let t0 = Utc::now();
     w.pass(t0).await;

@@ -163,18 +163,24 @@ impl Sweeper {
         let order = inv.by_usage();
         let mut room = self.config.max_images.saturating_sub(existing.len());
         let mut live = HashSet::new();
-        let mut work = Vec::new();
-        for id in &order {
-            let name = id.resource_name();
+        // A resource to keep: an existing one, or a new one while the cap leaves room.
+        let mut admit = |name: String, report: &mut SweepReport| {
             let current = existing.get(&name).copied();
             if current.is_none() {
                 if room == 0 {
                     report.deferred += 1;
-                    continue;
+                    return None;
                 }
                 room -= 1;
             }
             live.insert(name);
+            Some(current)
+        };
+        let mut work = Vec::new();
+        for id in &order {
+            let Some(current) = admit(id.resource_name(), &mut report) else {
+                continue;
+            };
             if let Some(usage) = inv.images.get(id) {
                 if !self.is_clean(current, usage) {
                     work.push((id, usage, current));
@@ -183,17 +189,9 @@ impl Sweeper {
         }
         let mut untied_work = Vec::new();
         for (cr, usage, message) in &untied {
-            let name = cr.name_any();
-            let current = existing.get(&name).copied();
-            if current.is_none() {
-                if room == 0 {
-                    report.deferred += 1;
-                    continue;
-                }
-                room -= 1;
+            if let Some(current) = admit(cr.name_any(), &mut report) {
+                untied_work.push((cr, usage, message.as_str(), current));
             }
-            live.insert(name);
-            untied_work.push((cr, usage, message.as_str(), current));
         }
         // After a restart the tag cache is empty: a tag not resolved yet may name an image
         // whose resource exists. Until it resolves, that resource is neither unused nor
@@ -378,13 +376,7 @@ impl Sweeper {
                 Err(e) => return Err(e),
             }
         }
-        let desired = ImagePostureStatus::inventory_fields(
-            usage.references.iter().cloned().collect(),
-            ImageUsage::new(
-                u32::try_from(usage.pods.len()).unwrap_or(u32::MAX),
-                usage.namespaces.iter().map(String::as_str),
-            ),
-        );
+        let desired = usage_fields(usage);
         self.apply_inventory_status(&name, desired, current, report)
             .await
     }
@@ -439,13 +431,7 @@ impl Sweeper {
                 .await?;
             report.metadata_writes += 1;
         }
-        let desired = ImagePostureStatus::inventory_fields(
-            usage.references.iter().cloned().collect(),
-            ImageUsage::new(
-                u32::try_from(usage.pods.len()).unwrap_or(u32::MAX),
-                usage.namespaces.iter().map(String::as_str),
-            ),
-        );
+        let desired = usage_fields(usage);
         self.apply_inventory_status(&name, desired, current, report)
             .await
     }
@@ -532,4 +518,15 @@ impl Sweeper {
             }
         }
     }
+}
+
+/// The inventory's part of the status for `usage`.
+fn usage_fields(usage: &Usage) -> ImagePostureStatus {
+    ImagePostureStatus::inventory_fields(
+        usage.references.iter().cloned().collect(),
+        ImageUsage::new(
+            u32::try_from(usage.pods.len()).unwrap_or(u32::MAX),
+            usage.namespaces.iter().map(String::as_str),
+        ),
+    )
 }
