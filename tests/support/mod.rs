@@ -69,6 +69,9 @@ impl TestEnv {
             trust_refresh: imageposture::verify::DEFAULT_REFRESH,
             trusted_keys: vec![],
             registry_config: None,
+            credential_helper_dir: None,
+            credential_provider_config: None,
+            credential_provider_bin_dir: None,
             insecure_registries: insecure,
             limits: Limits::default(),
         }
