@@ -27,7 +27,7 @@ use crate::lock::LockExt;
 use crate::metrics::Metrics;
 use crate::observer::{Observer, ObserverConfig};
 use crate::server::{self, Health};
-use crate::verify::Verifier;
+use crate::verify::{AuthEvent, CredSource, Extras, Verifier};
 
 pub async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
     let in_cluster = crate::cli::in_cluster();
@@ -40,11 +40,21 @@ pub async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
     let hook_metrics = metrics.clone();
     let mut verifier_config = args.verify.config();
     verifier_config.trust_refresh = args.trust_root_refresh;
-    let verifier = Verifier::with_hook(
+    let auth_metrics = metrics.clone();
+    let verifier = Verifier::with_extras(
         verifier_config,
-        Some(Box::new(move |host: &str, code: u16| {
-            hook_metrics.registry_request(host, code)
-        })),
+        Extras {
+            request_hook: Some(Box::new(move |host: &str, code: u16| {
+                hook_metrics.registry_request(host, code)
+            })),
+            auth_hook: Some(Box::new(
+                move |source: CredSource, event: AuthEvent| match event {
+                    AuthEvent::Request => auth_metrics.credential_request(source.as_str()),
+                    AuthEvent::Refused => auth_metrics.auth_failure(source.as_str()),
+                },
+            )),
+            pull_secrets: None,
+        },
     )
     .await?;
     let observer = Arc::new(

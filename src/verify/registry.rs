@@ -692,6 +692,9 @@ const MAX_TOKEN_BYTES: usize = 64 << 10;
 fn token_failure(e: FetchError) -> FetchError {
     match e {
         FetchError::NotFound => FetchError::Unauthorized("token endpoint answered HTTP 404".into()),
+        FetchError::Unauthorized(why) => {
+            FetchError::Unauthorized(format!("token endpoint answered {why}"))
+        }
         FetchError::Status(code, _) => {
             FetchError::Unauthorized(format!("token endpoint answered HTTP {code}"))
         }
