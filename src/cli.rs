@@ -151,6 +151,10 @@ pub struct RunArgs {
     /// (needs the PolicyReport CRD and config/policy-reports RBAC).
     #[arg(long, env = "IMAGEPOSTURE_POLICY_REPORTS", default_value_t = false, action = clap::ArgAction::Set)]
     pub policy_reports: bool,
+    /// Use the credentials of the pods that run an image: their `imagePullSecrets`, then their
+    /// ServiceAccount's (needs `get` on Secrets and ServiceAccounts: config/pull-secrets).
+    #[arg(long, env = "IMAGEPOSTURE_PULL_SECRETS", default_value_t = false, action = clap::ArgAction::Set)]
+    pub pull_secrets: bool,
     /// This replica's identity in the Lease and in Events.
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,

@@ -26,8 +26,9 @@ use crate::leader::LeaderElector;
 use crate::lock::LockExt;
 use crate::metrics::Metrics;
 use crate::observer::{Observer, ObserverConfig};
+use crate::pull_secrets::PullSecretSource;
 use crate::server::{self, Health};
-use crate::verify::{AuthEvent, CredSource, Extras, Verifier};
+use crate::verify::{AuthEvent, CredSource, Extras, PullSecrets, Verifier};
 
 pub async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
     let in_cluster = crate::cli::in_cluster();
@@ -41,6 +42,14 @@ pub async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
     let mut verifier_config = args.verify.config();
     verifier_config.trust_refresh = args.trust_root_refresh;
     let auth_metrics = metrics.clone();
+    // What pods run: watched by every replica, so a new leader starts with a synced cache.
+    let (pods, pod_writer) = reflector::store::<Pod>();
+    let pull_secrets: Option<Arc<dyn PullSecrets>> = args.pull_secrets.then(|| {
+        tracing::info!(
+            "pull secrets: reading the imagePullSecrets pods and their ServiceAccounts name"
+        );
+        Arc::new(PullSecretSource::new(client.clone(), pods.clone())) as Arc<dyn PullSecrets>
+    });
     let verifier = Verifier::with_extras(
         verifier_config,
         Extras {
@@ -53,7 +62,7 @@ pub async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
                     AuthEvent::Refused => auth_metrics.auth_failure(source.as_str()),
                 },
             )),
-            pull_secrets: None,
+            pull_secrets,
         },
     )
     .await?;
@@ -80,9 +89,7 @@ pub async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
             instance: Some(identity.clone()),
         },
     );
-    // What pods run: watched by every replica, so a new leader starts with a synced cache.
     let changed = Arc::new(Notify::new());
-    let (pods, pod_writer) = reflector::store::<Pod>();
     let pod_events = watcher(Api::<Pod>::all(client.clone()), watcher::Config::default())
         .default_backoff()
         .modify(crate::inventory::trim)

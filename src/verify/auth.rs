@@ -78,10 +78,17 @@ impl Credentials {
     }
 
     /// The credentials for one image, in the order they are tried.
-    pub async fn lookup(&self, registry: &str, repository: &str, image: &str) -> Found {
+    /// Pull secrets are read only where `pull_secrets` says the registry may want them.
+    pub async fn lookup(
+        &self,
+        registry: &str,
+        repository: &str,
+        image: &str,
+        pull_secrets: bool,
+    ) -> Found {
         let target = Target::new(registry, repository);
         let mut found = Found::default();
-        if let Some(pull) = &self.pull {
+        if let Some(pull) = self.pull.as_ref().filter(|_| pull_secrets) {
             let f = pull.lookup(&target, registry, repository).await;
             found.credentials.extend(f.credentials);
             found.notes.extend(f.notes);

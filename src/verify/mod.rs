@@ -372,9 +372,13 @@ impl Verifier {
 impl Verifier {
     /// The credentials for one image, from every source in the kubelet's order.
     async fn access(&self, registry: &str, repository: &str, image: &str) -> Found {
+        // Secrets are read only for a registry that asks for credentials (or is not known yet).
+        let pull_secrets = self
+            .registry
+            .asks_for_auth(crate::image::api_host(registry));
         self.registry
             .credentials()
-            .lookup(registry, repository, image)
+            .lookup(registry, repository, image, pull_secrets)
             .await
     }
 

@@ -202,6 +202,11 @@ impl RegistryClient {
         self
     }
 
+    /// Whether the host may want credentials: it challenged us, or has not answered yet.
+    pub fn asks_for_auth(&self, host: &str) -> bool {
+        self.challenges.locked().contains_key(host) || !self.contacted.locked().contains(host)
+    }
+
     /// Where credentials come from: asked per image by the verifier.
     pub fn credentials(&self) -> &Credentials {
         &self.credentials
