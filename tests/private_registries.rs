@@ -8,7 +8,7 @@ mod support;
 
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use base64::Engine as _;
 use imageposture::image::ImageId;
@@ -17,7 +17,7 @@ use imageposture::posture::{Posture, Reason, Verdict};
 use imageposture::verify::{AuthEvent, CredSource, Extras, Verifier, VerifierConfig};
 use support::pki::Identity;
 use support::proxy::{Mode, Proxy};
-use support::registry::Registry;
+use support::registry::htpasswd_pair;
 use support::{unique_repo, via, TestEnv};
 
 const ALICE: &str = "alice";
@@ -57,18 +57,6 @@ fn assert_no_secret(what: &str, text: &str) {
 fn assert_verdict_clean(v: &Verdict) {
     assert_no_secret("verdict", &format!("{v:?}"));
     assert_no_secret("verdict JSON", &serde_json::to_string(v).unwrap());
-}
-
-/// An open registry and an htpasswd one over the same storage (alice / ALICE_PW).
-fn htpasswd_pair() -> &'static (Registry, Registry) {
-    static PAIR: OnceLock<(Registry, Registry)> = OnceLock::new();
-    PAIR.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap().keep();
-        let file = dir.join("htpasswd");
-        let hash = bcrypt::hash(ALICE_PW, 5).unwrap();
-        std::fs::write(&file, format!("{ALICE}:{hash}\n")).unwrap();
-        Registry::start_with_htpasswd(&file)
-    })
 }
 
 struct World {

@@ -670,7 +670,7 @@ fn refusal(why: &str, refused: &[String], notes: &[String]) -> String {
         msg.push_str("; ");
         msg.push_str(note);
     }
-    bound(&msg, MAX_MESSAGE / 2)
+    bound(&msg, MAX_MESSAGE - 96)
 }
 
 /// Async locks by key, for single-flight work.

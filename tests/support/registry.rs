@@ -95,6 +95,27 @@ impl Drop for Registry {
     }
 }
 
+/// Users of [`htpasswd_pair`]'s registry.
+pub const HTPASSWD_USERS: [(&str, &str); 2] =
+    [("alice", "s3cret-alice-PW"), ("carol", "s3cret-carol-PW")];
+
+/// An open registry and an htpasswd one (bcrypt, [`HTPASSWD_USERS`]) over the same storage,
+/// shared by every test of this binary.
+pub fn htpasswd_pair() -> &'static (Registry, Registry) {
+    static PAIR: OnceLock<(Registry, Registry)> = OnceLock::new();
+    PAIR.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap().keep();
+        let file = dir.join("htpasswd");
+        let mut text = String::new();
+        for (user, password) in HTPASSWD_USERS {
+            // Cost 5: a test fixture, not a password store.
+            text.push_str(&format!("{user}:{}\n", bcrypt::hash(password, 5).unwrap()));
+        }
+        std::fs::write(&file, text).unwrap();
+        Registry::start_with_htpasswd(&file)
+    })
+}
+
 /// The registry shared by every test of this binary.
 pub fn shared() -> &'static Registry {
     static SHARED: OnceLock<Registry> = OnceLock::new();
