@@ -702,3 +702,49 @@ async fn observe_and_scan_cli_with_docker_config_and_plugins() {
     assert_no_secret("scan stderr", &err);
     assert!(out.contains("\"signed\""), "{out}\n{err}");
 }
+
+#[tokio::test]
+async fn a_token_got_with_one_credential_is_never_sent_for_another() {
+    let w = World::new().await;
+    let (s, _) = w.images("token-per-cred").await;
+    // The plugin answers the right credential once, then a wrong one (not cached: 0s).
+    let state = w.bin.path().join("rotating.calls");
+    w.script(
+        "rotating",
+        &format!(
+            r#"cat >/dev/null
+if [ -e {state} ]; then pw='{WRONG_PW}'; else pw='{BOB_PW}'; touch {state}; fi
+printf '{{"kind":"CredentialProviderResponse","apiVersion":"credentialprovider.kubelet.k8s.io/v1","cacheKeyType":"Image","cacheDuration":"0s","auth":{{"{host}":{{"username":"{BOB}","password":"%s"}}}}}}' "$pw""#,
+            state = state.display(),
+            host = w.token.host,
+        ),
+    );
+    let mut cfg = w.config();
+    cfg.credential_provider_config = Some(w.provider_config(&[("rotating", &w.token.host)]));
+    cfg.credential_provider_bin_dir = Some(w.bin.path().to_path_buf());
+    let v = w.verifier(cfg).await;
+    let id = via(&s, &w.token.host);
+    signed(&v.observe(&id).await);
+    // Same registry and repository, another credential: the token the first one got is not
+    // reused; the second fetches its own, which the token endpoint refuses.
+    refused(
+        &v.observe(&id).await,
+        &["token endpoint answered HTTP 403", "plugin rotating"],
+    );
+    let token_requests = w
+        .token
+        .requests()
+        .into_iter()
+        .filter(|r| r.path.starts_with("/token"))
+        .count();
+    // One for the first credential; the second asked for its own (once per request that
+    // needed it: a refused fetch is not cached).
+    assert!(token_requests >= 2, "{:#?}", w.token.requests());
+    let wrong = base64::engine::general_purpose::STANDARD.encode(format!("{BOB}:{WRONG_PW}"));
+    assert!(w
+        .token
+        .authorizations()
+        .iter()
+        .any(|(seen, a)| seen.path.starts_with("/token")
+            && a.as_deref() == Some(format!("Basic {wrong}").as_str())));
+}
