@@ -748,3 +748,24 @@ printf '{{"kind":"CredentialProviderResponse","apiVersion":"credentialprovider.k
         .any(|(seen, a)| seen.path.starts_with("/token")
             && a.as_deref() == Some(format!("Basic {wrong}").as_str())));
 }
+
+#[tokio::test]
+async fn one_images_refused_credential_does_not_back_off_its_registry() {
+    use imageposture::observer::{Observer, ObserverConfig, Source};
+    let w = World::new().await;
+    let (a, _) = w.images("per-image-a").await;
+    let (b, _) = w.images("per-image-b").await;
+    let (a, b) = (via(&a, &w.basic_host), via(&b, &w.basic_host));
+    // A credential for `a`'s repository only: `b` is refused, `a` is not.
+    let mut cfg = w.config();
+    cfg.registry_config = Some(w.docker_config(serde_json::json!({ "auths": {
+        format!("{}/{}", w.basic_host, a.repository): { "username": ALICE, "password": ALICE_PW },
+    } })));
+    let observer = Observer::new(Arc::new(w.verifier(cfg).await), ObserverConfig::default());
+    let now = chrono::Utc::now();
+    let refused_b = observer.observe(&b, None, now).await;
+    refused(&refused_b.verdict, &["anonymous"]);
+    let got_a = observer.observe(&a, None, now).await;
+    assert_eq!(got_a.source, Source::Verified, "{got_a:#?}");
+    signed(&got_a.verdict);
+}

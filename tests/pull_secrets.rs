@@ -433,3 +433,146 @@ async fn without_pull_secret_rbac_the_image_says_so() {
         &["pull secret team-x/regcred: API server answered 403"],
     );
 }
+
+/// Kills the operator process when the test ends.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn the_run_process_with_pull_secrets_against_the_real_api_server() {
+    let Some(w) = World::new().await else { return };
+    let (alice, alice_pw) = HTPASSWD_USERS[0];
+    for ns in ["run-a", "run-w"] {
+        w.namespace(ns).await;
+    }
+    let (signed, unsigned) = w.images("run-ps").await;
+    let (refused_img, _) = w.images("run-ps-wrong").await;
+    w.put_secret(pull_secret(
+        "run-a", "regcred", &w.host, alice, alice_pw, false,
+    ))
+    .await;
+    w.put_secret(pull_secret(
+        "run-w", "regcred", &w.host, alice, WRONG, false,
+    ))
+    .await;
+    w.pod("run-a", "signed", &signed, None, &["regcred"]).await;
+    w.pod("run-a", "unsigned", &unsigned, None, &["regcred"])
+        .await;
+    w.pod("run-w", "wrong", &refused_img, None, &["regcred"])
+        .await;
+    w.cluster.proxy.reset();
+
+    // The operator's ServiceAccount token (config/rbac + config/pull-secrets), through the
+    // counting proxy.
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {}\n\
+             users:\n- name: u\n  user:\n    token: {}\ncontexts:\n- name: x\n  context:\n    \
+             cluster: c\n    user: u\ncurrent-context: x\n",
+            w.cluster.proxy.url, w.cluster.token
+        ),
+    )
+    .unwrap();
+    let stdout = dir.path().join("stdout");
+    let stderr = dir.path().join("stderr");
+    let _operator = Running(
+        std::process::Command::new(env!("CARGO_BIN_EXE_imageposture"))
+            .args(["run", "--install-crd=false", "--pull-secrets=true"])
+            .args([
+                "--debounce",
+                "100ms",
+                "--resync",
+                "1s",
+                "--leader-election=false",
+            ])
+            .args(["--metrics-addr", "127.0.0.1:0"])
+            .args(["--trusted-root", w.env.trusted_root.to_str().unwrap()])
+            .args(["--insecure-registry", &w.host])
+            .env("KUBECONFIG", &kubeconfig)
+            .env("RUST_LOG", "debug")
+            .env_remove("IMAGEPOSTURE_REGISTRY_CONFIG")
+            .stdout(std::fs::File::create(&stdout).unwrap())
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .expect("the operator starts"),
+    );
+
+    let want = [
+        (signed.digest.clone(), "signed"),
+        (unsigned.digest.clone(), "not-signed"),
+        (refused_img.digest.clone(), "checking"),
+    ];
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let postures = loop {
+        let postures = w.cluster.image_postures().await;
+        let got = |digest: &str| {
+            postures
+                .iter()
+                .find(|p| p["spec"]["digest"] == digest || p.to_string().contains(digest))
+                .and_then(|p| p["status"]["posture"].as_str().map(str::to_string))
+        };
+        if want.iter().all(|(d, p)| got(d).as_deref() == Some(*p)) {
+            break postures;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "postures never settled: {postures:#?}\n{}",
+            std::fs::read_to_string(&stderr).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let wrong = postures
+        .iter()
+        .find(|p| p.to_string().contains(&refused_img.digest))
+        .unwrap();
+    assert_eq!(wrong["status"]["reason"], "Unauthorized", "{wrong:#}");
+    let message = wrong["status"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("pull-secret run-w/regcred"), "{message}");
+
+    // No secret in any output: statuses, Events, the process's logs at debug, the requests.
+    let events = w.cluster.events().await;
+    let outputs = [
+        ("ImagePostures", serde_json::to_string(&postures).unwrap()),
+        ("Events", serde_json::to_string(&events).unwrap()),
+        ("stdout", std::fs::read_to_string(&stdout).unwrap()),
+        ("stderr", std::fs::read_to_string(&stderr).unwrap()),
+        ("writes", format!("{:?}", w.cluster.writes())),
+    ];
+    for (what, text) in &outputs {
+        for s in secrets() {
+            assert!(!text.contains(&s), "{what} leaks {s:?}");
+        }
+    }
+    // The process read exactly the secrets its pods name, with `get`, never refused by RBAC.
+    let seen = w.cluster.proxy.seen();
+    let reads: Vec<_> = seen
+        .iter()
+        .filter(|s| s.path.contains("/secrets") || s.path.contains("/serviceaccounts"))
+        .collect();
+    assert!(!reads.is_empty());
+    for s in &reads {
+        let path = s.path.split('?').next().unwrap();
+        assert_eq!(path.trim_start_matches('/').split('/').count(), 6, "{s:?}");
+        assert_eq!(s.method, "GET", "{s:?}");
+        assert!(s.status == 200 || s.status == 404, "{s:?}");
+    }
+    assert!(reads
+        .iter()
+        .any(|s| s.path.ends_with("/namespaces/run-a/secrets/regcred")));
+    assert!(reads
+        .iter()
+        .any(|s| s.path.ends_with("/namespaces/run-w/secrets/regcred")));
+    assert!(
+        seen.iter().all(|s| s.status != 403),
+        "RBAC refused the operator something"
+    );
+}
