@@ -434,6 +434,63 @@ async fn without_pull_secret_rbac_the_image_says_so() {
     );
 }
 
+#[tokio::test]
+async fn pull_secrets_come_before_plugins_and_docker_config() {
+    let Some(w) = World::new().await else { return };
+    let (alice, alice_pw) = HTPASSWD_USERS[0];
+    w.namespace("team-p").await;
+    // Through a counting proxy, to see which credential is sent first.
+    let proxy = support::proxy::Proxy::start(&w.host).await;
+    let (signed, _) = w.images("ps-first").await;
+    let signed = via(&signed, &proxy.host);
+    w.put_secret(pull_secret(
+        "team-p",
+        "regcred",
+        &proxy.host,
+        alice,
+        WRONG,
+        false,
+    ))
+    .await;
+    w.pod("team-p", "app", &signed, None, &["regcred"]).await;
+    let config = w.env.dir.path().join("config.json");
+    std::fs::write(
+        &config,
+        json!({ "auths": { proxy.host.clone(): { "username": alice, "password": alice_pw } } })
+            .to_string(),
+    )
+    .unwrap();
+    let mut cfg = w.env.config(&[&proxy.host]);
+    cfg.registry_config = Some(config);
+    let source = PullSecretSource::new(w.cluster.client(), w.pods.clone());
+    let v = Verifier::with_extras(
+        cfg,
+        Extras {
+            pull_secrets: Some(Arc::new(source) as Arc<dyn PullSecrets>),
+            ..Extras::default()
+        },
+    )
+    .await
+    .unwrap();
+    posture(&v.observe(&signed).await, Posture::Signed);
+    let b64 = |p: &str| base64::engine::general_purpose::STANDARD.encode(format!("{alice}:{p}"));
+    let sent: Vec<String> = proxy
+        .authorizations()
+        .into_iter()
+        .filter_map(|(_, a)| a)
+        .collect();
+    let first_wrong = sent
+        .iter()
+        .position(|a| *a == format!("Basic {}", b64(WRONG)));
+    let first_right = sent
+        .iter()
+        .position(|a| *a == format!("Basic {}", b64(alice_pw)));
+    assert!(
+        matches!((first_wrong, first_right), (Some(w), Some(r)) if w < r),
+        "the pull secret (wrong) first, then the docker config (right): {sent:#?}"
+    );
+}
+
 /// Kills the operator process when the test ends.
 struct Running(std::process::Child);
 
