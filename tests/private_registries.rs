@@ -437,8 +437,13 @@ async fn most_specific_first_and_never_for_another_path() {
 
 // --- hostile helpers and plugins -----------------------------------------------------------
 
-const HOSTILE: [(&str, &str); 5] = [
+const HOSTILE: [(&str, &str); 6] = [
     ("hang", "exec sleep 60"),
+    // Not hostile: the protocol's "no credential here" (exit 1 with this text) is no fault.
+    (
+        "notfound",
+        "cat >/dev/null; echo 'credentials not found in native keychain'; exit 1",
+    ),
     ("crash", "cat >/dev/null; echo '{\"Username\":\"bob\",\"Secret\":\"s3cret-bob-PW\"}'; exit 2"),
     ("flood", "cat >/dev/null; head -c 10485760 /dev/zero | tr '\\0' s"),
     ("garbage", "cat >/dev/null; printf '{\"ServerURL\":\"x\",\"Secret\":\"s3cret-bob-PW'"),
@@ -495,13 +500,14 @@ async fn hostile_credential_helpers_cost_their_image_only() {
     for (name, verdict) in results {
         let why = match name {
             "hang" => "did not answer within 10s",
-            "crash" => "anonymous",
+            "crash" => "exited with exit status: 2",
+            "notfound" => "anonymous",
             "flood" => "printed more than 65536 bytes",
             "garbage" => "malformed JSON",
             _ => "answered for another registry",
         };
         refused(&verdict, &[why]);
-        if name != "crash" {
+        if name != "notfound" {
             assert!(
                 verdict.message.contains(name),
                 "{name}: {}",

@@ -177,22 +177,24 @@ impl DockerConfig {
             Some(dir) => dir.join(&program_name),
             None => PathBuf::from(&program_name),
         };
-        let out = exec::run(
+        let (status, out) = exec::run_any(
             &program,
             &["get".to_string()],
             &[],
             server.as_bytes(),
             &self.bounds,
         )
-        .await;
-        let out = match out {
-            Ok(out) => out,
-            // "credentials not found" is an exit 1 with that text: no credential, not a fault.
-            // The text is not read (it is the helper's own output), so any non-zero exit of a
-            // helper that answers quickly reads as "none here".
-            Err(exec::ExecError::Failed(_)) => return Ok(None),
-            Err(e) => return Err(e.to_string()),
-        };
+        .await
+        .map_err(|e| e.to_string())?;
+        if let Err(status) = status {
+            // The protocol's "no credential here" is a non-zero exit printing this text; any
+            // other failure is a fault of the helper. Its output is looked at, never shown.
+            return if contains(&out, b"credentials not found") {
+                Ok(None)
+            } else {
+                Err(format!("exited with {status}"))
+            };
+        }
         let answer: HelperAnswer =
             serde_json::from_slice(&out).map_err(|e| format!("answered {}", json_error(&e)))?;
         if !answer.server_url.is_empty() && !same_server(&answer.server_url, server) {
@@ -208,6 +210,10 @@ impl DockerConfig {
             &answer.secret,
         ))
     }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 /// The server URL a helper is asked about: the registry host, Docker Hub as the docker client

@@ -48,6 +48,22 @@ pub async fn run(
     input: &[u8],
     bounds: &Bounds,
 ) -> Result<Vec<u8>, ExecError> {
+    let (status, out) = run_any(program, args, env, input, bounds).await?;
+    match status {
+        Ok(()) => Ok(out),
+        Err(status) => Err(ExecError::Failed(status)),
+    }
+}
+
+/// As [`run`], with the stdout of a non-zero exit too (bounded the same way), and the exit
+/// status as text when it was not a success.
+pub async fn run_any(
+    program: &Path,
+    args: &[String],
+    env: &[(String, String)],
+    input: &[u8],
+    bounds: &Bounds,
+) -> Result<(Result<(), String>, Vec<u8>), ExecError> {
     let mut cmd = tokio::process::Command::new(program);
     cmd.args(args)
         .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
@@ -91,9 +107,9 @@ pub async fn run(
             .await
             .map_err(|e| ExecError::Failed(e.kind().to_string()))?;
         if status.success() {
-            Ok(out)
+            Ok((Ok(()), out))
         } else {
-            Err(ExecError::Failed(status.to_string()))
+            Ok((Err(status.to_string()), out))
         }
     };
     let result = match tokio::time::timeout(bounds.timeout, work).await {
