@@ -151,6 +151,10 @@ pub struct RunArgs {
     /// (needs the PolicyReport CRD and config/policy-reports RBAC).
     #[arg(long, env = "IMAGEPOSTURE_POLICY_REPORTS", default_value_t = false, action = clap::ArgAction::Set)]
     pub policy_reports: bool,
+    /// Use the credentials of the pods that run an image: their `imagePullSecrets`, then their
+    /// ServiceAccount's (needs `get` on Secrets and ServiceAccounts: config/pull-secrets).
+    #[arg(long, env = "IMAGEPOSTURE_PULL_SECRETS", default_value_t = false, action = clap::ArgAction::Set)]
+    pub pull_secrets: bool,
     /// This replica's identity in the Lease and in Events.
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
@@ -205,9 +209,29 @@ pub struct VerifyArgs {
     /// A PEM public key naming key-based signers, `NAME=FILE`; repeatable.
     #[arg(long = "trusted-key", env = "IMAGEPOSTURE_TRUSTED_KEYS", value_delimiter = ',', value_parser = parse_named_key)]
     pub trusted_keys: Vec<(String, PathBuf)>,
-    /// Docker `config.json` with registry credentials (anonymous otherwise).
+    /// Docker `config.json` with registry credentials: `auths`, `credHelpers` and `credsStore`
+    /// (helpers run as `docker-credential-NAME get`).
     #[arg(long, env = "IMAGEPOSTURE_REGISTRY_CONFIG")]
     pub registry_config: Option<PathBuf>,
+    /// Directory of the `docker-credential-*` helpers named by the docker config (default:
+    /// looked up in `PATH`).
+    #[arg(long, env = "IMAGEPOSTURE_CREDENTIAL_HELPER_DIR")]
+    pub credential_helper_dir: Option<PathBuf>,
+    /// Kubelet `CredentialProviderConfig` (`kubelet.config.k8s.io/v1`): image credential provider
+    /// plugins such as `ecr-credential-provider`, `auth-provider-gcp`, `acr-credential-provider`.
+    #[arg(
+        long,
+        env = "IMAGEPOSTURE_IMAGE_CREDENTIAL_PROVIDER_CONFIG",
+        requires = "image_credential_provider_bin_dir"
+    )]
+    pub image_credential_provider_config: Option<PathBuf>,
+    /// Directory holding the plugins the provider config names.
+    #[arg(
+        long,
+        env = "IMAGEPOSTURE_IMAGE_CREDENTIAL_PROVIDER_BIN_DIR",
+        requires = "image_credential_provider_config"
+    )]
+    pub image_credential_provider_bin_dir: Option<PathBuf>,
     /// `HOST:PORT` of a registry spoken to over plain HTTP; repeatable.
     #[arg(
         long = "insecure-registry",
@@ -244,6 +268,9 @@ impl VerifyArgs {
             trust_refresh: crate::verify::DEFAULT_REFRESH,
             trusted_keys: self.trusted_keys.clone(),
             registry_config: self.registry_config.clone(),
+            credential_helper_dir: self.credential_helper_dir.clone(),
+            credential_provider_config: self.image_credential_provider_config.clone(),
+            credential_provider_bin_dir: self.image_credential_provider_bin_dir.clone(),
             insecure_registries: self.insecure_registries.clone(),
             limits: Limits {
                 budget: self.image_timeout,

@@ -43,6 +43,7 @@ pub mod ownership;
 pub mod policy_report;
 pub mod policy_report_sync;
 pub mod posture;
+pub mod pull_secrets;
 pub mod run;
 pub mod scan;
 pub mod server;

@@ -45,6 +45,12 @@ struct RegistryLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SourceLabels {
+    /// Where the credential came from: pull-secret, plugin, docker-config, anonymous.
+    source: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ErrorLabels {
     error: &'static str,
 }
@@ -63,6 +69,8 @@ pub struct Metrics {
     images: Family<PostureLabels, Gauge>,
     verifications: Family<ResultLabels, Counter>,
     registry_requests: Family<RegistryLabels, Counter>,
+    credential_requests: Family<SourceLabels, Counter>,
+    auth_failures: Family<SourceLabels, Counter>,
     cache_hits: Counter,
     cache_misses: Counter,
     sweep_duration: Histogram,
@@ -89,6 +97,8 @@ impl Metrics {
         let images = Family::<PostureLabels, Gauge>::default();
         let verifications = Family::<ResultLabels, Counter>::default();
         let registry_requests = Family::<RegistryLabels, Counter>::default();
+        let credential_requests = Family::<SourceLabels, Counter>::default();
+        let auth_failures = Family::<SourceLabels, Counter>::default();
         let cache_hits = Counter::default();
         let cache_misses = Counter::default();
         // 5ms .. ~82s: a sweep is one cache pass over every running image, mostly cache hits.
@@ -119,6 +129,17 @@ impl Metrics {
             "registry_requests",
             "Registry HTTP requests by registry host and status code (\"error\": no response)",
             registry_requests.clone(),
+        );
+        registry.register(
+            "registry_credential_requests",
+            "Registry HTTP requests by the source of the credential sent (pull-secret, plugin, \
+             docker-config, anonymous)",
+            credential_requests.clone(),
+        );
+        registry.register(
+            "registry_auth_failures",
+            "Credentials a registry refused (401/403, or its token endpoint refused them), by source",
+            auth_failures.clone(),
         );
         registry.register("cache_hits", "Observer cache hits", cache_hits.clone());
         registry.register(
@@ -185,6 +206,8 @@ impl Metrics {
             images,
             verifications,
             registry_requests,
+            credential_requests,
+            auth_failures,
             cache_hits,
             cache_misses,
             sweep_duration,
@@ -198,6 +221,13 @@ impl Metrics {
             reconcile_duration,
         };
         metrics.set_images(&[]);
+        for source in ["pull-secret", "plugin", "docker-config", "anonymous"] {
+            drop(
+                metrics
+                    .auth_failures
+                    .get_or_create(&SourceLabels { source }),
+            );
+        }
         metrics
     }
 
@@ -236,6 +266,20 @@ impl Metrics {
         let registry = host.chars().take(MAX_HOST_LABEL).collect();
         self.registry_requests
             .get_or_create(&RegistryLabels { registry, code })
+            .inc();
+    }
+
+    /// One registry request sent with a credential of `source`.
+    pub fn credential_request(&self, source: &'static str) {
+        self.credential_requests
+            .get_or_create(&SourceLabels { source })
+            .inc();
+    }
+
+    /// A credential of `source` refused by a registry.
+    pub fn auth_failure(&self, source: &'static str) {
+        self.auth_failures
+            .get_or_create(&SourceLabels { source })
             .inc();
     }
 

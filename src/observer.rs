@@ -6,10 +6,10 @@
 //! - After it, the digests of the signature listings are compared (HEAD requests); only a
 //!   change, or any doubt, triggers a full verification. Revalidation and verification share
 //!   one per-image time budget.
-//! - `checking` is never a cache entry. A registry-wide failure (5xx, 429, refused, timeout,
-//!   401/403) puts the registry into backoff (honouring `Retry-After`): meanwhile its images are
-//!   not asked, and an image that has to say so says it in its own words, never in another
-//!   image's failure message.
+//! - `checking` is never a cache entry. A registry-wide failure (5xx, 429, refused, timeout;
+//!   not a refused credential, which is per image) puts the registry into backoff (honouring
+//!   `Retry-After`): meanwhile its images are not asked, and an image that has to say so says
+//!   it in its own words, never in another image's failure message.
 //! - At most `per_registry` verifications run against one registry at once; the rest wait
 //!   without holding anything else up ([`Busy`]).
 //! - Time is passed in, so tests drive the clock.
@@ -412,7 +412,13 @@ impl Observer {
         verdict: &Verdict,
         now: DateTime<Utc>,
     ) -> Option<Duration> {
-        if verdict.posture != Posture::Checking || !registry_wide(verdict.reason) {
+        // A refused credential is not the registry's state: credentials are per image (its
+        // pods' pull secrets, a path-scoped `auths` entry), so one image's refusal must not
+        // hold back the other images of its registry.
+        if verdict.posture != Posture::Checking
+            || !registry_wide(verdict.reason)
+            || verdict.reason == Reason::Unauthorized
+        {
             return None;
         }
         let mut map = self.backoff.locked();

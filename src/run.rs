@@ -26,8 +26,9 @@ use crate::leader::LeaderElector;
 use crate::lock::LockExt;
 use crate::metrics::Metrics;
 use crate::observer::{Observer, ObserverConfig};
+use crate::pull_secrets::PullSecretSource;
 use crate::server::{self, Health};
-use crate::verify::Verifier;
+use crate::verify::{AuthEvent, CredSource, Extras, PullSecrets, Verifier};
 
 pub async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
     let in_cluster = crate::cli::in_cluster();
@@ -40,11 +41,29 @@ pub async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
     let hook_metrics = metrics.clone();
     let mut verifier_config = args.verify.config();
     verifier_config.trust_refresh = args.trust_root_refresh;
-    let verifier = Verifier::with_hook(
+    let auth_metrics = metrics.clone();
+    // What pods run: watched by every replica, so a new leader starts with a synced cache.
+    let (pods, pod_writer) = reflector::store::<Pod>();
+    let pull_secrets: Option<Arc<dyn PullSecrets>> = args.pull_secrets.then(|| {
+        tracing::info!(
+            "pull secrets: reading the imagePullSecrets pods and their ServiceAccounts name"
+        );
+        Arc::new(PullSecretSource::new(client.clone(), pods.clone())) as Arc<dyn PullSecrets>
+    });
+    let verifier = Verifier::with_extras(
         verifier_config,
-        Some(Box::new(move |host: &str, code: u16| {
-            hook_metrics.registry_request(host, code)
-        })),
+        Extras {
+            request_hook: Some(Box::new(move |host: &str, code: u16| {
+                hook_metrics.registry_request(host, code)
+            })),
+            auth_hook: Some(Box::new(
+                move |source: CredSource, event: AuthEvent| match event {
+                    AuthEvent::Request => auth_metrics.credential_request(source.as_str()),
+                    AuthEvent::Refused => auth_metrics.auth_failure(source.as_str()),
+                },
+            )),
+            pull_secrets,
+        },
     )
     .await?;
     let observer = Arc::new(
@@ -70,9 +89,7 @@ pub async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
             instance: Some(identity.clone()),
         },
     );
-    // What pods run: watched by every replica, so a new leader starts with a synced cache.
     let changed = Arc::new(Notify::new());
-    let (pods, pod_writer) = reflector::store::<Pod>();
     let pod_events = watcher(Api::<Pod>::all(client.clone()), watcher::Config::default())
         .default_backoff()
         .modify(crate::inventory::trim)

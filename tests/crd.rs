@@ -182,13 +182,16 @@ fn deployment_is_locked_down() {
 #[test]
 fn rbac_is_least_privilege() {
     let objs = config_objects();
-    let roles: Vec<&Value> = of_kind(&objs, "ClusterRole")
-        .into_iter()
-        .chain(of_kind(&objs, "Role"))
+    // Secrets only in the opt-in pull-secrets Component (`run --pull-secrets=true`), `get` only.
+    let pull_secrets = root().join("config/pull-secrets");
+    let roles: Vec<(bool, &Value)> = objs
+        .iter()
+        .filter(|(_, v)| v["kind"] == "ClusterRole" || v["kind"] == "Role")
+        .map(|(f, v)| (f.starts_with(&pull_secrets), v))
         .collect();
     assert!(!roles.is_empty());
     let mut granted = BTreeSet::new();
-    for role in roles {
+    for (opt_in, role) in roles {
         for rule in role["rules"].as_array().unwrap() {
             let list = |k: &str| -> Vec<String> {
                 rule[k]
@@ -203,10 +206,14 @@ fn rbac_is_least_privilege() {
                 "wildcard resource in {rule}"
             );
             assert!(!groups.iter().any(|g| g == "*"), "wildcard group in {rule}");
-            assert!(
-                !resources.iter().any(|r| r == "secrets"),
-                "secrets access in {rule}"
-            );
+            if resources.iter().any(|r| r == "secrets") {
+                assert!(opt_in, "secrets access outside config/pull-secrets: {rule}");
+                assert_eq!(
+                    verbs,
+                    ["get"],
+                    "secrets: get only, never list or watch: {rule}"
+                );
+            }
             assert!(rule.get("nonResourceURLs").is_none(), "{rule}");
             for g in &groups {
                 for r in &resources {

@@ -1,82 +1,139 @@
-//! Registry credentials (docker `config.json`) and `WWW-Authenticate` challenges.
+//! Registry credentials, per image from every source in the kubelet's order, and
+//! `WWW-Authenticate` challenges.
 
-use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 
-use base64::Engine as _;
-use reqwest::header::{HeaderMap, HeaderValue, WWW_AUTHENTICATE};
+use futures::future::BoxFuture;
+use reqwest::header::{HeaderMap, WWW_AUTHENTICATE};
 
-/// Basic credentials per registry host; anonymous when empty.
-#[derive(Clone, Default)]
+use super::docker::DockerConfig;
+pub use super::keyring::{CredSource, Credential, Target};
+use super::plugins::Plugins;
+
+/// A source of pull-secret credentials (the operator's pods' `imagePullSecrets` and their
+/// ServiceAccounts'), asked per image.
+pub trait PullSecrets: Send + Sync {
+    /// Credentials of the pods that run `registry/repository`, most specific first.
+    fn lookup<'a>(
+        &'a self,
+        target: &'a Target,
+        registry: &'a str,
+        repository: &'a str,
+    ) -> BoxFuture<'a, Found>;
+    /// The registry refused this credential: read its secret again next time.
+    fn refused(&self, credential: &Credential);
+}
+
+/// Credentials found for one image, in the order they are tried, and what went wrong on the way
+/// (a helper or plugin that failed; names only, never output).
+#[derive(Default, Debug, Clone)]
+pub struct Found {
+    pub credentials: Vec<Credential>,
+    pub notes: Vec<String>,
+}
+
+/// Every credential source the verifier knows, tried in the kubelet's order: pull secrets,
+/// credential provider plugins, docker `config.json`; anonymous when none matches.
+#[derive(Default)]
 pub struct Credentials {
-    by_host: HashMap<String, HeaderValue>,
+    docker: Option<DockerConfig>,
+    plugins: Option<Plugins>,
+    pull: Option<Arc<dyn PullSecrets>>,
 }
 
 impl std::fmt::Debug for Credentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Never print secrets.
+        // Never print secrets: the sources' own Debug shows names only.
         f.debug_struct("Credentials")
-            .field("hosts", &self.by_host.keys().collect::<Vec<_>>())
+            .field("docker", &self.docker)
+            .field("plugins", &self.plugins)
+            .field("pull_secrets", &self.pull.is_some())
             .finish()
     }
 }
 
-#[derive(serde::Deserialize)]
-struct DockerConfig {
-    #[serde(default)]
-    auths: HashMap<String, DockerAuth>,
-}
-
-#[derive(serde::Deserialize)]
-struct DockerAuth {
-    auth: Option<String>,
-    username: Option<String>,
-    password: Option<String>,
-}
-
 impl Credentials {
-    /// Reads a docker `config.json` (`auths` only; credential helpers are not run).
+    /// Reads a docker `config.json` (`auths`, `credHelpers`, `credsStore`).
     pub fn from_docker_config(path: &Path) -> Result<Self, String> {
-        let data = std::fs::read(path).map_err(|e| e.to_string())?;
-        let config: DockerConfig = serde_json::from_slice(&data).map_err(|e| e.to_string())?;
-        let engine = base64::engine::general_purpose::STANDARD;
-        let mut by_host = HashMap::new();
-        for (host, entry) in config.auths {
-            let pair = match (entry.auth, entry.username, entry.password) {
-                (Some(auth), _, _) if !auth.is_empty() => auth,
-                (_, Some(user), Some(pass)) => engine.encode(format!("{user}:{pass}")),
-                _ => continue,
-            };
-            let mut value = HeaderValue::from_str(&format!("Basic {pair}"))
-                .map_err(|_| format!("credentials for {host} are not a valid header"))?;
-            // Kept out of any Debug output (hyper/reqwest traces) of the request.
-            value.set_sensitive(true);
-            by_host.insert(normalize_host(&host), value);
-        }
-        Ok(Credentials { by_host })
-    }
-
-    pub fn basic_header(&self, api_host: &str) -> Option<HeaderValue> {
-        self.by_host.get(api_host).cloned().or_else(|| {
-            // Docker Hub credentials are filed under its index URL.
-            (api_host == "registry-1.docker.io")
-                .then(|| self.by_host.get("docker.io").cloned())
-                .flatten()
+        Ok(Credentials {
+            docker: Some(DockerConfig::load(path)?),
+            ..Credentials::default()
         })
     }
-}
 
-/// `https://index.docker.io/v1/` and friends → the API host we send requests to.
-fn normalize_host(key: &str) -> String {
-    let host = key
-        .trim_start_matches("https://")
-        .trim_start_matches("http://")
-        .split('/')
-        .next()
-        .unwrap_or_default();
-    match host {
-        "index.docker.io" | "docker.io" | "registry-1.docker.io" => "registry-1.docker.io".into(),
-        other => other.to_string(),
+    pub fn with_docker(mut self, docker: Option<DockerConfig>) -> Self {
+        self.docker = docker;
+        self
+    }
+
+    pub fn with_plugins(mut self, plugins: Option<Plugins>) -> Self {
+        self.plugins = plugins;
+        self
+    }
+
+    pub fn with_pull_secrets(mut self, pull: Option<Arc<dyn PullSecrets>>) -> Self {
+        self.pull = pull;
+        self
+    }
+
+    /// The credentials for one image, in the order they are tried.
+    /// Pull secrets are read only where `pull_secrets` says the registry may want them.
+    pub async fn lookup(
+        &self,
+        registry: &str,
+        repository: &str,
+        image: &str,
+        pull_secrets: bool,
+    ) -> Found {
+        let target = Target::new(registry, repository);
+        let mut found = Found::default();
+        if let Some(pull) = self.pull.as_ref().filter(|_| pull_secrets) {
+            let f = pull.lookup(&target, registry, repository).await;
+            found.credentials.extend(f.credentials);
+            found.notes.extend(f.notes);
+        }
+        if let Some(plugins) = &self.plugins {
+            let f = plugins.lookup(&target, image, registry).await;
+            found.credentials.extend(f.credentials);
+            found.notes.extend(f.notes);
+        }
+        if let Some(docker) = &self.docker {
+            let f = docker.lookup(&target, registry).await;
+            found.credentials.extend(f.credentials);
+            found.notes.extend(f.notes);
+        }
+        // The same secret from two sources is tried once, under the first.
+        let mut unique: Vec<Credential> = Vec::new();
+        for c in found.credentials {
+            if !unique.iter().any(|u| u.key == c.key) {
+                unique.push(c);
+            }
+        }
+        found.credentials = unique;
+        found
+    }
+
+    /// The registry refused `credential`: whatever cached it asks its source again next time.
+    pub fn refused(&self, credential: &Credential) {
+        match credential.source {
+            CredSource::PullSecret => {
+                if let Some(p) = &self.pull {
+                    p.refused(credential);
+                }
+            }
+            CredSource::Plugin => {
+                if let Some(p) = &self.plugins {
+                    p.forget(credential);
+                }
+            }
+            CredSource::DockerConfig => {
+                if let Some(d) = &self.docker {
+                    d.forget(credential);
+                }
+            }
+            CredSource::Anonymous => {}
+        }
     }
 }
 
@@ -132,6 +189,7 @@ fn split_params(s: &str) -> Vec<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use reqwest::header::HeaderValue;
 
     #[test]
     fn parses_bearer_challenge_with_quoted_commas() {
@@ -149,25 +207,5 @@ mod tests {
                 service: Some("registry.docker.io".into())
             })
         );
-    }
-
-    #[test]
-    fn reads_docker_config() {
-        let dir = std::env::temp_dir().join(format!("ip-auth-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("config.json");
-        std::fs::write(
-            &path,
-            r#"{"auths":{"https://index.docker.io/v1/":{"auth":"dTpw"},"ghcr.io":{"username":"u","password":"p"}}}"#,
-        )
-        .unwrap();
-        let c = Credentials::from_docker_config(&path).unwrap();
-        assert_eq!(
-            c.basic_header("registry-1.docker.io").unwrap(),
-            "Basic dTpw"
-        );
-        assert_eq!(c.basic_header("ghcr.io").unwrap(), "Basic dTpw");
-        assert!(c.basic_header("quay.io").is_none());
-        assert!(!format!("{c:?}").contains("dTpw"));
     }
 }

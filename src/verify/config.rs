@@ -44,8 +44,13 @@ pub struct VerifierConfig {
     pub trust_refresh: Duration,
     /// `NAME=FILE` public keys (PEM) that name key-based signers.
     pub trusted_keys: Vec<(String, PathBuf)>,
-    /// A docker `config.json` with registry credentials.
+    /// A docker `config.json` with registry credentials (`auths`, `credHelpers`, `credsStore`).
     pub registry_config: Option<PathBuf>,
+    /// Where `docker-credential-*` helpers are found (`PATH` when `None`).
+    pub credential_helper_dir: Option<PathBuf>,
+    /// A kubelet `CredentialProviderConfig` and the directory of its plugins.
+    pub credential_provider_config: Option<PathBuf>,
+    pub credential_provider_bin_dir: Option<PathBuf>,
     /// `host:port` registries spoken to over plain HTTP.
     pub insecure_registries: Vec<String>,
     pub limits: Limits,
@@ -55,6 +60,8 @@ pub struct VerifierConfig {
 pub enum SetupError {
     #[error("registry config {path}: {why}")]
     RegistryConfig { path: PathBuf, why: String },
+    #[error("image credential provider config {path}: {why}")]
+    CredentialProviders { path: PathBuf, why: String },
     #[error("trusted key {name}: {why}")]
     TrustedKey { name: String, why: String },
     #[error(transparent)]

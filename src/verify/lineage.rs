@@ -355,9 +355,11 @@ impl Verifier {
         own: &Verdict,
         elsewhere: &mut Vec<String>,
     ) -> Result<Option<Verdict>, Verdict> {
+        let access = self.access_id(image).await;
         let repo = Repo {
             host: image.api_host(),
             name: &image.repository,
+            access: &access,
         };
         let mut running_kind = None;
         let mut candidates: Vec<String> = Vec::new();
@@ -612,9 +614,11 @@ impl Verifier {
         recorded: &BTreeMap<String, String>,
         now: &mut BTreeMap<String, String>,
     ) -> Option<()> {
+        let access = self.access_id(image).await;
         let repo = Repo {
             host: image.api_host(),
             name: &image.repository,
+            access: &access,
         };
         if let Some(index) = recorded.get(EVIDENCE_VIA_INDEX) {
             let index = crate::image::validate_digest(index).ok()?;
@@ -657,9 +661,17 @@ impl Verifier {
     async fn tie_unisolated(&self, tie: &Tie, now: DateTime<Utc>) -> Result<ImageId, Verdict> {
         let reference = &tie.reference;
         let tag = reference.tag.as_deref().unwrap_or("latest");
+        let access = self
+            .access(
+                &reference.registry,
+                &reference.repository,
+                &reference.to_string(),
+            )
+            .await;
         let repo = Repo {
             host: crate::image::api_host(&reference.registry),
             name: &reference.repository,
+            access: &access,
         };
         let runs = match &tie.running {
             Untied::Config(c) => format!(

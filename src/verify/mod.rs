@@ -11,10 +11,14 @@ pub(crate) mod cert;
 pub(crate) mod classify;
 mod config;
 pub(crate) mod discovery;
+mod docker;
+mod exec;
+pub(crate) mod keyring;
 mod keys;
 pub(crate) mod legacy;
 pub(crate) mod lineage;
 pub(crate) mod normalize;
+mod plugins;
 pub(crate) mod record;
 mod registry;
 pub(crate) mod rekor;
@@ -24,13 +28,14 @@ mod trust;
 
 use std::sync::Arc;
 
-pub use self::auth::Credentials;
+pub use self::auth::{CredSource, Credential, Credentials, Found, PullSecrets, Target};
 pub use self::config::{Limits, SetupError, TrustSource, VerifierConfig};
 use self::discovery::{Artifact, Discovered, Discovery};
+pub use self::keyring::Keyring;
 pub use self::keys::KeyRing;
 use self::record::{Checked, Context, Failure, Unknown};
 use self::registry::Repo;
-pub use self::registry::{FetchError, RegistryClient, RequestHook};
+pub use self::registry::{AuthEvent, AuthHook, FetchError, RegistryClient, RequestHook};
 use self::trust::{Confirmation, TrustCell};
 pub use self::trust::{TrustError, TrustMaterial, DEFAULT_REFRESH, TUF_REFRESH_GAP};
 use crate::image::{ImageId, ImageRef};
@@ -56,15 +61,53 @@ impl Verifier {
         config: VerifierConfig,
         hook: Option<RequestHook>,
     ) -> Result<Self, SetupError> {
-        let credentials = match &config.registry_config {
-            Some(path) => {
-                Credentials::from_docker_config(path).map_err(|why| SetupError::RegistryConfig {
-                    path: path.clone(),
-                    why,
-                })?
-            }
-            None => Credentials::default(),
+        Self::with_extras(
+            config,
+            Extras {
+                request_hook: hook,
+                ..Extras::default()
+            },
+        )
+        .await
+    }
+
+    /// Like [`Verifier::new`], with metrics hooks and a pull-secret source (the operator's).
+    pub async fn with_extras(config: VerifierConfig, extras: Extras) -> Result<Self, SetupError> {
+        let docker = match &config.registry_config {
+            Some(path) => Some(
+                docker::DockerConfig::load(path)
+                    .map_err(|why| SetupError::RegistryConfig {
+                        path: path.clone(),
+                        why,
+                    })?
+                    .with_helper_dir(config.credential_helper_dir.clone()),
+            ),
+            None => None,
         };
+        let plugins = match (
+            &config.credential_provider_config,
+            &config.credential_provider_bin_dir,
+        ) {
+            (Some(file), Some(dir)) => Some(plugins::Plugins::load(file, dir).map_err(|why| {
+                SetupError::CredentialProviders {
+                    path: file.clone(),
+                    why,
+                }
+            })?),
+            (None, None) => None,
+            (Some(file), None) | (None, Some(file)) => {
+                return Err(SetupError::CredentialProviders {
+                    path: file.clone(),
+                    why: "--image-credential-provider-config and \
+                          --image-credential-provider-bin-dir go together"
+                        .into(),
+                })
+            }
+        };
+        let credentials = Credentials::default()
+            .with_docker(docker)
+            .with_plugins(plugins)
+            .with_pull_secrets(extras.pull_secrets);
         let keys = KeyRing::load(&config.trusted_keys)?;
         let mut registry = RegistryClient::new(
             config.insecure_registries.iter().cloned(),
@@ -72,8 +115,11 @@ impl Verifier {
             config.limits.budget,
         )
         .map_err(SetupError::Http)?;
-        if let Some(hook) = hook {
+        if let Some(hook) = extras.request_hook {
             registry = registry.with_hook(hook);
+        }
+        if let Some(hook) = extras.auth_hook {
+            registry = registry.with_auth_hook(hook);
         }
         let trust = Arc::new(TrustCell::new(config.trust.clone(), config.trust_refresh));
         match &config.trust {
@@ -166,11 +212,21 @@ impl Verifier {
             return Ok(id);
         }
         let tag = image.tag.as_deref().unwrap_or("latest");
-        let repo = Repo {
-            host: crate::image::api_host(&image.registry),
-            name: &image.repository,
+        let fut = async {
+            let access = self
+                .access(
+                    &image.registry,
+                    &image.repository,
+                    &format!("{}/{}:{tag}", image.registry, image.repository),
+                )
+                .await;
+            let repo = Repo {
+                host: crate::image::api_host(&image.registry),
+                name: &image.repository,
+                access: &access,
+            };
+            self.registry.manifest_digest(repo, tag).await
         };
-        let fut = self.registry.manifest_digest(repo, tag);
         match tokio::time::timeout(self.limits.budget, fut).await {
             Ok(Ok(digest)) => Ok(ImageId {
                 registry: image.registry.clone(),
@@ -215,9 +271,11 @@ impl Verifier {
             trust: &trust,
             keys: &self.keys,
         };
+        let access = self.access_id(image).await;
         let repo = Repo {
             host: image.api_host(),
             name: &image.repository,
+            access: &access,
         };
         let max = self.limits.max_manifest_bytes;
         let sig_tag = image.sig_tag();
@@ -327,11 +385,13 @@ impl Verifier {
         image: &ImageId,
         recorded: &std::collections::BTreeMap<String, String>,
     ) -> bool {
-        let repo = Repo {
-            host: image.api_host(),
-            name: &image.repository,
-        };
         let check = async {
+            let access = self.access_id(image).await;
+            let repo = Repo {
+                host: image.api_host(),
+                name: &image.repository,
+                access: &access,
+            };
             let mut now = self.listings(repo, &image.digest).await?;
             self.lineage_listings(image, recorded, &mut now).await?;
             // Signatures judged under another trust root are judged again (a log or CA it
@@ -373,6 +433,33 @@ impl Verifier {
         }
         Some(now)
     }
+}
+
+impl Verifier {
+    /// The credentials for one image, from every source in the kubelet's order.
+    async fn access(&self, registry: &str, repository: &str, image: &str) -> Found {
+        // Secrets are read only for a registry that asks for credentials (or is not known yet).
+        let pull_secrets = self
+            .registry
+            .asks_for_auth(crate::image::api_host(registry));
+        self.registry
+            .credentials()
+            .lookup(registry, repository, image, pull_secrets)
+            .await
+    }
+
+    async fn access_id(&self, image: &ImageId) -> Found {
+        let name = format!("{}/{}@{}", image.registry, image.repository, image.digest);
+        self.access(&image.registry, &image.repository, &name).await
+    }
+}
+
+/// What the operator adds to a verifier: metrics hooks and its pull-secret source.
+#[derive(Default)]
+pub struct Extras {
+    pub request_hook: Option<RequestHook>,
+    pub auth_hook: Option<AuthHook>,
+    pub pull_secrets: Option<Arc<dyn PullSecrets>>,
 }
 
 /// The signature records of one image's artifacts.

@@ -17,7 +17,8 @@ use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION};
 use reqwest::{Method, StatusCode};
 use sha2::{Digest as _, Sha256};
 
-use super::auth::{Challenge, Credentials};
+use super::auth::{Challenge, Credentials, Found};
+use super::keyring::{CredSource, Credential, Secret};
 use crate::posture::{
     bound, Reason, Verdict, EVIDENCE_REFERRERS, EVIDENCE_REFERRERS_TAG, MAX_MESSAGE,
 };
@@ -96,11 +97,13 @@ pub struct Fetched {
     pub media_type: Option<String>,
 }
 
-/// One registry endpoint: API host (`host:port`) and repository.
+/// One registry endpoint: API host (`host:port`) and repository, and the credentials found
+/// for the image (tried in turn where the registry refuses one; anonymous when none).
 #[derive(Debug, Clone, Copy)]
 pub struct Repo<'a> {
     pub host: &'a str,
     pub name: &'a str,
+    pub access: &'a Found,
 }
 
 /// Which listing answered a referrers query.
@@ -125,12 +128,27 @@ impl ReferrersSource {
 /// Observer hook for every HTTP request sent (metrics); status 0 means no response.
 pub type RequestHook = Box<dyn Fn(&str, u16) + Send + Sync>;
 
+/// What happened with a credential (metrics: by source, never the secret).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthEvent {
+    /// A registry request was sent with a credential of this source.
+    Request,
+    /// The registry (or its token endpoint) refused a credential of this source.
+    Refused,
+}
+
+/// Observer hook for credential use and refusals, by source.
+pub type AuthHook = Box<dyn Fn(CredSource, AuthEvent) + Send + Sync>;
+
 pub struct RegistryClient {
     http: reqwest::Client,
     insecure: HashSet<String>,
     credentials: Credentials,
-    /// Bearer tokens per (host, repository), reused across images.
-    tokens: Mutex<HashMap<(String, String), HeaderValue>>,
+    /// Bearer tokens per (host, repository, credential), reused across images: a token got
+    /// with one credential is never sent for another.
+    tokens: Mutex<HashMap<(String, String, String), HeaderValue>>,
+    /// The credential (by fingerprint) that last worked for a (host, repository): tried first.
+    preferred: Mutex<HashMap<(String, String), String>>,
     /// Hosts whose auth scheme we learned from a 401 challenge.
     challenges: Mutex<HashMap<String, Challenge>>,
     /// Whether each host has the referrers API (a 404 means no: use the tag schema), learned
@@ -143,6 +161,7 @@ pub struct RegistryClient {
     /// verification.
     flights: Flights,
     hook: Option<RequestHook>,
+    auth_hook: Option<AuthHook>,
 }
 
 impl RegistryClient {
@@ -163,17 +182,34 @@ impl RegistryClient {
             insecure: insecure.into_iter().collect(),
             credentials,
             tokens: Mutex::default(),
+            preferred: Mutex::default(),
             challenges: Mutex::default(),
             referrers_api: Mutex::default(),
             contacted: Mutex::default(),
             flights: Flights::default(),
             hook: None,
+            auth_hook: None,
         })
     }
 
     pub fn with_hook(mut self, hook: RequestHook) -> Self {
         self.hook = Some(hook);
         self
+    }
+
+    pub fn with_auth_hook(mut self, hook: AuthHook) -> Self {
+        self.auth_hook = Some(hook);
+        self
+    }
+
+    /// Whether the host may want credentials: it challenged us, or has not answered yet.
+    pub fn asks_for_auth(&self, host: &str) -> bool {
+        self.challenges.locked().contains_key(host) || !self.contacted.locked().contains(host)
+    }
+
+    /// Where credentials come from: asked per image by the verifier.
+    pub fn credentials(&self) -> &Credentials {
+        &self.credentials
     }
 
     fn base(&self, host: &str) -> String {
@@ -433,6 +469,9 @@ impl RegistryClient {
         result
     }
 
+    /// Tries the image's credentials in turn (the one that worked last first) until the
+    /// registry accepts one; anonymous when none matched. A refusal (401/403) moves on to the
+    /// next; when every one is refused the error names the sources tried, never a secret.
     async fn send_authenticated(
         &self,
         method: Method,
@@ -440,7 +479,66 @@ impl RegistryClient {
         url: &str,
         accept: &str,
     ) -> Result<reqwest::Response, FetchError> {
-        let mut auth = self.auth_header(repo, None).await?;
+        let creds = &repo.access.credentials;
+        if creds.is_empty() {
+            return match self.send_as(&method, repo, url, accept, None).await {
+                Err(FetchError::Unauthorized(why)) => {
+                    self.auth_event(CredSource::Anonymous, AuthEvent::Refused);
+                    Err(FetchError::Unauthorized(refusal(
+                        &why,
+                        &[],
+                        &repo.access.notes,
+                    )))
+                }
+                other => other,
+            };
+        }
+        let key = (repo.host.to_string(), repo.name.to_string());
+        let first = self.preferred.locked().get(&key).cloned();
+        let mut order: Vec<&Credential> = creds.iter().collect();
+        if let Some(first) = first {
+            order.sort_by_key(|c| c.key != first);
+        }
+        let mut refused = Vec::new();
+        let mut why = String::new();
+        for cred in order {
+            match self.send_as(&method, repo, url, accept, Some(cred)).await {
+                Err(FetchError::Unauthorized(w)) => {
+                    self.auth_event(cred.source, AuthEvent::Refused);
+                    self.credentials.refused(cred);
+                    self.tokens.locked().retain(|k, _| k.2 != cred.key);
+                    self.preferred
+                        .locked()
+                        .retain(|_, preferred| *preferred != cred.key);
+                    tracing::debug!(registry = %repo.host, repository = %repo.name, source = %cred.source, credential = %cred.origin, "registry refused a credential");
+                    refused.push(cred.describe());
+                    why = w;
+                }
+                Ok(resp) => {
+                    self.preferred.locked().insert(key, cred.key.clone());
+                    return Ok(resp);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(FetchError::Unauthorized(refusal(
+            &why,
+            &refused,
+            &repo.access.notes,
+        )))
+    }
+
+    /// One request as one credential (or anonymous), answering a 401 challenge once.
+    async fn send_as(
+        &self,
+        method: &Method,
+        repo: Repo<'_>,
+        url: &str,
+        accept: &str,
+        cred: Option<&Credential>,
+    ) -> Result<reqwest::Response, FetchError> {
+        let source = cred.map_or(CredSource::Anonymous, |c| c.source);
+        let mut auth = self.auth_header(repo, cred, None).await?;
         for attempt in 0..2 {
             let mut req = self
                 .http
@@ -449,6 +547,7 @@ impl RegistryClient {
             if let Some(value) = &auth {
                 req = req.header(AUTHORIZATION, value.clone());
             }
+            self.auth_event(source, AuthEvent::Request);
             let resp = match req.send().await {
                 Ok(r) => r,
                 Err(e) => {
@@ -463,7 +562,7 @@ impl RegistryClient {
                     self.challenges
                         .locked()
                         .insert(repo.host.to_string(), challenge);
-                    let next = self.auth_header(repo, auth.as_ref()).await?;
+                    let next = self.auth_header(repo, cred, auth.as_ref()).await?;
                     if next.is_some() && next != auth {
                         auth = next;
                         continue;
@@ -475,22 +574,34 @@ impl RegistryClient {
         unreachable!("the loop returns on its second pass")
     }
 
+    fn auth_event(&self, source: CredSource, event: AuthEvent) {
+        if let Some(hook) = &self.auth_hook {
+            hook(source, event);
+        }
+    }
+
     fn observe(&self, host: &str, status: u16) {
         if let Some(hook) = &self.hook {
             hook(host, status);
         }
     }
 
-    /// The Authorization header for a repository, fetching a bearer token if the host's
-    /// challenge asks for one.
+    /// The Authorization header for a repository as one credential, fetching a bearer token
+    /// if the host's challenge asks for one.
     /// `stale` is a header the registry just refused: never hand it out again.
     async fn auth_header(
         &self,
         repo: Repo<'_>,
+        cred: Option<&Credential>,
         stale: Option<&HeaderValue>,
     ) -> Result<Option<HeaderValue>, FetchError> {
-        let key = (repo.host.to_string(), repo.name.to_string());
-        let fresh = |tokens: &HashMap<(String, String), HeaderValue>| {
+        let cred_key = cred.map(|c| c.key.clone()).unwrap_or_default();
+        let key = (
+            repo.host.to_string(),
+            repo.name.to_string(),
+            cred_key.clone(),
+        );
+        let fresh = |tokens: &HashMap<(String, String, String), HeaderValue>| {
             tokens.get(&key).filter(|t| Some(*t) != stale).cloned()
         };
         if let Some(token) = fresh(&self.tokens.locked()) {
@@ -498,32 +609,57 @@ impl RegistryClient {
         }
         let flight = self
             .flights
-            .get(format!("token {} {}", repo.host, repo.name));
+            .get(format!("token {} {} {}", repo.host, repo.name, cred_key));
         let _one_fetch = flight.lock().await;
         if let Some(token) = fresh(&self.tokens.locked()) {
             return Ok(Some(token));
         }
         let challenge = self.challenges.locked().get(repo.host).cloned();
-        let basic = self.credentials.basic_header(repo.host);
         let header = match challenge {
             None => return Ok(None),
-            Some(Challenge::Basic) => basic,
+            Some(Challenge::Basic) => cred.and_then(Credential::basic).cloned(),
             Some(Challenge::Bearer { realm, service }) => {
-                let mut req = self
-                    .http
-                    .get(&realm)
-                    .query(&[("scope", format!("repository:{}:pull", repo.name))]);
-                if let Some(service) = service {
-                    req = req.query(&[("service", service)]);
-                }
-                if let Some(basic) = &basic {
-                    req = req.header(AUTHORIZATION, basic.clone());
-                }
+                let scope = format!("repository:{}:pull", repo.name);
+                let req = match cred.map(|c| &c.secret) {
+                    // A docker identity token is an OAuth2 refresh token.
+                    Some(Secret::IdentityToken(refresh)) => {
+                        let mut form = url::form_urlencoded::Serializer::new(String::new());
+                        form.append_pair("grant_type", "refresh_token")
+                            .append_pair("refresh_token", refresh)
+                            .append_pair("client_id", "imageposture")
+                            .append_pair("scope", &scope);
+                        if let Some(service) = &service {
+                            form.append_pair("service", service);
+                        }
+                        self.http
+                            .post(&realm)
+                            .header(
+                                reqwest::header::CONTENT_TYPE,
+                                "application/x-www-form-urlencoded",
+                            )
+                            .body(form.finish())
+                    }
+                    basic => {
+                        let mut req = self.http.get(&realm).query(&[("scope", scope)]);
+                        if let Some(service) = service {
+                            req = req.query(&[("service", service)]);
+                        }
+                        if let Some(Secret::Basic(basic)) = basic {
+                            req = req.header(AUTHORIZATION, basic.clone());
+                        }
+                        req
+                    }
+                };
                 let resp = req.send().await.map_err(classify_transport)?;
                 let resp = check_status(resp).await.map_err(token_failure)?;
                 let body = read_bounded(resp, MAX_TOKEN_BYTES).await?;
-                let token: TokenResponse = serde_json::from_slice(&body)
-                    .map_err(|e| FetchError::Protocol(format!("token response: {e}")))?;
+                // The body holds the token: a parse error says where, never what.
+                let token: TokenResponse = serde_json::from_slice(&body).map_err(|e| {
+                    FetchError::Protocol(format!(
+                        "token response: {}",
+                        super::keyring::json_error(&e)
+                    ))
+                })?;
                 let token = token
                     .token
                     .or(token.access_token)
@@ -539,6 +675,23 @@ impl RegistryClient {
         }
         Ok(header)
     }
+}
+
+/// The message of a refusal: the registry's answer, the sources tried (names only), and what
+/// failed while looking for credentials.
+fn refusal(why: &str, refused: &[String], notes: &[String]) -> String {
+    let mut msg = why.to_string();
+    if refused.is_empty() {
+        msg.push_str("; tried anonymous (no credential matches this image)");
+    } else {
+        msg.push_str("; refused credentials: ");
+        msg.push_str(&refused.join(", "));
+    }
+    for note in notes {
+        msg.push_str("; ");
+        msg.push_str(note);
+    }
+    bound(&msg, MAX_MESSAGE - 96)
 }
 
 /// Async locks by key, for single-flight work.
@@ -565,6 +718,9 @@ const MAX_TOKEN_BYTES: usize = 64 << 10;
 fn token_failure(e: FetchError) -> FetchError {
     match e {
         FetchError::NotFound => FetchError::Unauthorized("token endpoint answered HTTP 404".into()),
+        FetchError::Unauthorized(why) => {
+            FetchError::Unauthorized(format!("token endpoint answered {why}"))
+        }
         FetchError::Status(code, _) => {
             FetchError::Unauthorized(format!("token endpoint answered HTTP {code}"))
         }

@@ -47,7 +47,11 @@ pub struct TestEnv {
 
 impl TestEnv {
     pub fn new() -> Self {
-        let registry = registry::shared();
+        Self::with_registry(registry::shared())
+    }
+
+    /// A world around another registry of this binary's own.
+    pub fn with_registry(registry: &'static registry::Registry) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let pki = pki::Pki::new(dir.path());
         let trusted_root = pki.write_trusted_root(dir.path());
@@ -70,6 +74,9 @@ impl TestEnv {
             trust_refresh: imageposture::verify::DEFAULT_REFRESH,
             trusted_keys: vec![],
             registry_config: None,
+            credential_helper_dir: None,
+            credential_provider_config: None,
+            credential_provider_bin_dir: None,
             insecure_registries: insecure,
             limits: Limits::default(),
         }

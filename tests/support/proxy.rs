@@ -27,6 +27,10 @@ pub enum Mode {
     /// <token>`, answer 401 with a Bearer challenge whose realm is this proxy's `/token`,
     /// which hands out the token (counted like every request).
     Bearer(String),
+    /// Token auth with a guarded token endpoint: `/token` hands out `token` only to a request
+    /// with `Authorization: Basic <basic>` (or a POSTed `refresh_token=<basic>`, a docker
+    /// identity token), else 401; registry requests need `Bearer <token>`.
+    TokenAuth { token: String, basic: String },
     /// Act like a registry with HTTP Basic auth: requests need `Authorization: Basic <this>`
     /// (base64 of `user:password`), else 401 with a Basic challenge.
     Basic(String),
@@ -290,6 +294,26 @@ async fn serve_connection(sock: TcpStream, state: Arc<State>) {
             }
             Mode::Status(code) => fault(code, &req.method),
             Mode::Bearer(token) => bearer(&state, req, &token).await,
+            Mode::TokenAuth { token, basic } => {
+                let at_token = req.target.starts_with("/token");
+                let basic_ok =
+                    header(&req.headers, "authorization") == Some(&format!("Basic {basic}"));
+                let refresh_ok = req.method == "POST"
+                    && url::form_urlencoded::parse(&req.body)
+                        .any(|(k, v)| k == "refresh_token" && v == basic.as_str());
+                if at_token && !(basic_ok || refresh_ok) {
+                    fault(403, &req.method)
+                } else if at_token && req.method == "POST" {
+                    let body = format!(r#"{{"access_token":"{token}"}}"#);
+                    format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                        body.len()
+                    )
+                    .into_bytes()
+                } else {
+                    bearer(&state, req, &token).await
+                }
+            }
             Mode::Basic(credentials) => {
                 if header(&req.headers, "authorization") == Some(&format!("Basic {credentials}")) {
                     forward(&state, req).await

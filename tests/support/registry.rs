@@ -18,6 +18,8 @@ pub struct Registry {
     /// `127.0.0.1:PORT`, usable as an image reference's registry.
     pub host: String,
     process: Option<Mutex<Guarded>>,
+    /// The storage directory of a registry this process started.
+    storage: Option<PathBuf>,
 }
 
 struct Guarded {
@@ -40,6 +42,7 @@ impl Registry {
             return Registry {
                 host,
                 process: None,
+                storage: None,
             };
         }
         if !Path::new(BINARY).exists() {
@@ -49,10 +52,31 @@ impl Registry {
                  IMAGEPOSTURE_TEST_REGISTRY=host:port to a running registry"
             );
         }
+        Self::spawn("", None)
+    }
+
+    /// Two registries on one storage: an open one to push to, and one that asks for HTTP Basic
+    /// credentials from `htpasswd` (bcrypt entries) for everything, as Distribution's own
+    /// `auth: htpasswd` does it.
+    pub fn start_with_htpasswd(htpasswd: &Path) -> (Registry, Registry) {
+        let open = Self::spawn("", None);
+        let storage = open.storage.clone().expect("a registry of our own");
+        let auth = format!(
+            "auth:\n  htpasswd:\n    realm: imageposture-test\n    path: {}\n",
+            htpasswd.display()
+        );
+        let authed = Self::spawn(&auth, Some(storage));
+        (open, authed)
+    }
+
+    fn spawn(extra_config: &str, storage: Option<PathBuf>) -> Registry {
+        if !Path::new(BINARY).exists() {
+            panic!("{BINARY} not found: install the Debian package `docker-registry`");
+        }
         let mut last_err = String::new();
         // A port picked by binding :0 can be taken before the registry binds it: retry.
         for _ in 0..3 {
-            match spawn_once() {
+            match spawn_once(extra_config, storage.clone()) {
                 Ok(r) => return r,
                 Err(e) => last_err = e,
             }
@@ -71,6 +95,27 @@ impl Drop for Registry {
     }
 }
 
+/// Users of [`htpasswd_pair`]'s registry.
+pub const HTPASSWD_USERS: [(&str, &str); 2] =
+    [("alice", "s3cret-alice-PW"), ("carol", "s3cret-carol-PW")];
+
+/// An open registry and an htpasswd one (bcrypt, [`HTPASSWD_USERS`]) over the same storage,
+/// shared by every test of this binary.
+pub fn htpasswd_pair() -> &'static (Registry, Registry) {
+    static PAIR: OnceLock<(Registry, Registry)> = OnceLock::new();
+    PAIR.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap().keep();
+        let file = dir.join("htpasswd");
+        let mut text = String::new();
+        for (user, password) in HTPASSWD_USERS {
+            // Cost 5: a test fixture, not a password store.
+            text.push_str(&format!("{user}:{}\n", bcrypt::hash(password, 5).unwrap()));
+        }
+        std::fs::write(&file, text).unwrap();
+        Registry::start_with_htpasswd(&file)
+    })
+}
+
 /// The registry shared by every test of this binary.
 pub fn shared() -> &'static Registry {
     static SHARED: OnceLock<Registry> = OnceLock::new();
@@ -86,7 +131,7 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-fn spawn_once() -> Result<Registry, String> {
+fn spawn_once(extra_config: &str, shared_storage: Option<PathBuf>) -> Result<Registry, String> {
     let port = free_port();
     let host = format!("127.0.0.1:{port}");
     let dir: PathBuf = tempfile::Builder::new()
@@ -94,7 +139,7 @@ fn spawn_once() -> Result<Registry, String> {
         .tempdir()
         .map_err(|e| e.to_string())?
         .keep();
-    let storage = dir.join("storage");
+    let storage = shared_storage.unwrap_or_else(|| dir.join("storage"));
     let config = dir.join("config.yml");
     let log = dir.join("registry.log");
     std::fs::write(
@@ -103,7 +148,7 @@ fn spawn_once() -> Result<Registry, String> {
             "version: 0.1\n\
              log:\n  level: warn\n  accesslog:\n    disabled: true\n\
              storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n\
-             http:\n  addr: {host}\n  relativeurls: true\n",
+             http:\n  addr: {host}\n  relativeurls: true\n{extra_config}",
             storage.display()
         ),
     )
@@ -136,6 +181,7 @@ rm -rf "$4"
         Ok(()) => Ok(Registry {
             host,
             process: Some(Mutex::new(guarded)),
+            storage: Some(storage),
         }),
         Err(e) => {
             let log_text = std::fs::read_to_string(&log).unwrap_or_default();
@@ -157,7 +203,8 @@ fn wait_ready(host: &str, mut child: Option<&mut Child>) -> Result<(), String> {
             }
         }
         match get_status(host, "/v2/") {
-            Ok(200) => return Ok(()),
+            // 401: up, and asking for credentials (an `auth:` config).
+            Ok(200 | 401) => return Ok(()),
             Ok(s) => last = format!("GET /v2/ answered {s}"),
             Err(e) => last = e.to_string(),
         }
