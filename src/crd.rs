@@ -301,6 +301,10 @@ impl ImagePostureStatus {
             text(&mut sig.signer);
             text(&mut sig.issuer);
             sig.message = bound(&sig.message, MAX_MESSAGE);
+            text(&mut sig.key_fingerprint);
+            if let Some(b) = &mut sig.build {
+                b.enforce_bounds();
+            }
         }
         self.references.truncate(MAX_REFERENCES_IN_STATUS);
         for r in &mut self.references {
@@ -638,6 +642,8 @@ mod tests {
             integrated_time: Some(2),
             signing_time: Some(2),
             signing_time_source: Some(crate::posture::TimeSource::Tlog),
+            build: None,
+            key_fingerprint: None,
         };
         let mut v = Verdict::from_signatures(vec![rec]);
         v.artifact_digests
@@ -741,6 +747,8 @@ mod tests {
             integrated_time: None,
             signing_time: None,
             signing_time_source: None,
+            build: None,
+            key_fingerprint: None,
         };
         let v = Verdict::from_signatures(vec![rec; 100]);
         let mut s = ImagePostureStatus::from_verdict(&v);
