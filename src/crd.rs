@@ -90,6 +90,7 @@ pub const MAX_REFERENCE_TEXT: usize = 512;
         json_path = ".status.reason",
         priority = "1"
     ),
+    printcolumn(name = "Drift", type_ = "string", json_path = ".status.drift.kind"),
     printcolumn(name = "Pods", type_ = "integer", json_path = ".status.usage.pods"),
     printcolumn(name = "Verified", type_ = "date", json_path = ".status.lastVerified"),
     printcolumn(
@@ -171,6 +172,10 @@ pub struct ImagePostureStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 8))]
     pub conditions: Vec<Condition>,
+    /// How this image departs from its repository's SignerBaseline (field manager
+    /// `imageposture-drift`); absent when it does not, or the repository has no baseline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drift: Option<crate::baseline::Drift>,
 }
 
 /// schemars renders `Option<SimpleEnum>` as `enum: [..., null]`; `nullable: true` (which kube
