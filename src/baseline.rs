@@ -31,7 +31,9 @@ use serde_json::{json, Value};
 use sha2::{Digest as _, Sha256};
 
 use crate::apply::Writer;
-use crate::crd::{parse_time, rfc3339, ImagePosture, ImagePostureStatus, LABEL_MANAGED_BY, MANAGER};
+use crate::crd::{
+    parse_time, rfc3339, ImagePosture, ImagePostureStatus, LABEL_MANAGED_BY, MANAGER,
+};
 use crate::error::Result;
 use crate::metrics::Metrics;
 use crate::posture::{bound, Posture, SignatureRecord, SignerType, MAX_MESSAGE, MAX_TEXT};
@@ -54,7 +56,10 @@ const MAX_QUOTED: usize = 4;
 pub const LEARN_WAIT: chrono::Duration = chrono::Duration::minutes(10);
 
 /// Issuers whose workflow identities carry the ref in the SAN and are matched without it.
-const CI_ISSUERS: &[&str] = &["https://token.actions.githubusercontent.com", "https://gitlab.com"];
+const CI_ISSUERS: &[&str] = &[
+    "https://token.actions.githubusercontent.com",
+    "https://gitlab.com",
+];
 
 // ---- the resource ---------------------------------------------------------------------------
 
@@ -209,8 +214,7 @@ impl RefKind {
             RefKind::Tag
         } else if git_ref.starts_with("refs/heads/") {
             RefKind::Branch
-        } else if git_ref.starts_with("refs/pull/") || git_ref.starts_with("refs/merge-requests/")
-        {
+        } else if git_ref.starts_with("refs/pull/") || git_ref.starts_with("refs/merge-requests/") {
             RefKind::PullRequest
         } else {
             RefKind::Other
@@ -702,9 +706,8 @@ pub fn drift_for(
         Judgement::Clear => None,
         Judgement::Keep => old.cloned(),
         Judgement::Drift(f) => {
-            let same = old.filter(|o| {
-                o.kind == f.kind && o.signer == f.signer && o.baseline == baseline
-            });
+            let same =
+                old.filter(|o| o.kind == f.kind && o.signer == f.signer && o.baseline == baseline);
             let mut quotedlist = quoted(accepted);
             quotedlist.truncate(MAX_QUOTED);
             Some(Drift {
@@ -714,7 +717,9 @@ pub fn drift_for(
                 source_ref: f.source_ref,
                 accepted: quotedlist,
                 message: f.message,
-                since: same.map(|o| o.since.clone()).unwrap_or_else(|| rfc3339(now)),
+                since: same
+                    .map(|o| o.since.clone())
+                    .unwrap_or_else(|| rfc3339(now)),
             })
         }
     }
@@ -758,7 +763,11 @@ pub fn learn(
     let mut signers: Vec<(Signer, BTreeSet<RefKind>)> = Vec::new();
     let mut from = BTreeSet::new();
     for cr in images {
-        let Some(s) = cr.status.as_ref().filter(|s| s.posture == Some(Posture::Signed)) else {
+        let Some(s) = cr
+            .status
+            .as_ref()
+            .filter(|s| s.posture == Some(Posture::Signed))
+        else {
             continue;
         };
         for seen in Seen::all(s) {
@@ -792,7 +801,11 @@ pub fn baseline_status(
     let old = baseline.status.clone().unwrap_or_default();
     let mut seen: BTreeMap<Signer, (u32, BTreeSet<RefKind>)> = BTreeMap::new();
     for (cr, _) in images {
-        let Some(s) = cr.status.as_ref().filter(|s| s.posture == Some(Posture::Signed)) else {
+        let Some(s) = cr
+            .status
+            .as_ref()
+            .filter(|s| s.posture == Some(Posture::Signed))
+        else {
             continue;
         };
         for x in Seen::all(s) {
@@ -941,10 +954,13 @@ impl Baseliner {
                 None => {
                     created = match learn(repo, images, now) {
                         Some((spec, from)) => match self.create(spec, from, now).await {
-                            Ok(b) => {
+                            Ok(Some(b)) => {
                                 report.created += 1;
                                 Some(b)
                             }
+                            // Made meanwhile (by our earlier pass, not yet in the cache, or
+                            // by a person): judged from the cache next pass.
+                            Ok(None) => None,
                             Err(e) => {
                                 tracing::warn!(repository = %repo, error = %e, "cannot create the SignerBaseline");
                                 report.errors += 1;
@@ -1022,7 +1038,7 @@ impl Baseliner {
         spec: SignerBaselineSpec,
         from: Vec<String>,
         now: DateTime<Utc>,
-    ) -> Result<SignerBaseline> {
+    ) -> Result<Option<SignerBaseline>> {
         let name = baseline_name(&spec.repository);
         let mut b = SignerBaseline::new(&name, spec);
         b.metadata.labels = Some(BTreeMap::from([(
@@ -1035,12 +1051,13 @@ impl Baseliner {
         };
         let mut created = match self.writer.within(self.api.create(&params, &b)).await {
             Ok(c) => c,
+            // It exists: whoever made it, it stands as it is.
             Err(crate::error::Error::Kube(kube::Error::Api(e))) if e.code == 409 => {
-                // Someone (our own earlier pass, not yet in the cache) made it: theirs stands.
-                return Err(crate::error::Error::Kube(kube::Error::Api(e)));
+                return Ok(None)
             }
             Err(e) => return Err(e),
         };
+        self.metrics.api_write("baseline");
         let status = SignerBaselineStatus {
             learned_from: from,
             learned_at: Some(rfc3339(now)),
@@ -1051,7 +1068,7 @@ impl Baseliner {
         tracing::info!(baseline = %name, repository = %created.spec.repository,
             identities = created.spec.identities.len(), "SignerBaseline learned");
         created.status = Some(status);
-        Ok(created)
+        Ok(Some(created))
     }
 
     async fn write_status(&self, name: &str, status: &SignerBaselineStatus) -> Result<()> {
@@ -1064,6 +1081,7 @@ impl Baseliner {
         self.writer
             .within(self.api.patch_status(name, &params, &Patch::Apply(&body)))
             .await?;
+        self.metrics.api_write("baseline-status");
         Ok(())
     }
 
@@ -1205,7 +1223,10 @@ mod tests {
             id.subject.as_deref(),
             Some("https://github.com/acme/app/.github/workflows/release.yml")
         );
-        assert_eq!(judge(Some(&signed(vec![v150])), &spec(vec![id.clone()])), Judgement::Clear);
+        assert_eq!(
+            judge(Some(&signed(vec![v150])), &spec(vec![id.clone()])),
+            Judgement::Clear
+        );
 
         // Another workflow of the same repository, another repository's workflow.
         for other in [
@@ -1223,7 +1244,10 @@ mod tests {
         reused.build.as_mut().unwrap().source_repository = Some("https://github.com/evil/x".into());
         assert!(matches!(
             judge(Some(&signed(vec![reused])), &spec(vec![id.clone()])),
-            Judgement::Drift(Finding { kind: DriftKind::SignerChanged, .. })
+            Judgement::Drift(Finding {
+                kind: DriftKind::SignerChanged,
+                ..
+            })
         ));
         // The accepted workflow from a branch where only tags were seen: a warning.
         let branch = gh("acme/app", "release.yml", "refs/heads/main");
@@ -1262,34 +1286,63 @@ mod tests {
     #[test]
     fn emails_spiffe_ids_and_keys_match_exactly() {
         let email = rec("dev@example.com", Some("https://accounts.google.com"), None);
-        let spiffe = rec("spiffe://acme.example/ns/ci/sa/builder", Some("https://spire"), None);
+        let spiffe = rec(
+            "spiffe://acme.example/ns/ci/sa/builder",
+            Some("https://spire"),
+            None,
+        );
         let accepted = vec![learned(&email), learned(&spiffe)];
         for r in [&email, &spiffe] {
-            assert_eq!(judge(Some(&signed(vec![r.clone()])), &spec(accepted.clone())), Judgement::Clear);
+            assert_eq!(
+                judge(Some(&signed(vec![r.clone()])), &spec(accepted.clone())),
+                Judgement::Clear
+            );
         }
         // Same email, another issuer; an email differing in case; a ref-looking suffix on a
         // non-CI URI is not stripped.
         for r in [
             rec("dev@example.com", Some("https://evil.example"), None),
             rec("Dev@example.com", Some("https://accounts.google.com"), None),
-            rec("spiffe://acme.example/ns/ci/sa/builder@refs/tags/x", Some("https://spire"), None),
+            rec(
+                "spiffe://acme.example/ns/ci/sa/builder@refs/tags/x",
+                Some("https://spire"),
+                None,
+            ),
         ] {
             assert!(matches!(
                 judge(Some(&signed(vec![r])), &spec(accepted.clone())),
-                Judgement::Drift(Finding { kind: DriftKind::SignerChanged, .. })
+                Judgement::Drift(Finding {
+                    kind: DriftKind::SignerChanged,
+                    ..
+                })
             ));
         }
         // Keys: by fingerprint, by configured name.
         let mut k = rec("sha256:abcd", None, None);
         k.signer_type = Some(SignerType::Key);
-        let by_fp = AcceptedIdentity { key: Some("sha256:abcd".into()), ..Default::default() };
-        assert_eq!(judge(Some(&signed(vec![k.clone()])), &spec(vec![by_fp.clone()])), Judgement::Clear);
+        let by_fp = AcceptedIdentity {
+            key: Some("sha256:abcd".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            judge(Some(&signed(vec![k.clone()])), &spec(vec![by_fp.clone()])),
+            Judgement::Clear
+        );
         let mut named = rec("release-key", None, None);
         named.signer_type = Some(SignerType::Key);
         named.key_fingerprint = Some("sha256:abcd".into());
-        assert_eq!(judge(Some(&signed(vec![named.clone()])), &spec(vec![by_fp])), Judgement::Clear);
-        let by_name = AcceptedIdentity { key_name: Some("release-key".into()), ..Default::default() };
-        assert_eq!(judge(Some(&signed(vec![named])), &spec(vec![by_name.clone()])), Judgement::Clear);
+        assert_eq!(
+            judge(Some(&signed(vec![named.clone()])), &spec(vec![by_fp])),
+            Judgement::Clear
+        );
+        let by_name = AcceptedIdentity {
+            key_name: Some("release-key".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            judge(Some(&signed(vec![named])), &spec(vec![by_name.clone()])),
+            Judgement::Clear
+        );
         assert!(matches!(
             judge(Some(&signed(vec![k])), &spec(vec![by_name])),
             Judgement::Drift(_)
@@ -1304,14 +1357,20 @@ mod tests {
         let not_signed = ImagePostureStatus::from_verdict(&crate::posture::Verdict::not_signed());
         assert!(matches!(
             judge(Some(&not_signed), &spec(vec![id.clone()])),
-            Judgement::Drift(Finding { kind: DriftKind::SignatureDropped, .. })
+            Judgement::Drift(Finding {
+                kind: DriftKind::SignatureDropped,
+                ..
+            })
         ));
         assert_eq!(judge(Some(&not_signed), &spec(vec![])), Judgement::Clear);
         let checking = ImagePostureStatus::from_verdict(&crate::posture::Verdict::checking(
             Reason::Timeout,
             "slow",
         ));
-        assert_eq!(judge(Some(&checking), &spec(vec![id.clone()])), Judgement::Keep);
+        assert_eq!(
+            judge(Some(&checking), &spec(vec![id.clone()])),
+            Judgement::Keep
+        );
         assert_eq!(judge(None, &spec(vec![id])), Judgement::Keep);
         // Keep carries the old drift; a repeated departure keeps its date.
         let t0 = parse_time("2026-01-01T00:00:00Z").unwrap();
@@ -1325,17 +1384,28 @@ mod tests {
         let d0 = drift_for(Judgement::Drift(f.clone()), "b", &[], None, t0).unwrap();
         let d1 = drift_for(Judgement::Drift(f), "b", &[], Some(&d0), t1).unwrap();
         assert_eq!(d1.since, d0.since);
-        assert_eq!(drift_for(Judgement::Keep, "b", &[], Some(&d0), t1), Some(d0));
+        assert_eq!(
+            drift_for(Judgement::Keep, "b", &[], Some(&d0), t1),
+            Some(d0)
+        );
     }
 
     #[test]
     fn hostile_text_is_bounded_in_the_drift() {
-        let evil = format!("https://github.com/acme/app/.github/workflows/\u{202e}{}.yml@refs/tags/v1", "x".repeat(4000));
+        let evil = format!(
+            "https://github.com/acme/app/.github/workflows/\u{202e}{}.yml@refs/tags/v1",
+            "x".repeat(4000)
+        );
         let r = gh("acme/app", "release.yml", "refs/tags/v1");
         let id = learned(&r);
         let mut bad = rec(&evil, Some(GH), None);
-        bad.build = Some(BuildFacts { build_signer_uri: Some(bound(&evil, MAX_TEXT)), ..Default::default() });
-        let Judgement::Drift(f) = judge(Some(&signed(vec![bad])), &spec(vec![id])) else { panic!() };
+        bad.build = Some(BuildFacts {
+            build_signer_uri: Some(bound(&evil, MAX_TEXT)),
+            ..Default::default()
+        });
+        let Judgement::Drift(f) = judge(Some(&signed(vec![bad])), &spec(vec![id])) else {
+            panic!()
+        };
         assert!(f.signer.as_ref().unwrap().len() <= MAX_TEXT + 3);
         assert!(f.message.len() <= MAX_MESSAGE + 3);
         assert!(crate::text::escape(f.signer.as_ref().unwrap()).contains("\\u{202e}"));

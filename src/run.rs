@@ -16,6 +16,7 @@ use kube::{Api, Client};
 use tokio::sync::Notify;
 
 use crate::apply::{Gate, Writer};
+use crate::baseline::{Baseliner, SignerBaseline};
 use crate::cli::RunArgs;
 use crate::controller::{self, Context, Settings};
 use crate::crd::ImagePosture;
@@ -78,6 +79,21 @@ pub async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
         .modify(crate::inventory::trim)
         .reflect(pod_writer);
     tokio::spawn(drive(pod_events, "pods", Some(changed.clone())));
+    // Signer baselines: watched by every replica too. Readiness does not wait for them (a
+    // cluster without the SignerBaseline CRD runs everything but signer drift).
+    let baselines_changed = Arc::new(Notify::new());
+    let (baselines, baseline_writer) = reflector::store::<SignerBaseline>();
+    let baseline_events = watcher(
+        Api::<SignerBaseline>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .reflect(baseline_writer);
+    tokio::spawn(drive(
+        baseline_events,
+        "signerbaselines",
+        Some(baselines_changed.clone()),
+    ));
     pods.wait_until_ready().await?;
     health.set_ready(true);
     tracing::info!(pods = pods.len(), "pod cache synced");
@@ -116,6 +132,12 @@ pub async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
             max_images: args.max_images,
         },
     );
+    let baseliner = Baseliner {
+        writer: writer.clone(),
+        api: Api::all(client.clone()),
+        recorder: recorder.clone(),
+        metrics: metrics.clone(),
+    };
     let ctx = Arc::new(Context::new(
         writer,
         recorder,
@@ -160,6 +182,7 @@ pub async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
                 ),
                 controller::drive(verification, ctx.clone()),
                 count_postures(&postures, &metrics),
+                baseline_loop(&baseliner, &postures, &baselines, &baselines_changed),
             );
         };
         tokio::select! {
@@ -283,6 +306,45 @@ async fn write_reports(
         errors = done.errors,
         "policy reports done"
     );
+}
+
+/// How often the baseline loop judges every image when no SignerBaseline changed.
+const BASELINE_PERIOD: Duration = Duration::from_secs(10);
+
+/// The baseline loop: learns SignerBaselines on first use and keeps `status.drift` of every
+/// ImagePosture, from the controller's cache of ImagePostures; at once after a baseline
+/// changes (a person accepted a signer), else every [`BASELINE_PERIOD`].
+async fn baseline_loop(
+    baseliner: &Baseliner,
+    postures: &Store<ImagePosture>,
+    baselines: &Store<SignerBaseline>,
+    changed: &Notify,
+) {
+    if postures.wait_until_ready().await.is_err() {
+        return;
+    }
+    if baselines.wait_until_ready().await.is_err() {
+        return;
+    }
+    loop {
+        let report = baseliner
+            .pass(&postures.state(), &baselines.state(), chrono::Utc::now())
+            .await;
+        if report.created + report.drift_writes + report.baseline_writes + report.errors > 0 {
+            tracing::info!(
+                created = report.created,
+                drift_writes = report.drift_writes,
+                baseline_writes = report.baseline_writes,
+                events = report.events,
+                errors = report.errors,
+                "baseline pass done"
+            );
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(BASELINE_PERIOD) => {}
+            _ = changed.notified() => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
 }
 
 /// Keeps `imageposture_images{posture}` current from the ImagePosture cache.

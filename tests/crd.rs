@@ -66,7 +66,10 @@ fn checked_in_signer_baseline_crd_matches_code() {
         .iter()
         .map(|c| c["name"].as_str().unwrap())
         .collect();
-    assert_eq!(cols, ["Repository", "Mode", "Identities", "Drifting", "Age"]);
+    assert_eq!(
+        cols,
+        ["Repository", "Mode", "Identities", "Drifting", "Age"]
+    );
 }
 
 /// Every YAML document of a file (a file may hold several, separated by `---`).

@@ -490,7 +490,10 @@ mod tests {
             f.build_signer_uri.as_deref(),
             Some("https://github.com/acme/app/.github/workflows/release.yml@refs/tags/v1.4.2")
         );
-        assert_eq!(f.source_repository.as_deref(), Some("https://github.com/acme/app"));
+        assert_eq!(
+            f.source_repository.as_deref(),
+            Some("https://github.com/acme/app")
+        );
         assert_eq!(f.source_ref.as_deref(), Some("refs/tags/v1.4.2"));
         assert!(!f.trigger.as_deref().unwrap().contains('\u{1b}'));
         assert!(f.run_url.as_deref().unwrap().len() <= MAX_TEXT + 3);

@@ -4,7 +4,8 @@
 use super::keys::KeyRing;
 use super::trust::TrustMaterial;
 use crate::posture::{
-    bound, BuildFacts, Reason, SignatureFormat, SignatureRecord, SignatureSource, SignerType, MAX_MESSAGE,
+    bound, BuildFacts, Reason, SignatureFormat, SignatureRecord, SignatureSource, SignerType,
+    MAX_MESSAGE,
 };
 
 /// Everything one classification needs besides the artifact.

@@ -131,8 +131,12 @@ impl Ci {
             workflow: format!(".github/workflows/{workflow}"),
             source_repo: repo.into(),
             git_ref: git_ref.into(),
-            trigger: if git_ref.starts_with("refs/tags/") { "push" } else { "workflow_dispatch" }
-                .into(),
+            trigger: if git_ref.starts_with("refs/tags/") {
+                "push"
+            } else {
+                "workflow_dispatch"
+            }
+            .into(),
             run: 1536140711,
             overrides: Vec::new(),
         }
@@ -180,18 +184,38 @@ impl Ci {
 
     pub fn extensions(&self) -> Vec<(u64, String)> {
         let owner = self.source_repo.split('/').next().unwrap_or_default();
-        let runs = if self.server.contains("gitlab") { "-/jobs" } else { "actions/runs" };
+        let runs = if self.server.contains("gitlab") {
+            "-/jobs"
+        } else {
+            "actions/runs"
+        };
         let mut ext = vec![
             (9, self.signer_uri()),
             (10, "0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c".to_string()),
-            (11, format!("{}-hosted", if self.server.contains("gitlab") { "gitlab" } else { "github" })),
+            (
+                11,
+                format!(
+                    "{}-hosted",
+                    if self.server.contains("gitlab") {
+                        "gitlab"
+                    } else {
+                        "github"
+                    }
+                ),
+            ),
             (12, self.source_uri()),
             (13, "a1b2c3d4e5f60718293a4b5c6d7e8f9012345678".to_string()),
             (14, self.git_ref.clone()),
             (16, format!("{}/{owner}", self.server)),
             (18, self.signer_uri()),
             (20, self.trigger.clone()),
-            (21, format!("{}/{}/{runs}/{}/attempts/1", self.server, self.source_repo, self.run)),
+            (
+                21,
+                format!(
+                    "{}/{}/{runs}/{}/attempts/1",
+                    self.server, self.source_repo, self.run
+                ),
+            ),
         ];
         for (arc, value) in &self.overrides {
             ext.retain(|(a, _)| a != arc);
@@ -307,8 +331,10 @@ impl Ca {
         ];
         for (arc, value) in extensions {
             let oid = [1, 3, 6, 1, 4, 1, 57264, 1, *arc];
-            p.custom_extensions
-                .push(CustomExtension::from_oid_content(&oid, der_utf8(value.as_bytes())));
+            p.custom_extensions.push(CustomExtension::from_oid_content(
+                &oid,
+                der_utf8(value.as_bytes()),
+            ));
         }
         let key = p256();
         let cert = match &self.intermediate {
