@@ -302,10 +302,11 @@ impl BuildFacts {
             &mut self.owner,
             &mut self.trigger,
             &mut self.run_url,
-        ] {
-            if let Some(s) = f {
-                *s = bound(s, MAX_TEXT);
-            }
+        ]
+        .into_iter()
+        .flatten()
+        {
+            *f = bound(f, MAX_TEXT);
         }
     }
 }

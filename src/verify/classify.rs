@@ -28,7 +28,7 @@ pub enum Identity {
         signer: String,
         issuer: Option<String>,
         /// The certificate's CI extensions, when it carries any.
-        build: Option<crate::posture::BuildFacts>,
+        build: Option<Box<crate::posture::BuildFacts>>,
     },
     Key {
         name: String,
@@ -82,7 +82,7 @@ pub(crate) fn classify(
                     signer,
                     issuer,
                     build,
-                } => checked.keyless(signer, issuer, build),
+                } => checked.keyless(signer, issuer, build.map(|b| *b)),
                 Identity::Key { name, fingerprint } => checked.key(name, fingerprint),
             }
             checked.rekor_log_index = v.log_index;
@@ -236,7 +236,7 @@ pub(crate) fn verify(
             let (signer, issuer) = leaf
                 .identity()
                 .map_err(|m| Failure::new(Reason::UntrustedCertificate, m))?;
-            let build = Some(leaf.build_facts()).filter(|b| !b.is_empty());
+            let build = Some(Box::new(leaf.build_facts())).filter(|b| !b.is_empty());
             Ok(Outcome::Signature(verified(Identity::Keyless {
                 signer,
                 issuer,
