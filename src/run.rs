@@ -308,12 +308,14 @@ async fn write_reports(
     );
 }
 
-/// How often the baseline loop judges every image when no SignerBaseline changed.
-const BASELINE_PERIOD: Duration = Duration::from_secs(10);
+/// How often the baseline loop judges every image when nothing it reads changed.
+const BASELINE_PERIOD: Duration = Duration::from_secs(60);
+/// How often the baseline loop looks whether a verdict changed (a cheap pass over the cache).
+const BASELINE_POLL: Duration = Duration::from_secs(1);
 
 /// The baseline loop: learns SignerBaselines on first use and keeps `status.drift` of every
-/// ImagePosture, from the controller's cache of ImagePostures; at once after a baseline
-/// changes (a person accepted a signer), else every [`BASELINE_PERIOD`].
+/// ImagePosture, from the controller's cache of ImagePostures: after a verdict changes, after
+/// a baseline changes (a person accepted a signer), else every [`BASELINE_PERIOD`].
 async fn baseline_loop(
     baseliner: &Baseliner,
     postures: &Store<ImagePosture>,
@@ -326,25 +328,55 @@ async fn baseline_loop(
     if baselines.wait_until_ready().await.is_err() {
         return;
     }
+    let mut last: Option<u64> = None;
+    let mut last_pass = tokio::time::Instant::now();
     loop {
-        let report = baseliner
-            .pass(&postures.state(), &baselines.state(), chrono::Utc::now())
-            .await;
-        if report.created + report.drift_writes + report.baseline_writes + report.errors > 0 {
-            tracing::info!(
-                created = report.created,
-                drift_writes = report.drift_writes,
-                baseline_writes = report.baseline_writes,
-                events = report.events,
-                errors = report.errors,
-                "baseline pass done"
-            );
+        let now_verdicts = verdicts_fingerprint(&postures.state());
+        let due = last != Some(now_verdicts) || last_pass.elapsed() >= BASELINE_PERIOD;
+        if due {
+            last = Some(now_verdicts);
+            last_pass = tokio::time::Instant::now();
+            let report = baseliner
+                .pass(&postures.state(), &baselines.state(), chrono::Utc::now())
+                .await;
+            if report.created + report.drift_writes + report.baseline_writes + report.errors > 0 {
+                tracing::info!(
+                    created = report.created,
+                    drift_writes = report.drift_writes,
+                    baseline_writes = report.baseline_writes,
+                    events = report.events,
+                    errors = report.errors,
+                    "baseline pass done"
+                );
+            }
         }
         tokio::select! {
-            _ = tokio::time::sleep(BASELINE_PERIOD) => {}
-            _ = changed.notified() => tokio::time::sleep(Duration::from_millis(200)).await,
+            _ = tokio::time::sleep(BASELINE_POLL) => {}
+            _ = changed.notified() => {
+                // A baseline changed: judge again at once.
+                last = None;
+            }
         }
     }
+}
+
+/// A hash of what the baseline loop judges (each resource's verdict), so an unchanged cache
+/// costs no pass; the drift the loop writes itself does not count.
+fn verdicts_fingerprint(postures: &[Arc<ImagePosture>]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    // Summed per resource: the cache's order does not matter.
+    let mut sum = postures.len() as u64;
+    for cr in postures {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        cr.metadata.uid.hash(&mut h);
+        if let Some(s) = &cr.status {
+            s.posture.hash(&mut h);
+            s.last_verified.hash(&mut h);
+            s.signatures.len().hash(&mut h);
+        }
+        sum = sum.wrapping_add(h.finish());
+    }
+    sum
 }
 
 /// Keeps `imageposture_images{posture}` current from the ImagePosture cache.
