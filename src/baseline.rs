@@ -1032,7 +1032,8 @@ impl Baseliner {
     }
 
     /// Creates a learned baseline (POST: an existing one, even one a person wrote a moment
-    /// ago, is never overwritten), then its status.
+    /// ago, is never overwritten); its status (`learnedFrom`, `learnedAt`) is returned, for
+    /// the pass to write.
     async fn create(
         &self,
         spec: SignerBaselineSpec,
@@ -1058,13 +1059,13 @@ impl Baseliner {
             Err(e) => return Err(e),
         };
         self.metrics.api_write("baseline");
+        // What it was learned from goes with the rest of its status, in the pass's one
+        // status write.
         let status = SignerBaselineStatus {
             learned_from: from,
             learned_at: Some(rfc3339(now)),
-            identity_count: u32::try_from(created.spec.identities.len()).unwrap_or(u32::MAX),
             ..Default::default()
         };
-        self.write_status(&name, &status).await?;
         tracing::info!(baseline = %name, repository = %created.spec.repository,
             identities = created.spec.identities.len(), "SignerBaseline learned");
         created.status = Some(status);

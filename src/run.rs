@@ -79,21 +79,12 @@ pub async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
         .modify(crate::inventory::trim)
         .reflect(pod_writer);
     tokio::spawn(drive(pod_events, "pods", Some(changed.clone())));
-    // Signer baselines: watched by every replica too. Readiness does not wait for them (a
+    // Signer baselines: watched from the first time this replica leads (after the CRDs are
+    // installed), and from then on while standing by too. Readiness does not wait for them (a
     // cluster without the SignerBaseline CRD runs everything but signer drift).
     let baselines_changed = Arc::new(Notify::new());
     let (baselines, baseline_writer) = reflector::store::<SignerBaseline>();
-    let baseline_events = watcher(
-        Api::<SignerBaseline>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .default_backoff()
-    .reflect(baseline_writer);
-    tokio::spawn(drive(
-        baseline_events,
-        "signerbaselines",
-        Some(baselines_changed.clone()),
-    ));
+    let mut baseline_writer = Some(baseline_writer);
     pods.wait_until_ready().await?;
     health.set_ready(true);
     tracing::info!(pods = pods.len(), "pod cache synced");
@@ -163,6 +154,19 @@ pub async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
             crate::install::install_crd(&client).await?;
             crd_installed = true;
             tracing::info!("the ImagePosture CRD is Established");
+        }
+        if let Some(writer) = baseline_writer.take() {
+            let events = watcher(
+                Api::<SignerBaseline>::all(client.clone()),
+                watcher::Config::default(),
+            )
+            .default_backoff()
+            .reflect(writer);
+            tokio::spawn(drive(
+                events,
+                "signerbaselines",
+                Some(baselines_changed.clone()),
+            ));
         }
         metrics.set_leader(true);
         tracing::info!("leading: inventory loop and verification controller started");

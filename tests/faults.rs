@@ -1240,6 +1240,18 @@ async fn watch_drops_and_410_gone_neither_delete_nor_rewrite() {
             .filter(|cr| cr["status"]["posture"] == "signed")
     })
     .await;
+    // The baseline loop learns the repository's SignerBaseline once (src/baseline.rs).
+    eventually(
+        "the learned SignerBaseline",
+        Duration::from_secs(20),
+        || {
+            api.objects("imageposture.io", "signerbaselines")
+                .first()
+                .filter(|b| b["status"]["identityCount"] == 1)
+                .cloned()
+        },
+    )
+    .await;
     let steady = [(name.clone(), "signed")];
     hold_steady(&api, 300, &steady).await;
 
