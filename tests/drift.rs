@@ -20,6 +20,8 @@ use imageposture::baseline::{Baseliner, DriftKind, Mode, PassReport, SignerBasel
 use imageposture::crd::{ImagePosture, ImagePostureStatus};
 use imageposture::image::ImageId;
 use imageposture::metrics::Metrics;
+use imageposture::policy_report::{self, Use};
+use imageposture::policy_report_sync;
 use imageposture::posture::Posture;
 use k8s_openapi::api::core::v1::Pod;
 use kube::cluster::Cluster;
@@ -381,6 +383,35 @@ async fn learned_on_first_use_and_departures_drift() {
     let st = w.baseline().await.status.unwrap();
     assert_eq!(st.drifting_count, 4);
     assert_eq!(st.observed.len(), 5);
+
+    // `--policy-reports`: the reports the operator would write from these ImagePostures fail
+    // the departing images under rule `signer-drift`.
+    let postures = harness::list(&w.api.client()).await;
+    let uses: Vec<Use> = w
+        .pods
+        .iter()
+        .map(|p| Use {
+            namespace: "prod".into(),
+            owner: policy_report::owner_of(p),
+            image: p.spec.as_ref().unwrap().containers[0]
+                .image
+                .clone()
+                .unwrap(),
+        })
+        .collect();
+    let reports = policy_report::reports(&uses, &policy_report_sync::verdicts(&postures));
+    let failed: Vec<&str> = reports[0]
+        .results
+        .iter()
+        .filter(|r| r.result == policy_report::Outcome::Fail)
+        .map(|r| {
+            assert_eq!(r.rule, policy_report::RULE_SIGNER_DRIFT);
+            r.properties["image"].as_str()
+        })
+        .collect();
+    assert_eq!(failed.len(), 4, "{:#?}", reports[0].results);
+    assert!(failed.contains(&email.key().as_str()));
+    assert_eq!(reports[0].summary.pass, 2);
 
     // Nothing changed: nothing written, no Event repeated.
     w.api.reset_counters();
