@@ -284,7 +284,7 @@ fn result(u: &Use, verdicts: &BTreeMap<String, ImageVerdict>) -> ReportResult {
         properties.insert("baseline".to_string(), bound(&d.baseline, MAX_TEXT));
     }
     let message = match verdict {
-        Some(v) if drift.is_some() && rule == RULE_SIGNER_DRIFT => format!(
+        Some(_) if drift.is_some() && rule == RULE_SIGNER_DRIFT => format!(
             "{image} departs from its signer baseline: {}",
             drift.map(|d| d.message.as_str()).unwrap_or_default()
         ),
