@@ -603,3 +603,90 @@ async fn two_signers_at_install_and_hostile_extensions() {
     assert!(!note.contains('\u{202e}'), "{note}");
     assert!(note.len() <= 1027, "{} bytes", note.len());
 }
+
+fn cli(args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_imageposture"))
+        .args(args)
+        .env_remove("KUBECONFIG")
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("the binary runs");
+    (
+        out.status.success(),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+/// `observe` and `scan` with `--baseline FILE` judge drift with no cluster: the same
+/// judgement as the operator's loop, against the SignerBaselines in the file.
+#[tokio::test]
+async fn observe_and_scan_judge_drift_from_a_baseline_file() {
+    let env = TestEnv::new();
+    let repo = unique_repo("offline");
+    let usual = env.oci.push_image(&repo, "v1").await.id;
+    env.sign_ci(&usual, &release("refs/tags/v1.0.0")).await;
+    let other = env.oci.push_image(&repo, "v2").await.id;
+    env.sign_keyless(&other, &Identity::google()).await;
+    let file = env.dir.path().join("baselines.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "apiVersion: imageposture.io/v1alpha1\nkind: SignerBaseline\nmetadata:\n  name: app\n\
+             spec:\n  repository: {}\n  mode: pinned\n  identities:\n  \
+             - issuer: https://token.actions.githubusercontent.com\n    \
+             subject: {RELEASE_WORKFLOW}\n",
+            usual.repo_path()
+        ),
+    )
+    .unwrap();
+    let common = [
+        "--baseline",
+        file.to_str().unwrap(),
+        "--trusted-root",
+        env.trusted_root.to_str().unwrap(),
+        "--insecure-registry",
+        &env.registry.host,
+    ];
+
+    let mut args = vec!["observe", "-o", "json"];
+    args.extend(common);
+    let (usual_key, other_key) = (usual.key(), other.key());
+    args.extend([usual_key.as_str(), other_key.as_str()]);
+    let (ok, out, err) = cli(&args);
+    assert!(ok, "{err}");
+    let rows: Vec<Value> = serde_json::from_str(&out).unwrap();
+    assert_eq!(rows[0]["posture"], "signed");
+    assert!(rows[0].get("drift").is_none(), "{out}");
+    assert_eq!(rows[1]["drift"]["kind"], "SignerChanged", "{out}");
+    assert_eq!(rows[1]["drift"]["baseline"], "app");
+
+    let mut args = vec!["observe"];
+    args.extend(common);
+    args.push(other_key.as_str());
+    let (ok, out, err) = cli(&args);
+    assert!(ok, "{err}");
+    assert!(out.contains("DRIFT SignerChanged"), "{out}");
+
+    // scan: pods as `kubectl get pods -o json` lists them.
+    let pods = json!({"apiVersion": "v1", "kind": "List", "items": [
+        pod("a", &usual), pod("b", &other)]});
+    let pods_file = env.dir.path().join("pods.json");
+    std::fs::write(&pods_file, pods.to_string()).unwrap();
+    let mut args = vec!["scan", "-o", "json", "-f", pods_file.to_str().unwrap()];
+    args.extend(common);
+    let (ok, out, err) = cli(&args);
+    assert!(ok, "{err}");
+    let list: Value = serde_json::from_str(&out).unwrap();
+    let drift_of = |id: &ImageId| {
+        list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|o| o["spec"]["image"] == id.key())
+            .map(|o| o["status"]["drift"]["kind"].clone())
+            .unwrap()
+    };
+    assert_eq!(drift_of(&usual), Value::Null, "{out}");
+    assert_eq!(drift_of(&other), "SignerChanged", "{out}");
+}
