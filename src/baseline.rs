@@ -748,14 +748,21 @@ pub fn learn(
     now: DateTime<Utc>,
 ) -> Option<(SignerBaselineSpec, Vec<String>)> {
     let waiting = images.iter().any(|cr| {
-        cr.status.as_ref().is_none_or(|s| {
-            s.posture.is_none_or(|p| p == Posture::Checking)
-                && s.last_verified.is_none()
-                && s.checking_since
-                    .as_deref()
-                    .and_then(parse_time)
-                    .is_none_or(|t| now - t < LEARN_WAIT)
-        })
+        let status = cr.status.as_ref();
+        let unverified = status.is_none_or(|s| {
+            s.posture.is_none_or(|p| p == Posture::Checking) && s.last_verified.is_none()
+        });
+        // Since when it waits: `checkingSince`, else the resource's creation.
+        let since = status
+            .and_then(|s| s.checking_since.as_deref())
+            .and_then(parse_time)
+            .or_else(|| {
+                cr.metadata
+                    .creation_timestamp
+                    .as_ref()
+                    .and_then(|t| DateTime::<Utc>::from_timestamp(t.0.as_second(), 0))
+            });
+        unverified && since.is_some_and(|t| now - t < LEARN_WAIT)
     });
     if waiting {
         return None;
@@ -1423,6 +1430,45 @@ mod tests {
         assert!(f.signer.as_ref().unwrap().len() <= MAX_TEXT + 3);
         assert!(f.message.len() <= MAX_MESSAGE + 3);
         assert!(crate::text::escape(f.signer.as_ref().unwrap()).contains("\\u{202e}"));
+    }
+
+    #[test]
+    fn learning_waits_for_first_verifications_then_takes_every_signer() {
+        let t0 = parse_time("2026-01-01T00:00:00Z").unwrap();
+        let cr = |digest: &str, status: ImagePostureStatus| {
+            let mut c = ImagePosture::new(
+                digest,
+                crate::crd::ImagePostureSpec {
+                    image: format!("ghcr.io/acme/app@{digest}"),
+                    repository: "ghcr.io/acme/app".into(),
+                    digest: digest.into(),
+                },
+            );
+            c.status = Some(status);
+            c
+        };
+        let mut a = signed(vec![gh("acme/app", "release.yml", "refs/tags/v1")]);
+        a.last_verified = Some(rfc3339(t0));
+        let mut b = signed(vec![rec(
+            "dev@example.com",
+            Some("https://accounts.google.com"),
+            None,
+        )]);
+        b.last_verified = Some(rfc3339(t0));
+        let pending = ImagePostureStatus::pending(t0);
+        let (x, y, z) = (
+            cr("sha256:a", a),
+            cr("sha256:b", b),
+            cr("sha256:c", pending),
+        );
+        // A first verification still queued: wait, up to LEARN_WAIT.
+        assert!(learn("ghcr.io/acme/app", &[&x, &y, &z], t0).is_none());
+        let later = t0 + LEARN_WAIT + chrono::Duration::seconds(1);
+        let (spec, from) = learn("ghcr.io/acme/app", &[&x, &y, &z], later).unwrap();
+        assert_eq!(spec.identities.len(), 2);
+        assert_eq!(from, vec!["sha256:a".to_string(), "sha256:b".to_string()]);
+        // Nothing signed: nothing learned.
+        assert!(learn("ghcr.io/acme/app", &[&z], later).is_none());
     }
 
     #[test]

@@ -718,6 +718,7 @@ mod tests {
         assert_eq!(find("Pods").type_, "integer");
         assert_eq!(find("Verified").type_, "date");
         assert_eq!(find("Verified").json_path, ".status.lastVerified");
+        assert_eq!(find("Drift").json_path, ".status.drift.kind");
         assert_eq!(
             ImagePosture::url_path(&(), None),
             "/apis/imageposture.io/v1alpha1/imagepostures"
