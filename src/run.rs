@@ -154,6 +154,7 @@ pub async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
             crate::install::install_crd(&client).await?;
             crd_installed = true;
             tracing::info!("the ImagePosture CRD is Established");
+            crate::install::install_baseline_crd(&client).await;
         }
         if let Some(writer) = baseline_writer.take() {
             let events = watcher(
