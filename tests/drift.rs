@@ -690,3 +690,99 @@ async fn observe_and_scan_judge_drift_from_a_baseline_file() {
     assert_eq!(drift_of(&usual), Value::Null, "{out}");
     assert_eq!(drift_of(&other), "SignerChanged", "{out}");
 }
+
+/// The operator process, killed when the test ends.
+struct Process(std::process::Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn eventually<T>(what: &str, mut probe: impl AsyncFnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        if let Some(v) = probe().await {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+/// The real `imageposture run` process against the real API server, as its ServiceAccount
+/// (RBAC from `config/rbac`, enforced by the real authorizer): it learns the baseline, raises
+/// `SignerChanged` with its Event when another signer's image starts, and clears it when a
+/// person accepts that signer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operator_process_learns_drifts_and_clears() {
+    let Some(mut w) = World::new("process").await else {
+        return;
+    };
+    let v1 = w.ci_image("v1", &release("refs/tags/v1.0.0")).await;
+    w.run(&v1).await;
+    let config = w.api.kube.write_kubeconfig(Some(&w.api.token));
+    let _operator = Process(
+        std::process::Command::new(env!("CARGO_BIN_EXE_imageposture"))
+            .args(["run", "--install-crd=false", "--leader-election=false"])
+            .args(["--debounce", "100ms", "--resync", "500ms"])
+            .args(["--metrics-addr", "127.0.0.1:0"])
+            .args(["--trusted-root", w.env.trusted_root.to_str().unwrap()])
+            .args(["--insecure-registry", &w.proxy.host])
+            .env("KUBECONFIG", &config)
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("the operator starts"),
+    );
+    let repository = w.repository();
+    let learned = eventually("the learned SignerBaseline", async || {
+        w.baselines()
+            .await
+            .into_iter()
+            .find(|b| b.spec.repository == repository && b.status.is_some())
+    })
+    .await;
+    assert_eq!(
+        learned.spec.identities[0].subject.as_deref(),
+        Some(RELEASE_WORKFLOW)
+    );
+
+    let other = w.keyless_image("other", &Identity::google()).await;
+    w.run(&other).await;
+    eventually("SignerChanged", async || {
+        let v = w.api.image_posture(&other.resource_name()).await?;
+        (v["status"]["drift"]["kind"] == "SignerChanged").then_some(())
+    })
+    .await;
+    eventually("the SignerDrift Event", async || {
+        let notes = w.drift_events().await;
+        notes
+            .iter()
+            .any(|n| n.contains("dev@example.com") && n.contains(RELEASE_WORKFLOW))
+            .then_some(())
+    })
+    .await;
+
+    let name = learned.metadata.name.clone().unwrap();
+    let mut ids: Vec<Value> = learned
+        .spec
+        .identities
+        .iter()
+        .map(|i| serde_json::to_value(i).unwrap())
+        .collect();
+    ids.push(json!({ "issuer": "https://accounts.google.com", "subject": "dev@example.com" }));
+    w.edit_spec(&name, json!({ "identities": ids })).await;
+    eventually("the drift cleared", async || {
+        let v = w.api.image_posture(&other.resource_name()).await?;
+        v["status"].get("drift").is_none().then_some(())
+    })
+    .await;
+    // The person's spec stands.
+    assert_eq!(w.baseline().await.spec.identities.len(), 2);
+}
