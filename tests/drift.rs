@@ -567,6 +567,17 @@ async fn two_signers_at_install_and_hostile_extensions() {
     assert_eq!(w.drift(&a).await, None);
     assert_eq!(w.drift(&b).await, None);
 
+    // The learned release workflow, built from a branch where only tags were seen: a warning.
+    let branch = w.ci_image("main", &release("refs/heads/main")).await;
+    w.run(&branch).await;
+    let r = w.pass().await;
+    assert_eq!(r.events, 1, "{r:?}");
+    let d = w.status(&branch).await.drift.expect("drift");
+    assert_eq!(d.kind, DriftKind::SourceRefChanged);
+    assert_eq!(d.source_ref.as_deref(), Some("refs/heads/main"));
+    assert_eq!(w.metric("SourceRefChanged"), 1);
+    assert_eq!(w.metric("SignerChanged"), 0);
+
     // A hostile certificate: bidi override, ANSI escape and 5000 characters in its extensions.
     let mut evil = Ci::github("acme/app", "evil.yml", "refs/tags/v9");
     let long = format!(
