@@ -35,6 +35,7 @@ use crate::crd::{
     parse_time, rfc3339, ImagePosture, ImagePostureStatus, LABEL_MANAGED_BY, MANAGER,
 };
 use crate::error::Result;
+use crate::lock::LockExt as _;
 use crate::metrics::Metrics;
 use crate::posture::{bound, Posture, SignatureRecord, SignerType, MAX_MESSAGE, MAX_TEXT};
 
@@ -48,6 +49,8 @@ pub const DRIFT_FIELDS: &[&str] = &["drift"];
 pub const MAX_IDENTITIES: usize = 16;
 /// Digests kept in `status.learnedFrom` and `status.drifting`.
 pub const MAX_DIGESTS: usize = 16;
+/// Announced departures remembered (see [`Baseliner`]).
+const MAX_ANNOUNCED: usize = 65_536;
 /// Accepted identities quoted in a drift.
 const MAX_QUOTED: usize = 4;
 /// While an image of a repository without a baseline is still `checking` (its first
@@ -948,9 +951,27 @@ pub struct Baseliner {
     pub api: Api<SignerBaseline>,
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
+    /// The departure last announced per ImagePosture (by uid or name), so a cache that has not
+    /// caught up with our own drift write yet does not announce it twice.
+    announced: std::sync::Mutex<BTreeMap<String, (DriftKind, Option<String>)>>,
 }
 
 impl Baseliner {
+    pub fn new(
+        writer: Writer,
+        api: Api<SignerBaseline>,
+        recorder: Recorder,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Baseliner {
+            writer,
+            api,
+            recorder,
+            metrics,
+            announced: Default::default(),
+        }
+    }
+
     /// One pass over the ImagePostures and SignerBaselines as the caches hold them, at `now`.
     pub async fn pass(
         &self,
@@ -1018,16 +1039,31 @@ impl Baseliner {
                 }
                 if let Some(d) = &drift {
                     *report.drifting.entry(d.kind).or_default() += 1;
-                    let new = old.is_none_or(|o| o.kind != d.kind || o.signer != d.signer);
+                    let key = cr.uid().unwrap_or_else(|| cr.name_any());
+                    let this = (d.kind, d.signer.clone());
+                    let new = old.is_none_or(|o| o.kind != d.kind || o.signer != d.signer)
+                        && self.announced.locked().get(&key) != Some(&this);
                     if new {
                         match self.announce(cr, d, baseline).await {
-                            Ok(()) => report.events += 1,
+                            Ok(()) => {
+                                report.events += 1;
+                                let mut announced = self.announced.locked();
+                                // Bounded: forgotten entries only cost a repeated Event.
+                                if announced.len() >= MAX_ANNOUNCED {
+                                    announced.clear();
+                                }
+                                announced.insert(key, this);
+                            }
                             Err(e) => {
                                 tracing::warn!(image = %cr.spec.image, error = %e, "cannot publish the SignerDrift Event");
                                 report.errors += 1;
                             }
                         }
                     }
+                }
+                if drift.is_none() {
+                    let key = cr.uid().unwrap_or_else(|| cr.name_any());
+                    self.announced.locked().remove(&key);
                 }
                 judged.push((cr, drift));
             }

@@ -123,12 +123,12 @@ pub async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
             max_images: args.max_images,
         },
     );
-    let baseliner = Baseliner {
-        writer: writer.clone(),
-        api: Api::all(client.clone()),
-        recorder: recorder.clone(),
-        metrics: metrics.clone(),
-    };
+    let baseliner = Baseliner::new(
+        writer.clone(),
+        Api::all(client.clone()),
+        recorder.clone(),
+        metrics.clone(),
+    );
     let ctx = Arc::new(Context::new(
         writer,
         recorder,

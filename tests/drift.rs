@@ -44,10 +44,10 @@ struct World {
 }
 
 fn baseliner(client: &::kube::Client, metrics: Arc<Metrics>) -> Baseliner {
-    Baseliner {
-        writer: Writer::new(Api::all(client.clone())),
-        api: Api::all(client.clone()),
-        recorder: Recorder::new(
+    Baseliner::new(
+        Writer::new(Api::all(client.clone())),
+        Api::all(client.clone()),
+        Recorder::new(
             client.clone(),
             Reporter {
                 controller: "imageposture".into(),
@@ -55,7 +55,7 @@ fn baseliner(client: &::kube::Client, metrics: Arc<Metrics>) -> Baseliner {
             },
         ),
         metrics,
-    }
+    )
 }
 
 fn now() -> DateTime<Utc> {
