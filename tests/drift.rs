@@ -231,6 +231,29 @@ impl World {
             .unwrap()
     }
 
+    /// What `kubectl get` shows: the server-side Table of a resource (its printer columns).
+    async fn table(&self, plural: &str) -> (Vec<String>, Vec<Vec<Value>>) {
+        let req = http::Request::get(format!("/apis/imageposture.io/v1alpha1/{plural}"))
+            .header("Accept", "application/json;as=Table;v=v1;g=meta.k8s.io")
+            .body(Vec::new())
+            .unwrap();
+        let text = self.api.admin().request_text(req).await.expect("table");
+        let t: Value = serde_json::from_str(&text).unwrap();
+        let columns = t["columnDefinitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap().to_string())
+            .collect();
+        let rows = t["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["cells"].as_array().unwrap().clone())
+            .collect();
+        (columns, rows)
+    }
+
     /// A person edits the baseline's spec (as admin, `kubectl edit` style merge patch).
     async fn edit_spec(&self, name: &str, spec: Value) {
         Api::<SignerBaseline>::all(self.api.admin())
@@ -383,6 +406,39 @@ async fn learned_on_first_use_and_departures_drift() {
     let st = w.baseline().await.status.unwrap();
     assert_eq!(st.drifting_count, 4);
     assert_eq!(st.observed.len(), 5);
+
+    // `kubectl get signerbaselines` and the DRIFT column of `kubectl get ipost`.
+    let (columns, rows) = w.table("signerbaselines").await;
+    assert_eq!(
+        columns,
+        [
+            "Name",
+            "Repository",
+            "Mode",
+            "Identities",
+            "Drifting",
+            "Age"
+        ]
+    );
+    let row = rows
+        .iter()
+        .find(|r| r[1] == w.repository().as_str())
+        .expect("the baseline's row");
+    assert_eq!(
+        (&row[2], &row[3], &row[4]),
+        (&json!("learn"), &json!(1), &json!(4))
+    );
+    let (columns, rows) = w.table("imagepostures").await;
+    let drift_col = columns.iter().position(|c| c == "Drift").expect("DRIFT");
+    let image_col = columns.iter().position(|c| c == "Image").unwrap();
+    let drift_of = |id: &ImageId| {
+        rows.iter()
+            .find(|r| r[image_col] == id.key().as_str())
+            .map(|r| r[drift_col].clone())
+            .unwrap()
+    };
+    assert_eq!(drift_of(&email), "SignerChanged");
+    assert_eq!(drift_of(&v1), Value::Null, "no drift: an empty cell");
 
     // `--policy-reports`: the reports the operator would write from these ImagePostures fail
     // the departing images under rule `signer-drift`.
