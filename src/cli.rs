@@ -69,6 +69,9 @@ pub struct ObserveArgs {
     pub output: OutputFormat,
     #[command(flatten)]
     pub verify: VerifyArgs,
+    /// SignerBaseline YAML documents: judge signer drift against them (no cluster).
+    #[arg(long, env = "IMAGEPOSTURE_BASELINE")]
+    pub baseline: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -86,6 +89,9 @@ pub struct ScanArgs {
     pub output: OutputFormat,
     #[command(flatten)]
     pub verify: VerifyArgs,
+    /// SignerBaseline YAML documents: judge signer drift against them (no cluster).
+    #[arg(long, env = "IMAGEPOSTURE_BASELINE")]
+    pub baseline: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]

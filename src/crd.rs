@@ -90,6 +90,7 @@ pub const MAX_REFERENCE_TEXT: usize = 512;
         json_path = ".status.reason",
         priority = "1"
     ),
+    printcolumn(name = "Drift", type_ = "string", json_path = ".status.drift.kind"),
     printcolumn(name = "Pods", type_ = "integer", json_path = ".status.usage.pods"),
     printcolumn(name = "Verified", type_ = "date", json_path = ".status.lastVerified"),
     printcolumn(
@@ -187,6 +188,10 @@ pub struct ImagePostureStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 8))]
     pub conditions: Vec<Condition>,
+    /// How this image departs from its repository's SignerBaseline (field manager
+    /// `imageposture-drift`); absent when it does not, or the repository has no baseline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drift: Option<crate::baseline::Drift>,
 }
 
 /// schemars renders `Option<SimpleEnum>` as `enum: [..., null]`; `nullable: true` (which kube
@@ -317,6 +322,10 @@ impl ImagePostureStatus {
             text(&mut sig.signer);
             text(&mut sig.issuer);
             sig.message = bound(&sig.message, MAX_MESSAGE);
+            text(&mut sig.key_fingerprint);
+            if let Some(b) = &mut sig.build {
+                b.enforce_bounds();
+            }
         }
         self.references.truncate(MAX_REFERENCES_IN_STATUS);
         for r in &mut self.references {
@@ -685,6 +694,8 @@ mod tests {
             integrated_time: Some(2),
             signing_time: Some(2),
             signing_time_source: Some(crate::posture::TimeSource::Tlog),
+            build: None,
+            key_fingerprint: None,
         };
         let mut v = Verdict::from_signatures(vec![rec]);
         v.artifact_digests
@@ -754,6 +765,7 @@ mod tests {
         assert_eq!(find("Pods").type_, "integer");
         assert_eq!(find("Verified").type_, "date");
         assert_eq!(find("Verified").json_path, ".status.lastVerified");
+        assert_eq!(find("Drift").json_path, ".status.drift.kind");
         assert_eq!(
             ImagePosture::url_path(&(), None),
             "/apis/imageposture.io/v1alpha1/imagepostures"
@@ -788,6 +800,8 @@ mod tests {
             integrated_time: None,
             signing_time: None,
             signing_time_source: None,
+            build: None,
+            key_fingerprint: None,
         };
         let v = Verdict::from_signatures(vec![rec; 100]);
         let mut s = ImagePostureStatus::from_verdict(&v);

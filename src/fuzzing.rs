@@ -283,5 +283,19 @@ pub fn certificate(trust: &Trust, data: &[u8]) {
     let _ = leaf.der();
     let _ = leaf.key();
     let _ = leaf.identity();
+    let facts = leaf.build_facts();
+    debug_assert!(
+        [
+            &facts.build_signer_uri,
+            &facts.source_repository,
+            &facts.source_ref,
+            &facts.run_url
+        ]
+        .iter()
+        .all(|f| f
+            .as_ref()
+            .is_none_or(|t| t.len() <= crate::posture::MAX_TEXT + 3)),
+        "certificate facts are bounded"
+    );
     let _ = leaf.verify_chain(&trust.material, &chain, trust.at);
 }

@@ -45,6 +45,21 @@ pub async fn install_crd(client: &kube::Client) -> Result<(), InstallError> {
     install_crd_within(client, ESTABLISH_TIMEOUT).await
 }
 
+/// Applies the SignerBaseline CRD (signer drift) without waiting for it: the baseline loop
+/// waits for its watch, and nothing else needs it. A failure is logged, not fatal.
+pub async fn install_baseline_crd(client: &kube::Client) {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let crd = crate::baseline::SignerBaseline::crd();
+    let name = crd.metadata.name.clone().unwrap_or_default();
+    let params = PatchParams::apply(MANAGER).force();
+    match api.patch(&name, &params, &Patch::Apply(&crd)).await {
+        Ok(_) => tracing::info!(crd = %name, "applied the SignerBaseline CRD"),
+        Err(error) => {
+            tracing::warn!(crd = %name, %error, "cannot apply the SignerBaseline CRD: no signer drift until it is installed")
+        }
+    }
+}
+
 /// [`install_crd`] with an explicit bound on the wait for `Established`.
 pub async fn install_crd_within(
     client: &kube::Client,

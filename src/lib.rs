@@ -22,6 +22,7 @@
 )]
 
 pub mod apply;
+pub mod baseline;
 pub mod cli;
 pub mod controller;
 pub mod crd;

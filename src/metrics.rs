@@ -82,7 +82,11 @@ pub struct Metrics {
     reconciles: Counter,
     reconcile_failures: Family<ErrorLabels, Counter>,
     reconcile_duration: Histogram,
+    drift_images: Family<KindLabels, Gauge>,
 }
+
+/// Every drift kind, so the gauge family always exports all three series.
+pub const DRIFT_KINDS: [&str; 3] = ["SignerChanged", "SignatureDropped", "SourceRefChanged"];
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -201,6 +205,13 @@ impl Metrics {
             ready.clone(),
         );
 
+        let drift_images = Family::<KindLabels, Gauge>::default();
+        registry.register(
+            "drift_images",
+            "Running images departing from their repository's SignerBaseline, by drift kind",
+            drift_images.clone(),
+        );
+
         let metrics = Metrics {
             registry,
             images,
@@ -219,6 +230,7 @@ impl Metrics {
             reconciles,
             reconcile_failures,
             reconcile_duration,
+            drift_images,
         };
         metrics.set_images(&[]);
         for source in ["pull-secret", "plugin", "docker-config", "anonymous"] {
@@ -228,6 +240,7 @@ impl Metrics {
                     .get_or_create(&SourceLabels { source }),
             );
         }
+        metrics.set_drift(&[]);
         metrics
     }
 
@@ -242,6 +255,22 @@ impl Metrics {
             self.images
                 .get_or_create(&PostureLabels {
                     posture: posture.as_str(),
+                })
+                .set(n);
+        }
+    }
+
+    /// Sets the images drifting by kind ([`DRIFT_KINDS`]); kinds not listed are set to 0.
+    pub fn set_drift(&self, counts: &[(&str, i64)]) {
+        for kind in DRIFT_KINDS {
+            let n = counts
+                .iter()
+                .filter(|(k, _)| *k == kind)
+                .map(|(_, n)| *n)
+                .sum();
+            self.drift_images
+                .get_or_create(&KindLabels {
+                    kind: kind.to_string(),
                 })
                 .set(n);
         }

@@ -26,6 +26,7 @@ pub async fn observer(args: &VerifyArgs) -> Result<Observer, Box<dyn std::error:
 }
 
 pub async fn run(args: ObserveArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let baselines = crate::baseline::load(args.baseline.as_deref())?;
     let observer = &observer(&args.verify).await?;
     let now = chrono::Utc::now();
     let rows: Vec<Row> = stream::iter(args.images.iter())
@@ -38,6 +39,7 @@ pub async fn run(args: ObserveArgs) -> Result<(), Box<dyn std::error::Error>> {
                         repository: None,
                         digest: None,
                         verdict: Verdict::checking(Reason::InvalidReference, e.to_string()),
+                        drift: None,
                     }
                 }
             };
@@ -51,19 +53,33 @@ pub async fn run(args: ObserveArgs) -> Result<(), Box<dyn std::error::Error>> {
                         .observe_with(&id, std::slice::from_ref(&parsed), None, now)
                         .await
                         .verdict,
+                    drift: None,
                 },
                 Err(verdict) => Row {
                     image: input.clone(),
                     repository,
                     digest: None,
                     verdict,
+                    drift: None,
                 },
             }
         })
         .buffered(args.verify.concurrency.max(1))
         .collect()
         .await;
+    let mut rows = rows;
+    for r in &mut rows {
+        if let Some(repository) = &r.repository {
+            let status = crate::crd::ImagePostureStatus::from_verdict(&r.verdict);
+            r.drift = crate::baseline::offline_drift(repository, &status, &baselines, now);
+        }
+    }
     print!("{}", output::render(&rows, args.output));
+    if args.output == OutputFormat::Table {
+        for line in output::drifts(&rows) {
+            println!("{line}");
+        }
+    }
     if args.output == OutputFormat::Table {
         for line in output::failures(&rows) {
             eprintln!("  {line}");

@@ -19,6 +19,9 @@ pub struct Row {
     pub digest: Option<String>,
     #[serde(flatten)]
     pub verdict: Verdict,
+    /// How the image departs from its repository's SignerBaseline (`--baseline`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub drift: Option<crate::baseline::Drift>,
 }
 
 pub fn render(rows: &[Row], format: OutputFormat) -> String {
@@ -88,6 +91,21 @@ fn table(rows: &[Row]) -> String {
 /// `sha256:0123456789ab` — enough to tell images apart in a terminal.
 fn short_digest(d: &str) -> String {
     escape(&d.chars().take(19).collect::<String>())
+}
+
+/// One line per drifting image (`--baseline`), printed under the table.
+pub fn drifts(rows: &[Row]) -> Vec<String> {
+    rows.iter()
+        .filter_map(|r| {
+            let d = r.drift.as_ref()?;
+            Some(format!(
+                "DRIFT {} {}: {}",
+                d.kind,
+                escape(&r.image),
+                escape(&d.message)
+            ))
+        })
+        .collect()
 }
 
 /// One line per failed signature, for the table's footer.

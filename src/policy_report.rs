@@ -34,6 +34,9 @@ pub const POLICY: &str = "image-signature";
 /// Results kept per report (etcd object size; a namespace with more owners still gets its
 /// summary counted in full and the number left out in an annotation).
 pub const MAX_RESULTS: usize = 500;
+/// The rule of results about signer drift (see `crate::baseline`).
+pub const RULE_SIGNER_DRIFT: &str = "signer-drift";
+
 /// Annotation carrying how many results were left out of `results`.
 pub const ANNOTATION_OMITTED: &str = "imageposture.io/results-omitted";
 
@@ -93,6 +96,9 @@ pub struct ImageVerdict {
     /// RFC 3339 time of the last full verification; becomes the result's timestamp, so an
     /// unchanged verdict renders an unchanged report.
     pub last_verified: Option<String>,
+    /// How the image departs from its repository's SignerBaseline: a result of rule
+    /// `signer-drift` (`fail`; `warn` for `SourceRefChanged`).
+    pub drift: Option<crate::baseline::Drift>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -253,6 +259,12 @@ fn result(u: &Use, verdicts: &BTreeMap<String, ImageVerdict>) -> ReportResult {
         Posture::NotSigned => (Outcome::Warn, Some("medium"), "signed"),
         Posture::Checking => (Outcome::Skip, None, "signed"),
     };
+    let drift = verdict.and_then(|v| v.drift.as_ref());
+    let (outcome, severity, rule) = match drift {
+        Some(d) if !d.kind.is_warning() => (Outcome::Fail, Some("high"), RULE_SIGNER_DRIFT),
+        Some(_) if outcome == Outcome::Pass => (Outcome::Warn, Some("medium"), RULE_SIGNER_DRIFT),
+        _ => (outcome, severity, rule),
+    };
     let image = bound(&u.image, crate::crd::MAX_REFERENCE_TEXT);
     let mut properties = BTreeMap::new();
     properties.insert("image".to_string(), image.clone());
@@ -267,7 +279,15 @@ fn result(u: &Use, verdicts: &BTreeMap<String, ImageVerdict>) -> ReportResult {
             properties.insert("issuer".to_string(), bound(i, MAX_TEXT));
         }
     }
+    if let Some(d) = drift {
+        properties.insert("drift".to_string(), d.kind.as_str().to_string());
+        properties.insert("baseline".to_string(), bound(&d.baseline, MAX_TEXT));
+    }
     let message = match verdict {
+        Some(_) if drift.is_some() && rule == RULE_SIGNER_DRIFT => format!(
+            "{image} departs from its signer baseline: {}",
+            drift.map(|d| d.message.as_str()).unwrap_or_default()
+        ),
         Some(v) if !v.message.is_empty() => format!("{image} is {posture}: {}", v.message),
         Some(_) => format!("{image} is {posture}"),
         None => format!("{image} is not verified yet"),
@@ -381,7 +401,47 @@ mod tests {
             reason: reason.into(),
             message: String::new(),
             last_verified: Some("2026-12-01T12:00:00Z".into()),
+            drift: None,
         }
+    }
+
+    #[test]
+    fn a_drift_fails_rule_signer_drift() {
+        let drift = |kind| crate::baseline::Drift {
+            kind,
+            baseline: "app".into(),
+            signer: Some("mallory@example.com".into()),
+            source_ref: None,
+            accepted: vec![],
+            message: "signed by mallory@example.com".into(),
+            since: "2026-12-01T12:00:00Z".into(),
+        };
+        let mut v = verdict(Posture::Signed, "Verified");
+        v.drift = Some(drift(crate::baseline::DriftKind::SignerChanged));
+        let mut w = verdict(Posture::Signed, "Verified");
+        w.drift = Some(drift(crate::baseline::DriftKind::SourceRefChanged));
+        let verdicts = BTreeMap::from([
+            ("r/a@sha256:1".to_string(), v),
+            ("r/b@sha256:2".to_string(), w),
+        ]);
+        let r = reports(
+            &[
+                use_("prod", "a", "r/a@sha256:1"),
+                use_("prod", "b", "r/b@sha256:2"),
+            ],
+            &verdicts,
+        );
+        let results = &r[0].results;
+        assert_eq!(results[0].result, Outcome::Fail);
+        assert_eq!(results[0].rule, RULE_SIGNER_DRIFT);
+        assert_eq!(results[0].properties["drift"], "SignerChanged");
+        assert!(
+            results[0].message.contains("signed by mallory"),
+            "{}",
+            results[0].message
+        );
+        assert_eq!(results[1].result, Outcome::Warn);
+        assert_eq!(results[1].rule, RULE_SIGNER_DRIFT);
     }
 
     fn verdicts() -> BTreeMap<String, ImageVerdict> {

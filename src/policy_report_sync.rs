@@ -77,6 +77,7 @@ pub fn verdicts(postures: &[Arc<ImagePosture>]) -> BTreeMap<String, ImageVerdict
                     reason: status.reason.map(|r| r.to_string()).unwrap_or_default(),
                     message: status.message.clone(),
                     last_verified: status.last_verified.clone(),
+                    drift: status.drift.clone(),
                 },
             ))
         })

@@ -229,6 +229,86 @@ pub struct SignatureRecord {
     pub signing_time: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signing_time_source: Option<TimeSource>,
+    /// What a keyless certificate says about the build that signed (Fulcio's CI extensions),
+    /// bounded attacker-influenced text. Only when verified and the certificate carries any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build: Option<BuildFacts>,
+    /// `sha256:<hex>` of the signing key's SubjectPublicKeyInfo, for a key-based signature
+    /// made with a configured key (whose name is then the signer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_fingerprint: Option<String>,
+}
+
+/// Fulcio certificate extensions of a CI identity (OIDs `1.3.6.1.4.1.57264.1.9` onwards,
+/// DER UTF8String), each cut to [`MAX_TEXT`] with control characters neutralised. What a
+/// person needs to judge a signer drift: which workflow, from which repository and ref, on
+/// which trigger, in which run.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BuildFacts {
+    /// Build Signer URI (`.1.9`): the workflow that signed, with its `@ref`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 257))]
+    pub build_signer_uri: Option<String>,
+    /// Build Signer Digest (`.1.10`): the workflow's commit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 257))]
+    pub build_signer_digest: Option<String>,
+    /// Runner Environment (`.1.11`): `github-hosted`, `self-hosted`, ...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 257))]
+    pub runner_environment: Option<String>,
+    /// Source Repository URI (`.1.12`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 257))]
+    pub source_repository: Option<String>,
+    /// Source Repository Digest (`.1.13`): the commit built.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 257))]
+    pub source_digest: Option<String>,
+    /// Source Repository Ref (`.1.14`): `refs/tags/v1.4.2`, `refs/heads/main`, ...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 257))]
+    pub source_ref: Option<String>,
+    /// Source Repository Owner URI (`.1.16`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 257))]
+    pub owner: Option<String>,
+    /// Build Trigger (`.1.20`): `push`, `workflow_dispatch`, ...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 257))]
+    pub trigger: Option<String>,
+    /// Run Invocation URI (`.1.21`): the CI run that signed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 257))]
+    pub run_url: Option<String>,
+}
+
+impl BuildFacts {
+    /// Whether the certificate said nothing of a build.
+    pub fn is_empty(&self) -> bool {
+        *self == BuildFacts::default()
+    }
+
+    /// Every field cut to [`MAX_TEXT`], control characters neutralised. Idempotent.
+    pub fn enforce_bounds(&mut self) {
+        for f in [
+            &mut self.build_signer_uri,
+            &mut self.build_signer_digest,
+            &mut self.runner_environment,
+            &mut self.source_repository,
+            &mut self.source_digest,
+            &mut self.source_ref,
+            &mut self.owner,
+            &mut self.trigger,
+            &mut self.run_url,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            *f = bound(f, MAX_TEXT);
+        }
+    }
 }
 
 /// What one observation of one image concluded.

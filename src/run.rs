@@ -16,6 +16,7 @@ use kube::{Api, Client};
 use tokio::sync::Notify;
 
 use crate::apply::{Gate, Writer};
+use crate::baseline::{Baseliner, SignerBaseline};
 use crate::cli::RunArgs;
 use crate::controller::{self, Context, Settings};
 use crate::crd::ImagePosture;
@@ -95,6 +96,12 @@ pub async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
         .modify(crate::inventory::trim)
         .reflect(pod_writer);
     tokio::spawn(drive(pod_events, "pods", Some(changed.clone())));
+    // Signer baselines: watched from the first time this replica leads (after the CRDs are
+    // installed), and from then on while standing by too. Readiness does not wait for them (a
+    // cluster without the SignerBaseline CRD runs everything but signer drift).
+    let baselines_changed = Arc::new(Notify::new());
+    let (baselines, baseline_writer) = reflector::store::<SignerBaseline>();
+    let mut baseline_writer = Some(baseline_writer);
     pods.wait_until_ready().await?;
     health.set_ready(true);
     tracing::info!(pods = pods.len(), "pod cache synced");
@@ -133,6 +140,12 @@ pub async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
             max_images: args.max_images,
         },
     );
+    let baseliner = Baseliner::new(
+        writer.clone(),
+        Api::all(client.clone()),
+        recorder.clone(),
+        metrics.clone(),
+    );
     let ctx = Arc::new(Context::new(
         writer,
         recorder,
@@ -158,6 +171,20 @@ pub async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
             crate::install::install_crd(&client).await?;
             crd_installed = true;
             tracing::info!("the ImagePosture CRD is Established");
+            crate::install::install_baseline_crd(&client).await;
+        }
+        if let Some(writer) = baseline_writer.take() {
+            let events = watcher(
+                Api::<SignerBaseline>::all(client.clone()),
+                watcher::Config::default(),
+            )
+            .default_backoff()
+            .reflect(writer);
+            tokio::spawn(drive(
+                events,
+                "signerbaselines",
+                Some(baselines_changed.clone()),
+            ));
         }
         metrics.set_leader(true);
         tracing::info!("leading: inventory loop and verification controller started");
@@ -177,6 +204,7 @@ pub async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
                 ),
                 controller::drive(verification, ctx.clone()),
                 count_postures(&postures, &metrics),
+                baseline_loop(&baseliner, &postures, &baselines, &baselines_changed),
             );
         };
         tokio::select! {
@@ -300,6 +328,77 @@ async fn write_reports(
         errors = done.errors,
         "policy reports done"
     );
+}
+
+/// How often the baseline loop judges every image when nothing it reads changed.
+const BASELINE_PERIOD: Duration = Duration::from_secs(60);
+/// How often the baseline loop looks whether a verdict changed (a cheap pass over the cache).
+const BASELINE_POLL: Duration = Duration::from_secs(1);
+
+/// The baseline loop: learns SignerBaselines on first use and keeps `status.drift` of every
+/// ImagePosture, from the controller's cache of ImagePostures: after a verdict changes, after
+/// a baseline changes (a person accepted a signer), else every [`BASELINE_PERIOD`].
+async fn baseline_loop(
+    baseliner: &Baseliner,
+    postures: &Store<ImagePosture>,
+    baselines: &Store<SignerBaseline>,
+    changed: &Notify,
+) {
+    if postures.wait_until_ready().await.is_err() {
+        return;
+    }
+    if baselines.wait_until_ready().await.is_err() {
+        return;
+    }
+    let mut last: Option<u64> = None;
+    let mut last_pass = tokio::time::Instant::now();
+    loop {
+        let now_verdicts = verdicts_fingerprint(&postures.state());
+        let due = last != Some(now_verdicts) || last_pass.elapsed() >= BASELINE_PERIOD;
+        if due {
+            last = Some(now_verdicts);
+            last_pass = tokio::time::Instant::now();
+            let report = baseliner
+                .pass(&postures.state(), &baselines.state(), chrono::Utc::now())
+                .await;
+            if report.created + report.drift_writes + report.baseline_writes + report.errors > 0 {
+                tracing::info!(
+                    created = report.created,
+                    drift_writes = report.drift_writes,
+                    baseline_writes = report.baseline_writes,
+                    events = report.events,
+                    errors = report.errors,
+                    "baseline pass done"
+                );
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(BASELINE_POLL) => {}
+            _ = changed.notified() => {
+                // A baseline changed: judge again at once.
+                last = None;
+            }
+        }
+    }
+}
+
+/// A hash of what the baseline loop judges (each resource's verdict), so an unchanged cache
+/// costs no pass; the drift the loop writes itself does not count.
+fn verdicts_fingerprint(postures: &[Arc<ImagePosture>]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    // Summed per resource: the cache's order does not matter.
+    let mut sum = postures.len() as u64;
+    for cr in postures {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        cr.metadata.uid.hash(&mut h);
+        if let Some(s) = &cr.status {
+            s.posture.hash(&mut h);
+            s.last_verified.hash(&mut h);
+            s.signatures.len().hash(&mut h);
+        }
+        sum = sum.wrapping_add(h.finish());
+    }
+    sum
 }
 
 /// Keeps `imageposture_images{posture}` current from the ImagePosture cache.

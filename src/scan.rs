@@ -15,8 +15,10 @@ const MAX_INPUT: u64 = 512 << 20;
 
 pub async fn run(args: ScanArgs) -> Result<(), Box<dyn std::error::Error>> {
     let pods = read_pods(&args.file)?;
+    let baselines = crate::baseline::load(args.baseline.as_deref())?;
     let observer = crate::observe::observer(&args.verify).await?;
-    let objects = scan(&pods, &observer, args.verify.concurrency).await;
+    let mut objects = scan(&pods, &observer, args.verify.concurrency).await;
+    judge_drift(&mut objects, &baselines, chrono::Utc::now());
     let out = match args.output {
         OutputFormat::Json => {
             let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": objects});
@@ -30,6 +32,24 @@ pub async fn run(args: ScanArgs) -> Result<(), Box<dyn std::error::Error>> {
     };
     print!("{out}");
     Ok(())
+}
+
+/// States `status.drift` on each object against `baselines` (by repository), as the
+/// operator's baseline loop would; nothing is learned without a cluster.
+pub fn judge_drift(
+    objects: &mut [ImagePosture],
+    baselines: &[crate::baseline::SignerBaseline],
+    now: chrono::DateTime<chrono::Utc>,
+) {
+    if baselines.is_empty() {
+        return;
+    }
+    for o in objects {
+        let repository = o.spec.repository.clone();
+        if let Some(status) = o.status.as_mut() {
+            status.drift = crate::baseline::offline_drift(&repository, status, baselines, now);
+        }
+    }
 }
 
 /// The objects for a set of pods, most-used images first, `concurrency` images at a time.

@@ -59,6 +59,22 @@ pub struct Entry {
     pub namespaces: Vec<String>,
     /// True number of namespaces (`namespaces` may be cut by the operator).
     pub namespace_count: u64,
+    /// `status.drift`: how the image departs from its repository's SignerBaseline.
+    pub drift: Option<EntryDrift>,
+}
+
+/// An image's drift as the summary reads it (kind kept as text: a newer operator's kinds count).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct EntryDrift {
+    #[serde(default)]
+    pub kind: String,
+    #[serde(default)]
+    pub signer: Option<String>,
+    #[serde(default)]
+    pub source_ref: Option<String>,
+    #[serde(default)]
+    pub message: String,
 }
 
 #[derive(Deserialize, Default)]
@@ -73,6 +89,7 @@ struct RawStatus {
     checking_since: Option<String>,
     #[serde(default)]
     usage: RawUsage,
+    drift: Option<EntryDrift>,
 }
 
 #[derive(Deserialize, Default)]
@@ -124,6 +141,15 @@ impl Entry {
             pods: status.usage.pods,
             namespaces: namespaces.into_iter().map(|n| bound(&n, 63)).collect(),
             namespace_count: status.usage.namespace_count.max(listed),
+            drift: status
+                .drift
+                .filter(|d| !d.kind.is_empty())
+                .map(|d| EntryDrift {
+                    kind: bound(&d.kind, 64),
+                    signer: d.signer.map(|s| bound(&s, MAX_TEXT)),
+                    source_ref: d.source_ref.map(|s| bound(&s, MAX_TEXT)),
+                    message: bound(&d.message, MAX_MESSAGE),
+                }),
         })
     }
 }
@@ -150,6 +176,23 @@ pub struct Summary {
     /// Images in `checking`, longest first (first 50).
     pub checking: Vec<Checking>,
     pub checking_count: usize,
+    /// Images departing from their repository's SignerBaseline, by drift kind.
+    pub drift_counts: BTreeMap<String, usize>,
+    /// Those images (alarms first, then by image; first 50).
+    pub drifting: Vec<Drifting>,
+    pub drifting_count: usize,
+}
+
+#[derive(Serialize, Debug, Clone, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Drifting {
+    pub image: String,
+    pub kind: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signer: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source_ref: Option<String>,
+    pub message: String,
 }
 
 #[derive(Serialize, Debug, Clone, PartialEq)]
@@ -269,6 +312,28 @@ impl Summary {
         let checking_count = checking.len();
         checking.truncate(MAX_LISTED);
 
+        let mut drift_counts: BTreeMap<String, usize> = BTreeMap::new();
+        let mut drifting: Vec<Drifting> = entries
+            .iter()
+            .filter_map(|e| {
+                let d = e.drift.as_ref()?;
+                *drift_counts.entry(d.kind.clone()).or_default() += 1;
+                Some(Drifting {
+                    image: e.image.clone(),
+                    kind: d.kind.clone(),
+                    signer: d.signer.clone(),
+                    source_ref: d.source_ref.clone(),
+                    message: d.message.clone(),
+                })
+            })
+            .collect();
+        // Alarms before the SourceRefChanged warnings.
+        drifting.sort_by(|a, b| {
+            (a.kind == "SourceRefChanged", &a.image).cmp(&(b.kind == "SourceRefChanged", &b.image))
+        });
+        let drifting_count = drifting.len();
+        drifting.truncate(MAX_LISTED);
+
         Summary {
             images: entries.len(),
             pods: entries.iter().map(|e| e.pods).sum(),
@@ -285,6 +350,9 @@ impl Summary {
                 .count(),
             checking,
             checking_count,
+            drift_counts,
+            drifting,
+            drifting_count,
         }
     }
 }
@@ -497,6 +565,36 @@ fn table(s: &Summary) -> String {
             "checking images",
         );
     }
+
+    out.push('\n');
+    if s.drifting.is_empty() {
+        out.push_str("no image departs from its signer baseline\n");
+    } else {
+        let rows: Vec<Vec<String>> = s
+            .drifting
+            .iter()
+            .map(|d| {
+                vec![
+                    cell(&d.kind, COLUMN),
+                    cell(&d.image, WIDE_COLUMN),
+                    cell(d.signer.as_deref().unwrap_or("-"), WIDE_COLUMN),
+                    cell(d.source_ref.as_deref().unwrap_or("-"), COLUMN),
+                ]
+            })
+            .collect();
+        columns(
+            &mut out,
+            &["DRIFT", "IMAGE", "SIGNED BY", "REF"],
+            &[false, false, false, false],
+            &rows,
+        );
+        more(
+            &mut out,
+            s.drifting.len(),
+            s.drifting_count,
+            "drifting images",
+        );
+    }
     out
 }
 
@@ -607,6 +705,28 @@ mod tests {
         .iter()
         .filter_map(Entry::from_object)
         .collect()
+    }
+
+    #[test]
+    fn drifting_images_are_listed_alarms_first_and_escaped() {
+        let entries: Vec<Entry> = [
+            obj("r/a@sha256:1", json!({"posture": "signed", "drift": {"kind": "SourceRefChanged", "signer": "wf", "sourceRef": "refs/heads/main", "message": "m", "baseline": "b", "since": "2026-12-01T10:00:00Z"}})),
+            obj("r/b@sha256:2", json!({"posture": "signed", "drift": {"kind": "SignerChanged", "signer": "mal\u{202e}lory", "message": "m", "baseline": "b", "since": "2026-12-01T10:00:00Z"}})),
+            obj("r/c@sha256:3", json!({"posture": "signed"})),
+        ]
+        .iter()
+        .filter_map(Entry::from_object)
+        .collect();
+        let s = Summary::new(&entries, 10, now());
+        assert_eq!(s.drifting_count, 2);
+        assert_eq!(s.drifting[0].kind, "SignerChanged");
+        assert_eq!(s.drift_counts["SourceRefChanged"], 1);
+        let t = table(&s);
+        assert!(t.contains("DRIFT"), "{t}");
+        assert!(t.contains("mal\\u{202e}lory"), "{t}");
+        assert!(!t.contains('\u{202e}'));
+        let none = table(&Summary::new(&entries[2..], 10, now()));
+        assert!(none.contains("no image departs from its signer baseline"));
     }
 
     #[test]

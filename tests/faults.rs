@@ -1357,6 +1357,28 @@ async fn watch_drops_and_410_gone_neither_delete_nor_rewrite() {
         async move { (posture_of(api, name).await.as_deref() == Some("signed")).then_some(()) }
     })
     .await;
+    // The baseline loop learns the repository's SignerBaseline once (src/baseline.rs).
+    eventually(
+        "the learned SignerBaseline",
+        Duration::from_secs(20),
+        || {
+            let api = &api;
+            async move {
+                let gvk = ::kube::api::GroupVersionKind::gvk(
+                    "imageposture.io",
+                    "v1alpha1",
+                    "SignerBaseline",
+                );
+                let ar = ::kube::api::ApiResource::from_gvk(&gvk);
+                let list: ::kube::Api<::kube::api::DynamicObject> =
+                    ::kube::Api::all_with(api.admin(), &ar);
+                let items = list.list(&Default::default()).await.ok()?.items;
+                let first = serde_json::to_value(items.first()?).ok()?;
+                (first["status"]["identityCount"] == 1).then_some(first)
+            }
+        },
+    )
+    .await;
     let steady = [(name.clone(), "signed")];
     hold_steady(&api, 300, &steady).await;
 

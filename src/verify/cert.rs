@@ -10,12 +10,22 @@ use x509_cert::der::{Decode, Encode};
 use x509_cert::Certificate;
 
 use super::trust::TrustMaterial;
-use crate::posture::{bound, MAX_TEXT};
+use crate::posture::{bound, BuildFacts, MAX_TEXT};
 
 /// Fulcio's legacy issuer extension: the raw issuer URL bytes.
 const OID_ISSUER_V1: &str = "1.3.6.1.4.1.57264.1.1";
 /// Fulcio's issuer extension: a DER UTF8String.
 const OID_ISSUER_V2: &str = "1.3.6.1.4.1.57264.1.8";
+/// Fulcio's CI extensions (DER UTF8String each), per sigstore/fulcio `docs/oid-info.md`.
+const OID_BUILD_SIGNER_URI: &str = "1.3.6.1.4.1.57264.1.9";
+const OID_BUILD_SIGNER_DIGEST: &str = "1.3.6.1.4.1.57264.1.10";
+const OID_RUNNER_ENVIRONMENT: &str = "1.3.6.1.4.1.57264.1.11";
+const OID_SOURCE_REPOSITORY_URI: &str = "1.3.6.1.4.1.57264.1.12";
+const OID_SOURCE_REPOSITORY_DIGEST: &str = "1.3.6.1.4.1.57264.1.13";
+const OID_SOURCE_REPOSITORY_REF: &str = "1.3.6.1.4.1.57264.1.14";
+const OID_SOURCE_REPOSITORY_OWNER_URI: &str = "1.3.6.1.4.1.57264.1.16";
+const OID_BUILD_TRIGGER: &str = "1.3.6.1.4.1.57264.1.20";
+const OID_RUN_INVOCATION_URI: &str = "1.3.6.1.4.1.57264.1.21";
 /// id-kp-codeSigning (1.3.6.1.5.5.7.3.3), DER value bytes.
 const EKU_CODE_SIGNING: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x03];
 
@@ -73,19 +83,50 @@ impl Leaf {
         ))
     }
 
+    fn extension(&self, oid: &str) -> Option<&[u8]> {
+        self.cert
+            .tbs_certificate()
+            .extensions()?
+            .iter()
+            .find(|e| e.extn_id.to_string() == oid)
+            .map(|e| e.extn_value.as_bytes())
+    }
+
+    /// A Fulcio extension holding a DER UTF8String (`.1.8` onwards); anything else is absent.
+    fn utf8_extension(&self, oid: &str) -> Option<String> {
+        let v = self.extension(oid)?;
+        Utf8StringRef::from_der(v)
+            .ok()
+            .map(|s| s.as_str().to_string())
+    }
+
     fn issuer(&self) -> Option<String> {
-        let exts = self.cert.tbs_certificate().extensions()?;
-        let find = |oid: &str| {
-            exts.iter()
-                .find(|e| e.extn_id.to_string() == oid)
-                .map(|e| e.extn_value.as_bytes())
+        self.utf8_extension(OID_ISSUER_V2).or_else(|| {
+            self.extension(OID_ISSUER_V1)
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+        })
+    }
+
+    /// What the certificate says about the build that signed (GitHub Actions, GitLab CI and
+    /// other CI providers Fulcio serves), bounded: attacker-influenced text, stored as data.
+    /// Empty values are absent.
+    pub fn build_facts(&self) -> BuildFacts {
+        let get = |oid: &str| {
+            self.utf8_extension(oid)
+                .map(|s| bound(&s, MAX_TEXT))
+                .filter(|s| !s.trim().is_empty())
         };
-        if let Some(v) = find(OID_ISSUER_V2) {
-            if let Ok(s) = Utf8StringRef::from_der(v) {
-                return Some(s.as_str().to_string());
-            }
+        BuildFacts {
+            build_signer_uri: get(OID_BUILD_SIGNER_URI),
+            build_signer_digest: get(OID_BUILD_SIGNER_DIGEST),
+            runner_environment: get(OID_RUNNER_ENVIRONMENT),
+            source_repository: get(OID_SOURCE_REPOSITORY_URI),
+            source_digest: get(OID_SOURCE_REPOSITORY_DIGEST),
+            source_ref: get(OID_SOURCE_REPOSITORY_REF),
+            owner: get(OID_SOURCE_REPOSITORY_OWNER_URI),
+            trigger: get(OID_BUILD_TRIGGER),
+            run_url: get(OID_RUN_INVOCATION_URI),
         }
-        find(OID_ISSUER_V1).map(|v| String::from_utf8_lossy(v).into_owned())
     }
 
     /// A path from this leaf to a trusted CA, valid at `time` (the signing time: the log's
@@ -408,6 +449,61 @@ mod tests {
         assert!(leaf.verify_chain(&trust, &[], t - 600).is_err());
         // The same leaf with another supplied chain is another path.
         assert!(!trust.chains.covers(&chain_key(leaf.der(), &[vec![0u8]]), t));
+    }
+
+    fn utf8(s: &str) -> Vec<u8> {
+        use x509_cert::der::asn1::Utf8StringRef;
+        Utf8StringRef::new(s).unwrap().to_der().unwrap()
+    }
+
+    #[test]
+    fn ci_extensions_are_read_bounded_and_neutralised() {
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut p = valid(now() - 60, now() + 60);
+        p.subject_alt_names = vec![SanType::URI(
+            "https://github.com/acme/app/.github/workflows/release.yml@refs/tags/v1.4.2"
+                .try_into()
+                .unwrap(),
+        )];
+        let oid = |n: u64| vec![1, 3, 6, 1, 4, 1, 57264, 1, n];
+        let long = "x".repeat(5000);
+        p.custom_extensions = vec![
+            rcgen::CustomExtension::from_oid_content(
+                &oid(8),
+                utf8("https://token.actions.githubusercontent.com"),
+            ),
+            rcgen::CustomExtension::from_oid_content(
+                &oid(9),
+                utf8("https://github.com/acme/app/.github/workflows/release.yml@refs/tags/v1.4.2"),
+            ),
+            rcgen::CustomExtension::from_oid_content(&oid(12), utf8("https://github.com/acme/app")),
+            rcgen::CustomExtension::from_oid_content(&oid(14), utf8("refs/tags/v1.4.2")),
+            rcgen::CustomExtension::from_oid_content(&oid(20), utf8("push\u{1b}[31m\u{202e}")),
+            rcgen::CustomExtension::from_oid_content(&oid(21), utf8(&long)),
+            // Not a UTF8String: absent, not garbage.
+            rcgen::CustomExtension::from_oid_content(&oid(11), b"raw".to_vec()),
+        ];
+        let cert = p.self_signed(&key).unwrap();
+        let leaf = Leaf::from_der(cert.der()).unwrap();
+        let f = leaf.build_facts();
+        assert_eq!(
+            f.build_signer_uri.as_deref(),
+            Some("https://github.com/acme/app/.github/workflows/release.yml@refs/tags/v1.4.2")
+        );
+        assert_eq!(
+            f.source_repository.as_deref(),
+            Some("https://github.com/acme/app")
+        );
+        assert_eq!(f.source_ref.as_deref(), Some("refs/tags/v1.4.2"));
+        assert!(!f.trigger.as_deref().unwrap().contains('\u{1b}'));
+        assert!(f.run_url.as_deref().unwrap().len() <= MAX_TEXT + 3);
+        assert_eq!(f.runner_environment, None);
+        assert_eq!(
+            leaf.identity().unwrap().1.as_deref(),
+            Some("https://token.actions.githubusercontent.com")
+        );
+        // No extension at all: nothing.
+        assert!(fixture().1.build_facts().is_empty());
     }
 
     #[test]

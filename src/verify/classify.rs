@@ -27,9 +27,14 @@ pub enum Identity {
     Keyless {
         signer: String,
         issuer: Option<String>,
+        /// The certificate's CI extensions, when it carries any.
+        build: Option<Box<crate::posture::BuildFacts>>,
     },
     Key {
         name: String,
+        /// `sha256:` of the key's SPKI, when `name` is a configured name (else it is the
+        /// fingerprint itself).
+        fingerprint: Option<String>,
     },
 }
 
@@ -73,8 +78,12 @@ pub(crate) fn classify(
         Ok(Outcome::Attestation) => checked.attestation(),
         Ok(Outcome::Signature(v)) => {
             match v.identity {
-                Identity::Keyless { signer, issuer } => checked.keyless(signer, issuer),
-                Identity::Key { name } => checked.key(name),
+                Identity::Keyless {
+                    signer,
+                    issuer,
+                    build,
+                } => checked.keyless(signer, issuer, build.map(|b| *b)),
+                Identity::Key { name, fingerprint } => checked.key(name, fingerprint),
             }
             checked.rekor_log_index = v.log_index;
             checked.integrated_time = v.integrated_time;
@@ -227,12 +236,21 @@ pub(crate) fn verify(
             let (signer, issuer) = leaf
                 .identity()
                 .map_err(|m| Failure::new(Reason::UntrustedCertificate, m))?;
+            let build = Some(Box::new(leaf.build_facts())).filter(|b| !b.is_empty());
             Ok(Outcome::Signature(verified(Identity::Keyless {
                 signer,
                 issuer,
+                build,
             })))
         }
-        (Signer::Key { name, .. }, _) => Ok(Outcome::Signature(verified(Identity::Key { name }))),
+        (Signer::Key { name, spki }, _) => {
+            let fingerprint = super::keys::fingerprint(&spki);
+            let fingerprint = (fingerprint != name).then_some(fingerprint);
+            Ok(Outcome::Signature(verified(Identity::Key {
+                name,
+                fingerprint,
+            })))
+        }
         (Signer::Certificate, Material::Key) => Err(Failure::new(
             Reason::Malformed,
             "keyless signature without a certificate",

@@ -4,7 +4,8 @@
 use super::keys::KeyRing;
 use super::trust::TrustMaterial;
 use crate::posture::{
-    bound, Reason, SignatureFormat, SignatureRecord, SignatureSource, SignerType, MAX_MESSAGE,
+    bound, BuildFacts, Reason, SignatureFormat, SignatureRecord, SignatureSource, SignerType,
+    MAX_MESSAGE,
 };
 
 /// Everything one classification needs besides the artifact.
@@ -73,6 +74,8 @@ impl Checked {
                 integrated_time: None,
                 signing_time: None,
                 signing_time_source: None,
+                build: None,
+                key_fingerprint: None,
             },
             false,
             None,
@@ -91,15 +94,22 @@ impl Checked {
         self.1
     }
 
-    pub(super) fn keyless(&mut self, signer: String, issuer: Option<String>) {
+    pub(super) fn keyless(
+        &mut self,
+        signer: String,
+        issuer: Option<String>,
+        build: Option<BuildFacts>,
+    ) {
         self.0.signer = Some(signer);
         self.0.issuer = issuer;
         self.0.signer_type = Some(SignerType::Keyless);
+        self.0.build = build;
     }
 
-    pub(super) fn key(&mut self, name: String) {
+    pub(super) fn key(&mut self, name: String, fingerprint: Option<String>) {
         self.0.signer = Some(name);
         self.0.signer_type = Some(SignerType::Key);
+        self.0.key_fingerprint = fingerprint;
     }
 
     pub(super) fn finish(mut self, result: Result<(), Failure>) -> Checked {
@@ -115,6 +125,8 @@ impl Checked {
                 self.0.signer_type = None;
                 self.0.signing_time = None;
                 self.0.signing_time_source = None;
+                self.0.build = None;
+                self.0.key_fingerprint = None;
                 self.0.reason = f.reason;
                 self.0.message = bound(&f.message, MAX_MESSAGE);
                 self.2 = f.unknown;

@@ -89,6 +89,14 @@ pub const RESOURCES: &[ResourceType] = &[
         status_subresource: true,
     },
     ResourceType {
+        group: "imageposture.io",
+        version: "v1alpha1",
+        plural: "signerbaselines",
+        kind: "SignerBaseline",
+        namespaced: false,
+        status_subresource: true,
+    },
+    ResourceType {
         group: "",
         version: "v1",
         plural: "events",

@@ -101,6 +101,21 @@ impl TestEnv {
             .await;
     }
 
+    /// Publishes a legacy cosign keyless signature of `id` by a CI identity, its certificate
+    /// carrying Fulcio's CI extensions (replacing any earlier signature).
+    pub async fn sign_ci(&self, id: &ImageId, ci: &pki::Ci) {
+        let leaf = self.pki.ca.issue_ci(ci);
+        let layer = cosign::legacy_layer(
+            id,
+            &pki::Signer::Keyless(&leaf),
+            Some(&self.pki.rekor),
+            cosign::Spoil::None,
+        );
+        self.oci
+            .push_sig(&id.repository, &id.digest, &[layer])
+            .await;
+    }
+
     /// Attaches a cosign v3 Sigstore bundle (keyless, GitHub Actions identity) to `img` as an
     /// OCI referrer, listed in the referrers tag-schema index.
     pub async fn sign_bundle(&self, img: &cosign::Pushed) {

@@ -98,6 +98,133 @@ impl Identity {
     }
 }
 
+/// A CI identity as Fulcio certifies it: GitHub Actions or GitLab CI, the workflow (path in
+/// its repository) and the repository it runs in, the source repository and ref it built.
+#[derive(Clone, Debug)]
+pub struct Ci {
+    pub issuer: String,
+    /// `https://github.com` or `https://gitlab.com`.
+    pub server: String,
+    /// Repository holding the workflow (`acme/app`; another one for a reusable workflow).
+    pub workflow_repo: String,
+    /// Path of the workflow in it (`.github/workflows/release.yml`).
+    pub workflow: String,
+    /// Repository built (`acme/app`).
+    pub source_repo: String,
+    /// `refs/tags/v1.4.2`, `refs/heads/main`, ...
+    pub git_ref: String,
+    pub trigger: String,
+    pub run: u64,
+    /// Extra extension values that replace the usual ones (hostile text).
+    pub overrides: Vec<(u64, String)>,
+}
+
+pub const GITLAB_ISSUER: &str = "https://gitlab.com";
+
+impl Ci {
+    /// `acme/app`'s `release.yml` workflow building `git_ref` on GitHub Actions.
+    pub fn github(repo: &str, workflow: &str, git_ref: &str) -> Ci {
+        Ci {
+            issuer: GITHUB_ISSUER.into(),
+            server: "https://github.com".into(),
+            workflow_repo: repo.into(),
+            workflow: format!(".github/workflows/{workflow}"),
+            source_repo: repo.into(),
+            git_ref: git_ref.into(),
+            trigger: if git_ref.starts_with("refs/tags/") {
+                "push"
+            } else {
+                "workflow_dispatch"
+            }
+            .into(),
+            run: 1536140711,
+            overrides: Vec::new(),
+        }
+    }
+
+    /// A GitLab CI pipeline of `repo` (`.gitlab-ci.yml`) building `git_ref`.
+    pub fn gitlab(repo: &str, git_ref: &str) -> Ci {
+        Ci {
+            issuer: GITLAB_ISSUER.into(),
+            server: "https://gitlab.com".into(),
+            workflow_repo: repo.into(),
+            // GitLab's ci_config_ref_uri has a double slash before the file.
+            workflow: "/.gitlab-ci.yml".into(),
+            source_repo: repo.into(),
+            git_ref: git_ref.into(),
+            trigger: "push".into(),
+            run: 42,
+            overrides: Vec::new(),
+        }
+    }
+
+    /// The Build Signer URI, which is also the SAN: workflow URI `@` ref.
+    pub fn signer_uri(&self) -> String {
+        format!(
+            "{}/{}/{}@{}",
+            self.server, self.workflow_repo, self.workflow, self.git_ref
+        )
+    }
+
+    /// The workflow URI without the ref (what the baseline keeps).
+    pub fn workflow_uri(&self) -> String {
+        format!("{}/{}/{}", self.server, self.workflow_repo, self.workflow)
+    }
+
+    pub fn source_uri(&self) -> String {
+        format!("{}/{}", self.server, self.source_repo)
+    }
+
+    pub fn identity(&self) -> Identity {
+        Identity::Uri {
+            uri: self.signer_uri(),
+            issuer: self.issuer.clone(),
+        }
+    }
+
+    pub fn extensions(&self) -> Vec<(u64, String)> {
+        let owner = self.source_repo.split('/').next().unwrap_or_default();
+        let runs = if self.server.contains("gitlab") {
+            "-/jobs"
+        } else {
+            "actions/runs"
+        };
+        let mut ext = vec![
+            (9, self.signer_uri()),
+            (10, "0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c".to_string()),
+            (
+                11,
+                format!(
+                    "{}-hosted",
+                    if self.server.contains("gitlab") {
+                        "gitlab"
+                    } else {
+                        "github"
+                    }
+                ),
+            ),
+            (12, self.source_uri()),
+            (13, "a1b2c3d4e5f60718293a4b5c6d7e8f9012345678".to_string()),
+            (14, self.git_ref.clone()),
+            (16, format!("{}/{owner}", self.server)),
+            (18, self.signer_uri()),
+            (20, self.trigger.clone()),
+            (
+                21,
+                format!(
+                    "{}/{}/{runs}/{}/attempts/1",
+                    self.server, self.source_repo, self.run
+                ),
+            ),
+        ];
+        for (arc, value) in &self.overrides {
+            ext.retain(|(a, _)| a != arc);
+            ext.push((*arc, value.clone()));
+        }
+        ext
+    }
+}
+
 /// A CA: a self-signed root and an optional intermediate that issues the leaves.
 pub struct Ca {
     root_params: CertificateParams,
@@ -167,7 +294,25 @@ impl Ca {
         self.issue_valid(identity, now - 300, now + 600)
     }
 
+    /// A leaf for a CI identity: its SAN and issuer, plus Fulcio's CI extensions (`.1.9`
+    /// onwards, DER UTF8String) as the CI provider's token fills them.
+    pub fn issue_ci(&self, ci: &Ci) -> Leaf {
+        let now = unix_now();
+        self.issue_with(&ci.identity(), now - 300, now + 600, &ci.extensions())
+    }
+
     pub fn issue_valid(&self, identity: &Identity, not_before: i64, not_after: i64) -> Leaf {
+        self.issue_with(identity, not_before, not_after, &[])
+    }
+
+    /// A leaf with extra `(Fulcio OID arc under 1.3.6.1.4.1.57264.1, UTF8String value)`.
+    pub fn issue_with(
+        &self,
+        identity: &Identity,
+        not_before: i64,
+        not_after: i64,
+        extensions: &[(u64, String)],
+    ) -> Leaf {
         let mut p = validity(not_before, not_after);
         p.distinguished_name = DistinguishedName::new();
         p.subject_alt_names = vec![match identity {
@@ -184,6 +329,13 @@ impl Ca {
             CustomExtension::from_oid_content(OID_ISSUER_V1, issuer.to_vec()),
             CustomExtension::from_oid_content(OID_ISSUER_V2, der_utf8(issuer)),
         ];
+        for (arc, value) in extensions {
+            let oid = [1, 3, 6, 1, 4, 1, 57264, 1, *arc];
+            p.custom_extensions.push(CustomExtension::from_oid_content(
+                &oid,
+                der_utf8(value.as_bytes()),
+            ));
+        }
         let key = p256();
         let cert = match &self.intermediate {
             Some((ip, ik, _, _)) => p.signed_by(&key, &Issuer::from_params(ip, ik)),
