@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{watcher, WatchStreamExt};
@@ -21,7 +20,7 @@ use crate::controller::{self, Context, Settings};
 use crate::crd::ImagePosture;
 use crate::inventory::sweep::{SweepConfig, SweepReport, Sweeper};
 use crate::inventory::tags::TagResolver;
-use crate::inventory::NamespaceFilter;
+use crate::inventory::{LeanPod, NamespaceFilter};
 use crate::leader::LeaderElector;
 use crate::lock::LockExt;
 use crate::metrics::Metrics;
@@ -72,11 +71,15 @@ pub async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
     );
     // What pods run: watched by every replica, so a new leader starts with a synced cache.
     let changed = Arc::new(Notify::new());
-    let (pods, pod_writer) = reflector::store::<Pod>();
-    let pod_events = watcher(Api::<Pod>::all(client.clone()), watcher::Config::default())
-        .default_backoff()
-        .modify(crate::inventory::trim)
-        .reflect(pod_writer);
+    // Lean pods, straight from the watch stream: only what the inventory reads (see
+    // `inventory::pod`), with shared strings.
+    let (pods, pod_writer) = reflector::store::<LeanPod>();
+    let pod_events = watcher(
+        Api::<LeanPod>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .reflect(pod_writer);
     tokio::spawn(drive(pod_events, "pods", Some(changed.clone())));
     pods.wait_until_ready().await?;
     health.set_ready(true);
@@ -202,7 +205,7 @@ async fn connect() -> Result<Client, Box<dyn std::error::Error>> {
 /// pod changes, every resolved tag and every resync period.
 async fn inventory_loop(
     sweeper: &Sweeper,
-    pods: &Store<Pod>,
+    pods: &Store<LeanPod>,
     postures: &Store<ImagePosture>,
     metrics: &Metrics,
     changed: &Notify,
@@ -247,7 +250,7 @@ const REPORTS_RELIST: Duration = Duration::from_secs(600);
 /// reports are written (counted as `policyreport` / `policyreport-delete` API writes).
 async fn write_reports(
     reports: &Reports,
-    pods: &Store<Pod>,
+    pods: &Store<LeanPod>,
     postures: &Store<ImagePosture>,
     metrics: &Metrics,
     args: &RunArgs,
@@ -299,7 +302,7 @@ async fn count_postures(postures: &Store<ImagePosture>, metrics: &Metrics) {
 
 async fn sweep_once(
     sweeper: &Sweeper,
-    pods: &Store<Pod>,
+    pods: &Store<LeanPod>,
     postures: &Store<ImagePosture>,
     metrics: &Metrics,
 ) {

@@ -21,12 +21,11 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures::stream::{self, StreamExt};
-use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use serde_json::json;
 
 use super::tags::TagResolver;
-use super::{Inventory, NamespaceFilter, Unresolved, Usage};
+use super::{Inventory, NamespaceFilter, PodView, Unresolved, Usage};
 use crate::apply::Writer;
 use crate::crd::{
     self, ImagePosture, ImagePostureStatus, ImageUsage, FIELD_MANAGER_INVENTORY,
@@ -112,9 +111,9 @@ impl Sweeper {
         &self.tags
     }
 
-    pub async fn sweep(
+    pub async fn sweep<P: PodView>(
         &self,
-        pods: &[Arc<Pod>],
+        pods: &[Arc<P>],
         existing: &[Arc<ImagePosture>],
         now: DateTime<Utc>,
     ) -> SweepReport {
