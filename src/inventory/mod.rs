@@ -21,7 +21,7 @@ pub use pod::{LeanPod, PodView};
 use crate::image::{ConfigDigest, ImageId, ImageRef, RuntimeImage};
 
 /// Who uses one image.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Usage {
     /// References as pods wrote them (`nginx:1.27`, `ghcr.io/x/y@sha256:…`).
     pub references: BTreeSet<String>,

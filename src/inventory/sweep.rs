@@ -36,6 +36,14 @@ use crate::image::ImageId;
 use crate::ownership::{self, Part};
 use crate::posture::{Posture, Reason, Verdict};
 
+/// A usage's fingerprint (SipHash with fixed keys: the same in every pass).
+fn fingerprint(usage: &Usage) -> u64 {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut h = std::hash::DefaultHasher::new();
+    usage.hash(&mut h);
+    h.finish()
+}
+
 /// Images whose resources are written at once within a pass.
 const WRITES_IN_FLIGHT: usize = 16;
 
@@ -93,7 +101,9 @@ pub struct Sweeper {
     /// Resources found in agreement at a resourceVersion, with the usage they agreed with: an
     /// unchanged resource with unchanged usage needs no comparison (a warm pass is the
     /// inventory of the pods and nothing else).
-    clean: Mutex<HashMap<String, (String, Usage)>>,
+    /// The usage is kept as a 64-bit fingerprint, not a copy: a copy would hold every pod's
+    /// name a second time.
+    clean: Mutex<HashMap<String, (String, u64)>>,
 }
 
 impl Sweeper {
@@ -312,7 +322,7 @@ impl Sweeper {
             if one.api_writes() == 0 {
                 self.clean
                     .locked()
-                    .insert(c.name_any(), (rv, usage.clone()));
+                    .insert(c.name_any(), (rv, fingerprint(usage)));
             }
         }
         (id, one, result)
@@ -325,7 +335,7 @@ impl Sweeper {
         self.clean
             .locked()
             .get(c.metadata.name.as_deref().unwrap_or_default())
-            .is_some_and(|(at, agreed)| Some(at.as_str()) == rv && agreed == usage)
+            .is_some_and(|(at, agreed)| Some(at.as_str()) == rv && *agreed == fingerprint(usage))
     }
 
     /// Writes what the inventory owns of one image's resource, where it differs.
