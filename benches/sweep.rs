@@ -768,6 +768,89 @@ fn fit(rows: &[[f64; 3]]) -> Option<(f64, f64, f64)> {
     Some((with(0), with(1), with(2)))
 }
 
+/// `IMAGEPOSTURE_BENCH_INDEX`: `pods:images,...` for the in-memory index rows (default
+/// `10000:2000,150000:20000`; `0`: none).
+fn index_sizes() -> Vec<(usize, usize)> {
+    match std::env::var("IMAGEPOSTURE_BENCH_INDEX") {
+        Ok(v) if v == "0" => vec![],
+        Ok(v) => v
+            .split(',')
+            .filter_map(|pair| {
+                let (p, i) = pair.trim().split_once(':')?;
+                Some((p.parse().ok()?, i.parse().ok()?))
+            })
+            .collect(),
+        Err(_) => vec![(10_000, 2_000), (150_000, 20_000)],
+    }
+}
+
+/// The index against the full recompute at one size, as a table row.
+fn index_timing(n_pods: usize, n_images: usize) -> String {
+    use imageposture::inventory::index::PodIndex;
+    eprintln!("  index: {n_pods} pods, {n_images} images ...");
+    let images: Vec<ImageId> = (0..n_images.max(1))
+        .map(|i| ImageId {
+            registry: "registry.example".into(),
+            repository: format!("team/app-{i:05}"),
+            digest: format!("sha256:{:064x}", i + 1),
+        })
+        .collect();
+    let (store, _) = pod_store::<LeanPod>(n_pods, &images);
+    let pods = store.state();
+    let filter = NamespaceFilter::default();
+    let started = Instant::now();
+    let full = Inventory::from_pods(pods.iter().map(|p| p.as_ref()), &filter);
+    let full_time = started.elapsed();
+    let mut index = PodIndex::new(filter);
+    let started = Instant::now();
+    index.reset(pods.iter().map(|p| p.as_ref()));
+    let reset_time = started.elapsed();
+    assert!(
+        index.inventory() == full,
+        "the index agrees with the full recompute"
+    );
+    // A pod moves to another image and back: the event, then the images it changed.
+    let mut changes = Vec::new();
+    let mut deletes = Vec::new();
+    for k in 0..201usize {
+        let i = (k * 7919) % n_pods.max(1);
+        let (namespace, image, image_id) = pod_placement(i, &images);
+        let other = &images[(i + 1) % images.len()];
+        let pod = full_pod(
+            i,
+            &namespace,
+            &format!("{}/{}:v1", other.registry, other.repository),
+            &format!("{}/{}@{}", other.registry, other.repository, other.digest),
+        );
+        let json = serde_json::to_vec(&pod).expect("pod JSON");
+        let lean: LeanPod = serde_json::from_slice(&json).expect("pod");
+        let started = Instant::now();
+        let c = index.apply(&lean);
+        changes.push(started.elapsed());
+        assert!(!c.is_empty());
+        let started = Instant::now();
+        let c = index.delete(&lean);
+        deletes.push(started.elapsed());
+        assert!(!c.is_empty());
+        let back = full_pod(i, &namespace, &image, &image_id);
+        let back: LeanPod =
+            serde_json::from_slice(&serde_json::to_vec(&back).expect("pod JSON")).expect("pod");
+        index.apply(&back);
+    }
+    assert!(index.inventory() == full, "back where it started");
+    let per = |d: Duration| d.as_secs_f64() * 1e6 / n_pods.max(1) as f64;
+    let us = |d: Duration| format!("{:.1} µs", d.as_secs_f64() * 1e6);
+    format!(
+        "| {n_pods} | {n_images} | {} | {:.2} µs | {} | {:.2} µs | {} | {} |",
+        ms(full_time),
+        per(full_time),
+        ms(reset_time),
+        per(reset_time),
+        us(median(changes)),
+        us(median(deletes)),
+    )
+}
+
 /// `IMAGEPOSTURE_BENCH_ONLY=growth`: the growth table alone (no signed fixtures, no cosign
 /// side, no in-process passes): unsigned images on the local registry, pods served by the API
 /// double. Sizes from `IMAGEPOSTURE_BENCH_GROWTH` (default: no pod, 1k/200, 10k/2k, 50k/10k,
@@ -784,7 +867,21 @@ async fn growth_only() {
         (50_000, 10_000),
         (150_000, 20_000),
     ]);
+    let index_rows: Vec<_> = index_sizes()
+        .into_iter()
+        .map(|(p, i)| index_timing(p, i))
+        .collect();
     let growth = growth_runs(&env, &op_proxy, &hanging_host, &[], &sizes).await;
+    if !index_rows.is_empty() {
+        println!();
+        println!("**The pod index in memory** (`PodIndex`, lean pods; median of 201 events):");
+        println!();
+        println!("| pods | images | full resync from the store (`Inventory::from_pods`) | per pod | index `reset` | per pod | a pod changes its image: event → changed images | a pod deleted |");
+        println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
+        for r in &index_rows {
+            println!("{r}");
+        }
+    }
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(0);

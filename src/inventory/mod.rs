@@ -10,6 +10,7 @@
 //! [`sweep`] is the inventory loop that writes what this finds; [`tags`] resolves tags in
 //! the background for it.
 
+pub mod index;
 pub mod pod;
 pub mod sweep;
 pub mod tags;
@@ -147,6 +148,7 @@ impl std::fmt::Display for Unresolved {
 }
 
 /// What one (reference, imageID) pair names.
+#[derive(Clone)]
 enum Parsed {
     Image(ImageId),
     /// No manifest digest of the pod's repository known yet.
@@ -196,7 +198,7 @@ impl Parsed {
     }
 }
 
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Inventory {
     /// Images with a known digest.
     pub images: BTreeMap<ImageId, Usage>,
