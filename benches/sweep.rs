@@ -32,7 +32,7 @@ use futures::stream::{self, StreamExt};
 use harness::{Operator, Report};
 use imageposture::image::ImageId;
 use imageposture::inventory::sweep::SweepConfig;
-use imageposture::inventory::{Inventory, NamespaceFilter};
+use imageposture::inventory::{Inventory, LeanPod, NamespaceFilter};
 use imageposture::observer::{Observed, Observer, ObserverConfig, Recorded};
 use imageposture::posture::Posture;
 use k8s_openapi::api::core::v1::Pod;
@@ -272,7 +272,7 @@ async fn counted(
 // ---- pods -----------------------------------------------------------------------------------
 
 /// A pod as the API server returns it from a Deployment: labels, annotations, owner,
-/// managedFields, env, probes, volumes, conditions (what the operator's reflector trims).
+/// managedFields, env, probes, volumes, conditions (what the operator's lean pods skip).
 fn full_pod(i: usize, namespace: &str, image: &str, image_id: &str) -> Pod {
     let name = format!("app-{i:05}-7d9f8b6c5d-x{:04x}", i % 65536);
     let container_id = format!("containerd://{:064x}", i as u128 * 7919 + 1);
@@ -399,17 +399,20 @@ fn pod_placement(i: usize, images: &[ImageId]) -> (String, String, String) {
 /// Fills a reflector store with `n` pods the way the operator's reflector does (an initial
 /// list: `InitApply` per pod, then `InitDone`), trimmed or not. Returns the store and the
 /// total JSON size of what it holds.
-fn pod_store(n: usize, images: &[ImageId], trim: bool) -> (Store<Pod>, usize) {
-    let (store, mut writer) = reflector::store::<Pod>();
+fn pod_store<K>(n: usize, images: &[ImageId]) -> (Store<K>, usize)
+where
+    K: kube::Resource<DynamicType = ()> + serde::de::DeserializeOwned + Clone,
+{
+    let (store, mut writer) = reflector::store::<K>();
     writer.apply_watcher_event(&watcher::Event::Init);
     let mut json_bytes = 0;
     for i in 0..n {
         let (namespace, image, image_id) = pod_placement(i, images);
-        let mut pod = full_pod(i, &namespace, &image, &image_id);
-        if trim {
-            imageposture::inventory::trim(&mut pod);
-        }
-        json_bytes += serde_json::to_vec(&pod).map(|v| v.len()).unwrap_or(0);
+        let pod = full_pod(i, &namespace, &image, &image_id);
+        // What the watch stream carries, read as the store's type reads it.
+        let json = serde_json::to_vec(&pod).expect("pod JSON");
+        json_bytes += json.len();
+        let pod: K = serde_json::from_slice(&json).expect("pod");
         writer.apply_watcher_event(&watcher::Event::InitApply(pod));
     }
     writer.apply_watcher_event(&watcher::Event::InitDone);
@@ -432,7 +435,7 @@ struct SweepRow {
 async fn timed_pass(
     label: &str,
     op: &Operator,
-    pods: &[Arc<Pod>],
+    pods: &[Arc<LeanPod>],
     proxy: &Proxy,
     double: &ApiDouble,
 ) -> SweepRow {
@@ -600,6 +603,307 @@ fn opt_ms(d: Option<Duration>) -> String {
     d.map(ms).unwrap_or_else(|| "not reached".into())
 }
 
+// ---- growth ---------------------------------------------------------------------------------
+
+/// `IMAGEPOSTURE_BENCH_GROWTH`: `0` (none), or `pods:images,...` (e.g. `1000:200,150000:20000`);
+/// `default` otherwise. A `0:0` row is the process before any pod.
+fn growth_sizes(default: &[(usize, usize)]) -> Vec<(usize, usize)> {
+    match std::env::var("IMAGEPOSTURE_BENCH_GROWTH") {
+        Ok(v) if v == "0" => vec![],
+        Ok(v) if v.contains(':') => v
+            .split(',')
+            .filter_map(|pair| {
+                let (p, i) = pair.trim().split_once(':')?;
+                Some((p.parse().ok()?, i.parse().ok()?))
+            })
+            .collect(),
+        _ => default.to_vec(),
+    }
+}
+
+/// The operator process at each size (pods served by the API double, images on the local
+/// registry behind the counting proxy): cold start, then the warm window.
+async fn growth_runs(
+    env: &TestEnv,
+    op_proxy: &Proxy,
+    hanging_host: &str,
+    signed: &[ImageId],
+    sizes: &[(usize, usize)],
+) -> Vec<(usize, usize, process::Measured)> {
+    let max_images = sizes.iter().map(|(_, i)| *i).max().unwrap_or(0);
+    let extra = if max_images > signed.len() {
+        eprintln!(
+            "  pushing {} cheap unsigned images for growth ...",
+            max_images - signed.len()
+        );
+        cheap_unsigned(env, max_images - signed.len()).await
+    } else {
+        Vec::new()
+    };
+    let mut ids = signed.to_vec();
+    ids.extend(extra.iter().map(|id| via(id, &op_proxy.host)));
+    let mut growth = Vec::new();
+    for (pods, images) in sizes.iter().copied() {
+        eprintln!("  growth: {pods} pods, {images} images ...");
+        let m = process::run(
+            env,
+            op_proxy,
+            hanging_host,
+            &process::Spec {
+                pods,
+                healthy: &ids[..images.min(ids.len())],
+                hanging: &[],
+                late: None,
+                warm: true,
+            },
+        )
+        .await;
+        eprintln!("  {m:?}");
+        growth.push((pods, images, m));
+    }
+    growth
+}
+
+/// The growth table, with the slope per pod next to each row and a linear fit of RSS over pods
+/// and images.
+fn print_growth(growth: &[(usize, usize, process::Measured)]) {
+    let verdicts = |m: &process::Measured| opt_ms(m.all_healthy);
+    let base = growth
+        .iter()
+        .find(|(p, _, _)| *p == 0)
+        .map(|(_, _, m)| m.rss_kib);
+    println!();
+    println!("**Warm passes and growth** (nothing changes; counted over 8 s, `--resync 1s`; pods served by the API double; RSS of the operator process alone):");
+    println!();
+    println!("| pods | images | cold: first ImagePosture | cold: every verdict | warm pass wall | per pod | warm pass CPU | registry requests | API writes | RSS | over no pod, per pod | peak RSS |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for (pods, images, m) in growth {
+        let (wall, per_pod, cpu, req, wr) = m
+            .warm
+            .as_ref()
+            .map(|w| {
+                (
+                    format!("{} ({:.0} passes)", ms(w.wall_per_pass), w.passes),
+                    if *pods > 0 {
+                        format!(
+                            "{:.2} µs",
+                            w.wall_per_pass.as_secs_f64() * 1e6 / *pods as f64
+                        )
+                    } else {
+                        "-".into()
+                    },
+                    ms(w.cpu_per_pass),
+                    w.requests.to_string(),
+                    w.writes.to_string(),
+                )
+            })
+            .unwrap_or_else(|| ("-".into(), "-".into(), "-".into(), "-".into(), "-".into()));
+        let bytes = match (base, *pods) {
+            (Some(b), p) if p > 0 => format!(
+                "{:.0} B",
+                m.rss_kib.saturating_sub(b) as f64 * 1024.0 / p as f64
+            ),
+            _ => "-".into(),
+        };
+        println!(
+            "| {pods} | {images} | {} | {} | {wall} | {per_pod} | {cpu} | {req} | {wr} | {} | {bytes} | {} |",
+            opt_ms(m.first),
+            verdicts(m),
+            mib(m.rss_kib),
+            mib(m.hwm_kib)
+        );
+    }
+    // RSS ≈ base + a·pods + b·images, least squares over the rows.
+    let rows: Vec<[f64; 3]> = growth
+        .iter()
+        .map(|(p, i, m)| [*p as f64, *i as f64, m.rss_kib as f64])
+        .collect();
+    if let Some((c, a, b)) = fit(&rows) {
+        println!();
+        println!(
+            "Fit over these rows: RSS ≈ {:.1} MiB + {:.2} MiB per 1,000 pods + {:.2} MiB per 1,000 images.",
+            c / 1024.0,
+            a * 1000.0 / 1024.0,
+            b * 1000.0 / 1024.0
+        );
+    }
+}
+
+/// Least squares of `z = c + a·x + b·y` (normal equations, Cramer's rule).
+fn fit(rows: &[[f64; 3]]) -> Option<(f64, f64, f64)> {
+    if rows.len() < 3 {
+        return None;
+    }
+    let (mut n, mut sx, mut sy, mut sz) = (0.0, 0.0, 0.0, 0.0);
+    let (mut sxx, mut syy, mut sxy, mut sxz, mut syz) = (0.0, 0.0, 0.0, 0.0, 0.0);
+    for [x, y, z] in rows {
+        n += 1.0;
+        sx += x;
+        sy += y;
+        sz += z;
+        sxx += x * x;
+        syy += y * y;
+        sxy += x * y;
+        sxz += x * z;
+        syz += y * z;
+    }
+    let det3 = |m: [[f64; 3]; 3]| {
+        m[0][0] * (m[1][1] * m[2][2] - m[1][2] * m[2][1])
+            - m[0][1] * (m[1][0] * m[2][2] - m[1][2] * m[2][0])
+            + m[0][2] * (m[1][0] * m[2][1] - m[1][1] * m[2][0])
+    };
+    let m = [[n, sx, sy], [sx, sxx, sxy], [sy, sxy, syy]];
+    let d = det3(m);
+    if d.abs() < 1e-9 {
+        return None;
+    }
+    let v = [sz, sxz, syz];
+    let with = |col: usize| {
+        let mut m = m;
+        for (r, row) in m.iter_mut().enumerate() {
+            row[col] = v[r];
+        }
+        det3(m) / d
+    };
+    Some((with(0), with(1), with(2)))
+}
+
+/// `IMAGEPOSTURE_BENCH_INDEX`: `pods:images,...` for the in-memory index rows (default
+/// `10000:2000,150000:20000`; `0`: none).
+fn index_sizes() -> Vec<(usize, usize)> {
+    match std::env::var("IMAGEPOSTURE_BENCH_INDEX") {
+        Ok(v) if v == "0" => vec![],
+        Ok(v) => v
+            .split(',')
+            .filter_map(|pair| {
+                let (p, i) = pair.trim().split_once(':')?;
+                Some((p.parse().ok()?, i.parse().ok()?))
+            })
+            .collect(),
+        Err(_) => vec![(10_000, 2_000), (150_000, 20_000)],
+    }
+}
+
+/// The index against the full recompute at one size, as a table row.
+fn index_timing(n_pods: usize, n_images: usize) -> String {
+    use imageposture::inventory::index::PodIndex;
+    eprintln!("  index: {n_pods} pods, {n_images} images ...");
+    let images: Vec<ImageId> = (0..n_images.max(1))
+        .map(|i| ImageId {
+            registry: "registry.example".into(),
+            repository: format!("team/app-{i:05}"),
+            digest: format!("sha256:{:064x}", i + 1),
+        })
+        .collect();
+    let (store, _) = pod_store::<LeanPod>(n_pods, &images);
+    let pods = store.state();
+    let filter = NamespaceFilter::default();
+    let started = Instant::now();
+    let full = Inventory::from_pods(pods.iter().map(|p| p.as_ref()), &filter);
+    let full_time = started.elapsed();
+    let mut index = PodIndex::new(filter);
+    let started = Instant::now();
+    index.reset(pods.iter().map(|p| p.as_ref()));
+    let reset_time = started.elapsed();
+    assert!(
+        index.inventory() == full,
+        "the index agrees with the full recompute"
+    );
+    // A pod moves to another image and back: the event, then the images it changed.
+    let mut changes = Vec::new();
+    let mut deletes = Vec::new();
+    for k in 0..201usize {
+        let i = (k * 7919) % n_pods.max(1);
+        let (namespace, image, image_id) = pod_placement(i, &images);
+        let other = &images[(i + 1) % images.len()];
+        let pod = full_pod(
+            i,
+            &namespace,
+            &format!("{}/{}:v1", other.registry, other.repository),
+            &format!("{}/{}@{}", other.registry, other.repository, other.digest),
+        );
+        let json = serde_json::to_vec(&pod).expect("pod JSON");
+        let lean: LeanPod = serde_json::from_slice(&json).expect("pod");
+        let started = Instant::now();
+        let c = index.apply(&lean);
+        changes.push(started.elapsed());
+        assert!(!c.is_empty());
+        let started = Instant::now();
+        let c = index.delete(&lean);
+        deletes.push(started.elapsed());
+        assert!(!c.is_empty());
+        let back = full_pod(i, &namespace, &image, &image_id);
+        let back: LeanPod =
+            serde_json::from_slice(&serde_json::to_vec(&back).expect("pod JSON")).expect("pod");
+        index.apply(&back);
+    }
+    assert!(index.inventory() == full, "back where it started");
+    let per = |d: Duration| d.as_secs_f64() * 1e6 / n_pods.max(1) as f64;
+    let us = |d: Duration| format!("{:.1} µs", d.as_secs_f64() * 1e6);
+    format!(
+        "| {n_pods} | {n_images} | {} | {:.2} µs | {} | {:.2} µs | {} | {} |",
+        ms(full_time),
+        per(full_time),
+        ms(reset_time),
+        per(reset_time),
+        us(median(changes)),
+        us(median(deletes)),
+    )
+}
+
+/// `IMAGEPOSTURE_BENCH_ONLY=growth`: the growth table alone (no signed fixtures, no cosign
+/// side, no in-process passes): unsigned images on the local registry, pods served by the API
+/// double. Sizes from `IMAGEPOSTURE_BENCH_GROWTH` (default: no pod, 1k/200, 10k/2k, 50k/10k,
+/// 150k/20k).
+async fn growth_only() {
+    let total = Instant::now();
+    let env = TestEnv::new();
+    let op_proxy = Proxy::start(&env.registry.host).await;
+    let hanging_host = hanging_registry().await;
+    let sizes = growth_sizes(&[
+        (0, 0),
+        (1_000, 200),
+        (10_000, 2_000),
+        (50_000, 10_000),
+        (150_000, 20_000),
+    ]);
+    let index_rows: Vec<_> = index_sizes()
+        .into_iter()
+        .map(|(p, i)| index_timing(p, i))
+        .collect();
+    let growth = growth_runs(&env, &op_proxy, &hanging_host, &[], &sizes).await;
+    if !index_rows.is_empty() {
+        println!();
+        println!("**The pod index in memory** (`PodIndex`, lean pods; median of 201 events):");
+        println!();
+        println!("| pods | images | full resync from the store (`Inventory::from_pods`) | per pod | index `reset` | per pod | a pod changes its image: event → changed images | a pod deleted |");
+        println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
+        for r in &index_rows {
+            println!("{r}");
+        }
+    }
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    print_growth(&growth);
+    println!();
+    println!(
+        "Machine: {cpus} CPU(s). Whole run {:.1} s.",
+        total.elapsed().as_secs_f64()
+    );
+    for (pods, _, m) in &growth {
+        if let Some(w) = &m.warm {
+            if w.requests != 0 || w.writes != 0 {
+                eprintln!(
+                    "FAIL: a warm pass at {pods} pods made {} registry requests and {} API writes",
+                    w.requests, w.writes
+                );
+                std::process::exit(1);
+            }
+        }
+    }
+}
+
 // ---- main -----------------------------------------------------------------------------------
 
 fn main() {
@@ -611,6 +915,9 @@ fn main() {
 }
 
 async fn bench() {
+    if std::env::var("IMAGEPOSTURE_BENCH_ONLY").as_deref() == Ok("growth") {
+        return growth_only().await;
+    }
     let n_pods = env_usize("IMAGEPOSTURE_BENCH_PODS", 10_000);
     let n_images = env_usize("IMAGEPOSTURE_BENCH_IMAGES", 500).max(1);
     let total = Instant::now();
@@ -659,19 +966,19 @@ async fn bench() {
         .map(|(_, _, id)| via(id, &proxy.host))
         .collect();
 
-    // (c, part 1) 10k trimmed pods in a reflector store, as the operator holds them.
+    // (c, part 1) 10k lean pods in a reflector store, as the operator holds them.
     let rss_before_store = proc_kb("VmRSS");
     let started = Instant::now();
-    let (pod_reader, trimmed_json) = pod_store(n_pods, &images, true);
+    let (pod_reader, trimmed_json) = pod_store::<LeanPod>(n_pods, &images);
     let store_build = started.elapsed();
     let rss_with_store = proc_kb("VmRSS");
     eprintln!(
-        "  {n_pods} trimmed pods in a reflector store: built in {}, RSS {} -> {}",
+        "  {n_pods} lean pods in a reflector store: built in {}, RSS {} -> {}",
         ms(store_build),
         mib(rss_before_store),
         mib(rss_with_store)
     );
-    let pods: Vec<Arc<Pod>> = pod_reader.state();
+    let pods: Vec<Arc<LeanPod>> = pod_reader.state();
 
     // (b, in memory) the inventory of 10k pods.
     let filter = NamespaceFilter::default();
@@ -759,7 +1066,7 @@ async fn bench() {
 
     // (c, part 2) for comparison: the same pods untrimmed (measured last: it raises the peak).
     let rss_before_full = proc_kb("VmRSS");
-    let (full_reader, full_json) = pod_store(n_pods, &images, false);
+    let (full_reader, full_json) = pod_store::<Pod>(n_pods, &images);
     let rss_with_full = proc_kb("VmRSS");
     drop(full_reader);
 
@@ -839,19 +1146,19 @@ async fn bench() {
     let store_kb = rss_with_store.saturating_sub(rss_before_store);
     let full_kb = rss_with_full.saturating_sub(rss_before_full);
     println!(
-        "| {n_pods} trimmed pods in a kube reflector store: RSS growth ({:.1} KiB/pod; {:.1} KiB/pod as JSON) | {} |",
+        "| {n_pods} lean pods (`LeanPod`) in a kube reflector store: RSS growth ({:.1} KiB/pod; {:.1} KiB/pod as JSON) | {} |",
         per_pod(store_kb),
         trimmed_json as f64 / 1024.0 / n_pods.max(1) as f64,
         mib(store_kb)
     );
     println!(
-        "| same pods untrimmed, for comparison: RSS growth ({:.1} KiB/pod; {:.1} KiB/pod as JSON) | {} |",
+        "| same pods as k8s-openapi `Pod`s, for comparison: RSS growth ({:.1} KiB/pod; {:.1} KiB/pod as JSON) | {} |",
         per_pod(full_kb),
         full_json as f64 / 1024.0 / n_pods.max(1) as f64,
         mib(full_kb)
     );
     println!(
-        "| RSS with the trimmed store, before any sweep | {} |",
+        "| RSS with the lean store, before any sweep | {} |",
         mib(rss_with_store)
     );
     println!(
@@ -976,42 +1283,10 @@ async fn bench() {
     .await;
     eprintln!("  {iso_run:?}");
 
-    // Growth: the warm pass at 1k, 10k and 50k pods (200, 2k, 10k images).
-    let mut growth = Vec::new();
-    let growth_sizes: Vec<(usize, usize)> = match std::env::var("IMAGEPOSTURE_BENCH_GROWTH") {
-        Ok(v) if v == "0" => vec![],
-        _ => vec![(1_000, 200), (50_000, 10_000)],
-    };
-    let max_growth_images = growth_sizes.iter().map(|(_, i)| *i).max().unwrap_or(0);
-    let extra = if max_growth_images > fleet {
-        eprintln!(
-            "  pushing {} cheap unsigned images for growth ...",
-            max_growth_images - fleet
-        );
-        cheap_unsigned(&env, max_growth_images - fleet).await
-    } else {
-        Vec::new()
-    };
-    let mut growth_ids = fleet_ids.clone();
-    growth_ids.extend(extra.iter().map(|id| via(id, &op_proxy.host)));
-    for (pods, images) in growth_sizes.iter().copied() {
-        eprintln!("  growth: {pods} pods, {images} images ...");
-        let m = process::run(
-            &env,
-            &op_proxy,
-            &hanging_host,
-            &process::Spec {
-                pods,
-                healthy: &growth_ids[..images.min(growth_ids.len())],
-                hanging: &[],
-                late: None,
-                warm: true,
-            },
-        )
-        .await;
-        eprintln!("  {m:?}");
-        growth.push((pods, images, m));
-    }
+    // Growth: the warm pass at 1k, 50k and 150k pods (200, 10k, 20k images) beside the 10k
+    // cold start above, and the process with no pod at all.
+    let growth_sizes = growth_sizes(&[(0, 0), (1_000, 200), (50_000, 10_000), (150_000, 20_000)]);
+    let mut growth = growth_runs(&env, &op_proxy, &hanging_host, &fleet_ids, &growth_sizes).await;
     growth.push((fleet_pods, fleet, cold_run));
     growth.sort_by_key(|(p, _, _)| *p);
 
@@ -1109,30 +1384,7 @@ async fn bench() {
         }
     }
     println!();
-    println!("**Warm passes and growth** (nothing changes; counted over {} s, `--resync 1s`; RSS of the operator process alone):", 8);
-    println!();
-    println!("| pods | images | cold: every verdict | warm pass wall | warm pass CPU | registry requests | API writes | RSS | peak RSS |");
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-    for (pods, images, m) in &growth {
-        let (wall, cpu, req, wr) = m
-            .warm
-            .as_ref()
-            .map(|w| {
-                (
-                    format!("{} ({:.0} passes)", ms(w.wall_per_pass), w.passes),
-                    ms(w.cpu_per_pass),
-                    w.requests.to_string(),
-                    w.writes.to_string(),
-                )
-            })
-            .unwrap_or_else(|| ("-".into(), "-".into(), "-".into(), "-".into()));
-        println!(
-            "| {pods} | {images} | {} | {wall} | {cpu} | {req} | {wr} | {} | {} |",
-            verdicts(m),
-            mib(m.rss_kib),
-            mib(m.hwm_kib)
-        );
-    }
+    print_growth(&growth);
     println!();
     println!("Whole run {:.1} s.", total.elapsed().as_secs_f64());
 

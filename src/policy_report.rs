@@ -18,7 +18,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use k8s_openapi::api::core::v1::Pod;
+use crate::inventory::PodView;
 use serde::{Deserialize, Serialize};
 
 use crate::posture::{bound, Posture, MAX_MESSAGE, MAX_TEXT};
@@ -53,25 +53,19 @@ pub struct Owner {
 }
 
 /// The controller owner of `pod` (or the pod itself).
-pub fn owner_of(pod: &Pod) -> Owner {
-    let controller = pod
-        .metadata
-        .owner_references
-        .iter()
-        .flatten()
-        .find(|o| o.controller == Some(true));
-    match controller {
+pub fn owner_of<P: PodView + ?Sized>(pod: &P) -> Owner {
+    match pod.controller() {
         Some(o) => Owner {
-            api_version: o.api_version.clone(),
-            kind: o.kind.clone(),
-            name: o.name.clone(),
-            uid: o.uid.clone(),
+            api_version: o.api_version.to_string(),
+            kind: o.kind.to_string(),
+            name: o.name.to_string(),
+            uid: o.uid.to_string(),
         },
         None => Owner {
             api_version: "v1".into(),
             kind: "Pod".into(),
-            name: pod.metadata.name.clone().unwrap_or_default(),
-            uid: pod.metadata.uid.clone().unwrap_or_default(),
+            name: pod.name().unwrap_or_default().to_string(),
+            uid: pod.uid().unwrap_or_default().to_string(),
         },
     }
 }
@@ -375,6 +369,7 @@ pub fn plan(desired: &[PolicyReport], existing: &[PolicyReport]) -> Vec<Action> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::api::core::v1::Pod;
 
     fn owner(kind: &str, name: &str) -> Owner {
         Owner {

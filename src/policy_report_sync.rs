@@ -8,7 +8,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use chrono::Utc;
-use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
 use kube::core::GroupVersionKind;
 use kube::Client;
@@ -16,7 +15,7 @@ use kube::Client;
 use crate::apply::Writer;
 use crate::crd::{ImagePosture, LABEL_MANAGED_BY, MANAGER};
 use crate::inventory::tags::TagResolver;
-use crate::inventory::{Inventory, NamespaceFilter};
+use crate::inventory::{Inventory, NamespaceFilter, PodView};
 use crate::policy_report::{self, Action, ImageVerdict, PolicyReport, Use};
 
 /// What one pass wrote.
@@ -37,15 +36,19 @@ pub fn api_resource() -> ApiResource {
 
 /// One result source per (namespace, pod owner, image) of the admitted, running pods; a tag not
 /// resolved yet is reported by its reference (no verdict: `skip`).
-pub fn uses(pods: &[Arc<Pod>], filter: &NamespaceFilter, tags: &Arc<TagResolver>) -> Vec<Use> {
+pub fn uses<P: PodView>(
+    pods: &[Arc<P>],
+    filter: &NamespaceFilter,
+    tags: &Arc<TagResolver>,
+) -> Vec<Use> {
     let now = Utc::now();
     let mut out = Vec::new();
     for pod in pods {
         let inv = Inventory::from_pods(std::iter::once(pod.as_ref()), filter);
-        let Some(namespace) = pod.metadata.namespace.clone() else {
+        let Some(namespace) = pod.namespace().map(str::to_string) else {
             continue;
         };
-        let owner = policy_report::owner_of(pod);
+        let owner = policy_report::owner_of(pod.as_ref());
         let resolved = inv.unresolved.keys().map(|tag| {
             tags.lookup(tag, now)
                 .map(|id| id.key())

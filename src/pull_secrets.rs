@@ -15,11 +15,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
-use k8s_openapi::api::core::v1::{Pod, Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use kube::runtime::reflector::Store;
 use kube::{Api, Client};
 
 use crate::image::ImageRef;
+use crate::inventory::pod::PodView;
 use crate::lock::LockExt as _;
 use crate::verify::{CredSource, Credential, Found, Keyring, PullSecrets, Target};
 
@@ -50,17 +51,22 @@ enum Read {
     Unusable(String),
 }
 
-pub struct PullSecretSource {
+/// Pull secrets for the verifier, read for the pods in `pods` (the operator's lean pods; tests
+/// pass k8s-openapi Pods).
+pub struct PullSecretSource<P: kube::Resource<DynamicType = ()> + 'static> {
     client: Client,
-    pods: Store<Pod>,
+    pods: Store<P>,
     ttl: Duration,
     index: Mutex<Option<(Instant, Arc<Index>)>>,
     secrets: Mutex<HashMap<NamespacedName, (Read, Instant)>>,
     accounts: Mutex<HashMap<NamespacedName, (Vec<String>, Instant)>>,
 }
 
-impl PullSecretSource {
-    pub fn new(client: Client, pods: Store<Pod>) -> Self {
+impl<P> PullSecretSource<P>
+where
+    P: kube::Resource<DynamicType = ()> + PodView + Clone + Send + Sync + 'static,
+{
+    pub fn new(client: Client, pods: Store<P>) -> Self {
         PullSecretSource {
             client,
             pods,
@@ -178,7 +184,10 @@ impl PullSecretSource {
     }
 }
 
-impl PullSecrets for PullSecretSource {
+impl<P> PullSecrets for PullSecretSource<P>
+where
+    P: kube::Resource<DynamicType = ()> + PodView + Clone + Send + Sync + 'static,
+{
     fn lookup<'a>(
         &'a self,
         target: &'a Target,
@@ -204,49 +213,30 @@ fn repo_key(registry: &str, repository: &str) -> String {
 }
 
 /// Per `registry/repository`, who runs it (bounded).
-pub fn build_index<'a>(pods: impl IntoIterator<Item = &'a Pod>) -> Index {
+pub fn build_index<'a, P: PodView + 'a>(pods: impl IntoIterator<Item = &'a P>) -> Index {
     let mut index: Index = HashMap::new();
     for pod in pods {
-        let Some(spec) = pod.spec.as_ref() else {
-            continue;
-        };
-        let namespace = pod
-            .metadata
-            .namespace
-            .clone()
-            .unwrap_or_else(|| "default".into());
+        let namespace = pod.namespace().unwrap_or("default").to_string();
         let access = PodAccess {
             namespace,
-            service_account: spec
-                .service_account_name
-                .clone()
+            service_account: pod
+                .service_account()
                 .filter(|s| !s.is_empty())
-                .unwrap_or_else(|| "default".into()),
-            secrets: spec
-                .image_pull_secrets
-                .iter()
-                .flatten()
-                .map(|r| r.name.clone())
+                .unwrap_or("default")
+                .to_string(),
+            secrets: pod
+                .pull_secrets()
+                .into_iter()
                 .filter(|n| !n.is_empty())
+                .map(str::to_string)
                 .collect(),
         };
-        let images = spec
-            .containers
-            .iter()
-            .map(|c| c.image.as_deref())
-            .chain(
-                spec.init_containers
-                    .iter()
-                    .flatten()
-                    .map(|c| c.image.as_deref()),
-            )
-            .chain(
-                spec.ephemeral_containers
-                    .iter()
-                    .flatten()
-                    .map(|c| c.image.as_deref()),
-            )
-            .flatten();
+        let mut images: Vec<&str> = Vec::new();
+        pod.for_each_container(&mut |_, _, image, _| {
+            if let Some(image) = image {
+                images.push(image);
+            }
+        });
         for image in images {
             let Ok(r) = ImageRef::parse(image) else {
                 continue;
@@ -303,7 +293,11 @@ mod tests {
 
     #[test]
     fn index_is_per_repository_and_bounded() {
-        let pod = |ns: &str, sa: Option<&str>, secrets: &[&str], image: &str| -> Pod {
+        let pod = |ns: &str,
+                   sa: Option<&str>,
+                   secrets: &[&str],
+                   image: &str|
+         -> k8s_openapi::api::core::v1::Pod {
             serde_json::from_value(json!({
                 "metadata": {"name": "p", "namespace": ns},
                 "spec": {

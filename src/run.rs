@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{watcher, WatchStreamExt};
@@ -22,7 +21,7 @@ use crate::controller::{self, Context, Settings};
 use crate::crd::ImagePosture;
 use crate::inventory::sweep::{SweepConfig, SweepReport, Sweeper};
 use crate::inventory::tags::TagResolver;
-use crate::inventory::NamespaceFilter;
+use crate::inventory::{LeanPod, NamespaceFilter};
 use crate::leader::LeaderElector;
 use crate::lock::LockExt;
 use crate::metrics::Metrics;
@@ -44,7 +43,9 @@ pub async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
     verifier_config.trust_refresh = args.trust_root_refresh;
     let auth_metrics = metrics.clone();
     // What pods run: watched by every replica, so a new leader starts with a synced cache.
-    let (pods, pod_writer) = reflector::store::<Pod>();
+    // Lean pods, straight from the watch stream: only what the inventory reads (see
+    // `inventory::pod`), with shared strings.
+    let (pods, pod_writer) = reflector::store::<LeanPod>();
     let pull_secrets: Option<Arc<dyn PullSecrets>> = args.pull_secrets.then(|| {
         tracing::info!(
             "pull secrets: reading the imagePullSecrets pods and their ServiceAccounts name"
@@ -91,10 +92,12 @@ pub async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
         },
     );
     let changed = Arc::new(Notify::new());
-    let pod_events = watcher(Api::<Pod>::all(client.clone()), watcher::Config::default())
-        .default_backoff()
-        .modify(crate::inventory::trim)
-        .reflect(pod_writer);
+    let pod_events = watcher(
+        Api::<LeanPod>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .reflect(pod_writer);
     tokio::spawn(drive(pod_events, "pods", Some(changed.clone())));
     // Signer baselines: watched from the first time this replica leads (after the CRDs are
     // installed), and from then on while standing by too. Readiness does not wait for them (a
@@ -247,7 +250,7 @@ async fn connect() -> Result<Client, Box<dyn std::error::Error>> {
 /// pod changes, every resolved tag and every resync period.
 async fn inventory_loop(
     sweeper: &Sweeper,
-    pods: &Store<Pod>,
+    pods: &Store<LeanPod>,
     postures: &Store<ImagePosture>,
     metrics: &Metrics,
     changed: &Notify,
@@ -292,7 +295,7 @@ const REPORTS_RELIST: Duration = Duration::from_secs(600);
 /// reports are written (counted as `policyreport` / `policyreport-delete` API writes).
 async fn write_reports(
     reports: &Reports,
-    pods: &Store<Pod>,
+    pods: &Store<LeanPod>,
     postures: &Store<ImagePosture>,
     metrics: &Metrics,
     args: &RunArgs,
@@ -415,7 +418,7 @@ async fn count_postures(postures: &Store<ImagePosture>, metrics: &Metrics) {
 
 async fn sweep_once(
     sweeper: &Sweeper,
-    pods: &Store<Pod>,
+    pods: &Store<LeanPod>,
     postures: &Store<ImagePosture>,
     metrics: &Metrics,
 ) {

@@ -7,7 +7,7 @@ use futures::stream::{self, StreamExt};
 
 use crate::cli::{OutputFormat, ScanArgs};
 use crate::crd::{self, ImagePosture, ImagePostureStatus, ImageUsage};
-use crate::inventory::{Inventory, NamespaceFilter};
+use crate::inventory::{Inventory, NamespaceFilter, PodView};
 use crate::observer::Observer;
 
 /// Largest pod list accepted (a 10k-pod cluster lists in well under this).
@@ -53,7 +53,11 @@ pub fn judge_drift(
 }
 
 /// The objects for a set of pods, most-used images first, `concurrency` images at a time.
-pub async fn scan(pods: &[Pod], observer: &Observer, concurrency: usize) -> Vec<ImagePosture> {
+pub async fn scan<P: PodView>(
+    pods: &[P],
+    observer: &Observer,
+    concurrency: usize,
+) -> Vec<ImagePosture> {
     let now = chrono::Utc::now();
     let mut inv = Inventory::from_pods(pods, &NamespaceFilter::default());
     for (reference, why) in &inv.invalid {

@@ -193,7 +193,7 @@ pub async fn run(env: &TestEnv, proxy: &Proxy, hanging_host: &str, spec: &Spec<'
     let pid = process.0.id();
     let healthy_host = proxy.host.clone();
     let n_healthy = spec.healthy.len();
-    let deadline = started + Duration::from_secs(300);
+    let deadline = started + Duration::from_secs(300 + spec.pods as u64 / 500);
     let mut m = Measured::default();
     let mut late_at: Option<Instant> = None;
     let late_name = spec.late.map(|id| id.resource_name());

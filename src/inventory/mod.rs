@@ -10,18 +10,19 @@
 //! [`sweep`] is the inventory loop that writes what this finds; [`tags`] resolves tags in
 //! the background for it.
 
+pub mod index;
+pub mod pod;
 pub mod sweep;
 pub mod tags;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
-use kube::ResourceExt;
+pub use pod::{LeanPod, PodView};
 
 use crate::image::{ConfigDigest, ImageId, ImageRef, RuntimeImage};
 
 /// Who uses one image.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Usage {
     /// References as pods wrote them (`nginx:1.27`, `ghcr.io/x/y@sha256:…`).
     pub references: BTreeSet<String>,
@@ -147,6 +148,7 @@ impl std::fmt::Display for Unresolved {
 }
 
 /// What one (reference, imageID) pair names.
+#[derive(Clone)]
 enum Parsed {
     Image(ImageId),
     /// No manifest digest of the pod's repository known yet.
@@ -196,10 +198,7 @@ impl Parsed {
     }
 }
 
-/// One kind of container in a pod: `(name, image)` from the spec, and the kubelet's statuses.
-type ContainerGroup<'a> = (Vec<(&'a str, Option<&'a str>)>, &'a [ContainerStatus]);
-
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Inventory {
     /// Images with a known digest.
     pub images: BTreeMap<ImageId, Usage>,
@@ -211,64 +210,28 @@ pub struct Inventory {
 }
 
 impl Inventory {
-    pub fn from_pods<'a>(
-        pods: impl IntoIterator<Item = &'a Pod>,
+    pub fn from_pods<'a, P: PodView + 'a>(
+        pods: impl IntoIterator<Item = &'a P>,
         filter: &NamespaceFilter,
     ) -> Self {
         let mut inv = Inventory::default();
         // Thousands of pods run a few distinct (reference, imageID) pairs: each is parsed once.
         let mut parsed: HashMap<(&'a str, Option<&'a str>), Parsed> = HashMap::new();
         for pod in pods {
-            let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
+            let namespace = pod.namespace().unwrap_or("default");
             if !filter.admits(namespace) || is_finished(pod) {
                 continue;
             }
-            let name = pod.metadata.name.as_deref().unwrap_or("");
-            let (Some(spec), status) = (pod.spec.as_ref(), pod.status.as_ref()) else {
-                continue;
-            };
-            let statuses =
-                |list: Option<&'a Vec<ContainerStatus>>| list.map(Vec::as_slice).unwrap_or(&[]);
-            let groups: [ContainerGroup<'_>; 3] = [
-                (
-                    spec.containers
-                        .iter()
-                        .map(|c| (c.name.as_str(), c.image.as_deref()))
-                        .collect(),
-                    statuses(status.and_then(|s| s.container_statuses.as_ref())),
-                ),
-                (
-                    spec.init_containers
-                        .iter()
-                        .flatten()
-                        .map(|c| (c.name.as_str(), c.image.as_deref()))
-                        .collect(),
-                    statuses(status.and_then(|s| s.init_container_statuses.as_ref())),
-                ),
-                (
-                    spec.ephemeral_containers
-                        .iter()
-                        .flatten()
-                        .map(|c| (c.name.as_str(), c.image.as_deref()))
-                        .collect(),
-                    statuses(status.and_then(|s| s.ephemeral_container_statuses.as_ref())),
-                ),
-            ];
-            for (containers, statuses) in groups {
-                for (container, image) in containers {
-                    let Some(image) = image.filter(|i| !i.is_empty()) else {
-                        continue;
-                    };
-                    let image_id = statuses
-                        .iter()
-                        .find(|s| s.name == container)
-                        .map(|s| s.image_id.as_str());
-                    let what = parsed
-                        .entry((image, image_id))
-                        .or_insert_with(|| Parsed::of(image, image_id));
-                    inv.add(image, what, namespace, name);
-                }
-            }
+            let name = pod.name().unwrap_or("");
+            pod.for_each_container(&mut |_, _, image, image_id| {
+                let Some(image) = image.filter(|i| !i.is_empty()) else {
+                    return;
+                };
+                let what = parsed
+                    .entry((image, image_id))
+                    .or_insert_with(|| Parsed::of(image, image_id));
+                inv.add(image, what, namespace, name);
+            });
         }
         inv
     }
@@ -303,59 +266,15 @@ impl Inventory {
     }
 }
 
-/// Drops what the inventory never reads, for the pod reflector: 10k trimmed pods take about a
-/// quarter of the memory (see the README's benchmarks).
-pub fn trim(pod: &mut Pod) {
-    pod.managed_fields_mut().clear();
-    pod.annotations_mut().clear();
-    pod.labels_mut().clear();
-    // Only the controller owner is read (PolicyReport results are per owner).
-    if let Some(refs) = pod.metadata.owner_references.as_mut() {
-        refs.retain(|o| o.controller == Some(true));
-        for o in refs.iter_mut() {
-            o.block_owner_deletion = None;
-        }
-    }
-    if let Some(spec) = pod.spec.as_mut() {
-        spec.volumes = None;
-        spec.affinity = None;
-        spec.tolerations = None;
-        for c in spec
-            .containers
-            .iter_mut()
-            .chain(spec.init_containers.iter_mut().flatten())
-        {
-            c.env = None;
-            c.env_from = None;
-            c.volume_mounts = None;
-            c.command = None;
-            c.args = None;
-            c.ports = None;
-            c.resources = None;
-            c.liveness_probe = None;
-            c.readiness_probe = None;
-            c.startup_probe = None;
-            c.security_context = None;
-        }
-    }
-    if let Some(status) = pod.status.as_mut() {
-        status.conditions = None;
-        status.pod_ips = None;
-        status.host_ips = None;
-    }
-}
-
 /// A pod that ran to completion runs no image any more.
-fn is_finished(pod: &Pod) -> bool {
-    matches!(
-        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
-        Some("Succeeded") | Some("Failed")
-    )
+fn is_finished<P: PodView + ?Sized>(pod: &P) -> bool {
+    matches!(pod.phase(), Some("Succeeded") | Some("Failed"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::api::core::v1::Pod;
     use serde_json::json;
 
     const D: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";

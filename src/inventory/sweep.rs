@@ -21,12 +21,11 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures::stream::{self, StreamExt};
-use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use serde_json::json;
 
 use super::tags::TagResolver;
-use super::{Inventory, NamespaceFilter, Unresolved, Usage};
+use super::{Inventory, NamespaceFilter, PodView, Unresolved, Usage};
 use crate::apply::Writer;
 use crate::crd::{
     self, ImagePosture, ImagePostureStatus, ImageUsage, FIELD_MANAGER_INVENTORY,
@@ -36,6 +35,14 @@ use crate::error::{Error, Result};
 use crate::image::ImageId;
 use crate::ownership::{self, Part};
 use crate::posture::{Posture, Reason, Verdict};
+
+/// A usage's fingerprint (SipHash with fixed keys: the same in every pass).
+fn fingerprint(usage: &Usage) -> u64 {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut h = std::hash::DefaultHasher::new();
+    usage.hash(&mut h);
+    h.finish()
+}
 
 /// Images whose resources are written at once within a pass.
 const WRITES_IN_FLIGHT: usize = 16;
@@ -94,7 +101,9 @@ pub struct Sweeper {
     /// Resources found in agreement at a resourceVersion, with the usage they agreed with: an
     /// unchanged resource with unchanged usage needs no comparison (a warm pass is the
     /// inventory of the pods and nothing else).
-    clean: Mutex<HashMap<String, (String, Usage)>>,
+    /// The usage is kept as a 64-bit fingerprint, not a copy: a copy would hold every pod's
+    /// name a second time.
+    clean: Mutex<HashMap<String, (String, u64)>>,
 }
 
 impl Sweeper {
@@ -112,9 +121,9 @@ impl Sweeper {
         &self.tags
     }
 
-    pub async fn sweep(
+    pub async fn sweep<P: PodView>(
         &self,
-        pods: &[Arc<Pod>],
+        pods: &[Arc<P>],
         existing: &[Arc<ImagePosture>],
         now: DateTime<Utc>,
     ) -> SweepReport {
@@ -311,7 +320,7 @@ impl Sweeper {
             if one.api_writes() == 0 {
                 self.clean
                     .locked()
-                    .insert(c.name_any(), (rv, usage.clone()));
+                    .insert(c.name_any(), (rv, fingerprint(usage)));
             }
         }
         (id, one, result)
@@ -324,7 +333,7 @@ impl Sweeper {
         self.clean
             .locked()
             .get(c.metadata.name.as_deref().unwrap_or_default())
-            .is_some_and(|(at, agreed)| Some(at.as_str()) == rv && agreed == usage)
+            .is_some_and(|(at, agreed)| Some(at.as_str()) == rv && *agreed == fingerprint(usage))
     }
 
     /// Writes what the inventory owns of one image's resource, where it differs.

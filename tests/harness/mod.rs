@@ -19,7 +19,6 @@ use imageposture::metrics::Metrics;
 use imageposture::observer::{Observer, ObserverConfig};
 use imageposture::posture::Posture;
 use imageposture::verify::Verifier;
-use k8s_openapi::api::core::v1::Pod;
 use kube::api::Api;
 use kube::runtime::events::{Recorder, Reporter};
 
@@ -108,7 +107,12 @@ impl Operator {
     }
 
     /// The inventory pass over `pods`, then a reconcile of every ImagePosture, at `now`.
-    pub async fn pass(&self, api: &kube::Client, pods: &[Arc<Pod>], now: DateTime<Utc>) -> Report {
+    pub async fn pass<P: imageposture::inventory::PodView>(
+        &self,
+        api: &kube::Client,
+        pods: &[Arc<P>],
+        now: DateTime<Utc>,
+    ) -> Report {
         let before = self.ctx.stats();
         let inv = self.sweeper.sweep(pods, &list(api).await, now).await;
         let results = controller::reconcile_pass(&self.ctx, &list(api).await, now).await;
