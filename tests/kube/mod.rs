@@ -597,10 +597,8 @@ impl KubeApi {
         );
     }
 
-    /// Applies `crds/*.yaml` (the generated CRD) as admin and waits until each is Established.
+    /// Applies `crds/*.yaml` (the generated CRDs) as admin and waits until each is Established.
     pub async fn install_crd(&self) {
-        let api = Api::<CustomResourceDefinition>::all(self.admin());
-        let mut names = Vec::new();
         let mut files: Vec<PathBuf> = std::fs::read_dir(repo().join("crds"))
             .expect("crds/")
             .flatten()
@@ -609,33 +607,7 @@ impl KubeApi {
             .collect();
         files.sort();
         for file in files {
-            for doc in yaml_docs(&file) {
-                if doc["kind"] != "CustomResourceDefinition" {
-                    continue;
-                }
-                let name = doc["metadata"]["name"].as_str().expect("name").to_string();
-                api.patch(&name, &apply(), &Patch::Apply(&doc))
-                    .await
-                    .unwrap_or_else(|e| panic!("apply CRD {name}: {e}"));
-                names.push(name);
-            }
-        }
-        let deadline = Instant::now() + Duration::from_secs(30);
-        for name in names {
-            loop {
-                let crd = api.get(&name).await.expect("get CRD");
-                let established = crd
-                    .status
-                    .and_then(|s| s.conditions)
-                    .unwrap_or_default()
-                    .iter()
-                    .any(|c| c.type_ == "Established" && c.status == "True");
-                if established {
-                    break;
-                }
-                assert!(Instant::now() < deadline, "CRD {name} not Established");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+            self.install_crd_file(&file).await;
         }
     }
 
