@@ -130,32 +130,39 @@ impl PodView for Pod {
                 .find(|s| s.name == name)
                 .map(|s| s.image_id.as_str())
         };
-        let statuses = status.and_then(|s| s.container_statuses.as_ref());
-        for c in &spec.containers {
-            f(
+        // (kind, its containers as (name, image), the kubelet's statuses of that kind)
+        let kinds = [
+            (
                 ContainerKind::Container,
-                &c.name,
-                c.image.as_deref(),
-                id_of(statuses, &c.name),
-            );
-        }
-        let statuses = status.and_then(|s| s.init_container_statuses.as_ref());
-        for c in spec.init_containers.iter().flatten() {
-            f(
+                spec.containers
+                    .iter()
+                    .map(|c| (c.name.as_str(), c.image.as_deref()))
+                    .collect::<Vec<_>>(),
+                status.and_then(|s| s.container_statuses.as_ref()),
+            ),
+            (
                 ContainerKind::Init,
-                &c.name,
-                c.image.as_deref(),
-                id_of(statuses, &c.name),
-            );
-        }
-        let statuses = status.and_then(|s| s.ephemeral_container_statuses.as_ref());
-        for c in spec.ephemeral_containers.iter().flatten() {
-            f(
+                spec.init_containers
+                    .iter()
+                    .flatten()
+                    .map(|c| (c.name.as_str(), c.image.as_deref()))
+                    .collect::<Vec<_>>(),
+                status.and_then(|s| s.init_container_statuses.as_ref()),
+            ),
+            (
                 ContainerKind::Ephemeral,
-                &c.name,
-                c.image.as_deref(),
-                id_of(statuses, &c.name),
-            );
+                spec.ephemeral_containers
+                    .iter()
+                    .flatten()
+                    .map(|c| (c.name.as_str(), c.image.as_deref()))
+                    .collect::<Vec<_>>(),
+                status.and_then(|s| s.ephemeral_container_statuses.as_ref()),
+            ),
+        ];
+        for (kind, containers, statuses) in kinds {
+            for (name, image) in containers {
+                f(kind, name, image, id_of(statuses, name));
+            }
         }
     }
     fn pull_secrets(&self) -> Vec<&str> {
