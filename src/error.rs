@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::posture::Reason;
+use crate::core::posture::Reason;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

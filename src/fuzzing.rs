@@ -12,8 +12,8 @@ use oci_client::manifest::{OciImageManifest, OciManifest};
 use reqwest::header::{HeaderMap, HeaderValue, WWW_AUTHENTICATE};
 use sha2::Digest as _;
 
-use crate::image::{self, ImageId, ImageRef};
-use crate::posture::Reason;
+use crate::core::image::{self, ImageId, ImageRef};
+use crate::core::posture::Reason;
 use crate::verify::auth::Challenge;
 use crate::verify::cert::{chain_from_pem, Leaf};
 use crate::verify::record::Context;
@@ -294,7 +294,7 @@ pub fn certificate(trust: &Trust, data: &[u8]) {
         .iter()
         .all(|f| f
             .as_ref()
-            .is_none_or(|t| t.len() <= crate::posture::MAX_TEXT + 3)),
+            .is_none_or(|t| t.len() <= crate::core::posture::MAX_TEXT + 3)),
         "certificate facts are bounded"
     );
     let _ = leaf.verify_chain(&trust.material, &chain, trust.at);

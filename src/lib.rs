@@ -21,34 +21,15 @@
     )
 )]
 
-pub mod apply;
-pub mod baseline;
+pub mod cache;
 pub mod cli;
-pub mod controller;
-pub mod crd;
+pub mod commands;
+pub mod core;
 pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
-pub mod image;
 pub mod input;
-pub mod install;
-pub mod inventory;
-pub mod isolate;
-pub mod leader;
-pub mod lock;
 pub mod metrics;
-pub mod observe;
-pub mod observer;
-pub mod output;
-pub mod ownership;
-pub mod policy_report;
-pub mod policy_report_sync;
-pub mod posture;
-pub mod pull_secrets;
-pub mod run;
-pub mod scan;
-pub mod server;
-pub mod summary;
-pub mod text;
+pub mod model;
+pub mod operator;
 pub mod verify;
-pub mod waiting;

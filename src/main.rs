@@ -8,14 +8,14 @@ use imageposture::cli::{Cli, Command, LogFormat};
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
-    imageposture::isolate::install_hook();
+    imageposture::core::isolate::install_hook();
     let result = match cli.command {
-        Command::Observe(args) => imageposture::observe::run(args).await,
-        Command::Scan(args) => imageposture::scan::run(args).await,
-        Command::Run(args) => imageposture::run::run(*args).await,
-        Command::Summary(args) => imageposture::summary::run(args).await,
+        Command::Observe(args) => imageposture::commands::observe::run(args).await,
+        Command::Scan(args) => imageposture::commands::scan::run(args).await,
+        Command::Run(args) => imageposture::operator::run::run(*args).await,
+        Command::Summary(args) => imageposture::commands::summary::run(args).await,
         Command::Crd => {
-            print!("{}", imageposture::crd::crd_yaml());
+            print!("{}", imageposture::model::crd::crd_yaml());
             Ok(())
         }
     };

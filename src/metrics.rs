@@ -13,7 +13,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::posture::Posture;
+use crate::core::posture::Posture;
 
 /// Every posture, so a gauge family always exports all four series (a missing series reads as
 /// "no data" in PromQL, not as zero).
@@ -170,7 +170,7 @@ impl Metrics {
         registry.register(
             "panics_caught",
             "Panics caught at a per-image isolation boundary (each left its image `checking`)",
-            crate::isolate::PANICS_CAUGHT.clone(),
+            crate::core::isolate::PANICS_CAUGHT.clone(),
         );
         registry.register(
             "reconciles",

@@ -13,7 +13,7 @@ use super::normalize::{Artifact, Content, Material, MAX_ENTRIES};
 use super::record::{Checked, Context, Failure};
 use super::timestamp::MAX_TIMESTAMPS;
 use super::tlog::{InclusionProof, LogEntry};
-use crate::posture::{bound, Reason, SignatureFormat, SignatureSource};
+use crate::core::posture::{bound, Reason, SignatureFormat, SignatureSource};
 
 pub use super::classify::SIGN_PREDICATE;
 

@@ -10,7 +10,7 @@ use x509_cert::der::{Decode, Encode};
 use x509_cert::Certificate;
 
 use super::trust::TrustMaterial;
-use crate::posture::{bound, BuildFacts, MAX_TEXT};
+use crate::core::posture::{bound, BuildFacts, MAX_TEXT};
 
 /// Fulcio's legacy issuer extension: the raw issuer URL bytes.
 const OID_ISSUER_V1: &str = "1.3.6.1.4.1.57264.1.1";

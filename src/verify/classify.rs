@@ -15,7 +15,7 @@ use super::normalize::{Artifact, Content, Material, MAX_ENTRIES};
 use super::record::{Checked, Context, Failure, Unknown};
 use super::rekor::{Body, EntryKind, Verifier};
 use super::timestamp;
-use crate::posture::{bound, Reason, SignatureFormat, SignatureSource, TimeSource};
+use crate::core::posture::{bound, Reason, SignatureFormat, SignatureSource, TimeSource};
 
 /// The predicate cosign v3 uses for an image signature (other predicates are attestations).
 pub const SIGN_PREDICATE: &str = "https://sigstore.dev/cosign/sign/v1";
@@ -28,7 +28,7 @@ pub enum Identity {
         signer: String,
         issuer: Option<String>,
         /// The certificate's CI extensions, when it carries any.
-        build: Option<Box<crate::posture::BuildFacts>>,
+        build: Option<Box<crate::core::posture::BuildFacts>>,
     },
     Key {
         name: String,

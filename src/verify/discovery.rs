@@ -24,7 +24,7 @@ use super::legacy;
 use super::record::Failure;
 use super::registry::{FetchError, Fetched, RegistryClient, Repo};
 use super::Limits;
-use crate::posture::{Reason, SignatureFormat, SignatureSource, Verdict};
+use crate::core::posture::{Reason, SignatureFormat, SignatureSource, Verdict};
 
 /// One signature artifact found, ready for verification.
 pub(super) enum Artifact {

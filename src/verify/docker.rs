@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use super::auth::Found;
 use super::exec::{self, Bounds};
 use super::keyring::{json_error, CredSource, Credential, DockerAuth, Keyring, Pattern, Target};
-use crate::lock::LockExt as _;
+use crate::core::lock::LockExt as _;
 
 /// How long a helper's answer is reused (a refused one is dropped at once).
 const HELPER_CACHE: Duration = Duration::from_secs(60);
@@ -200,7 +200,7 @@ impl DockerConfig {
         if !answer.server_url.is_empty() && !same_server(&answer.server_url, server) {
             return Err(format!(
                 "answered for another registry ({:?}, asked for {server:?})",
-                crate::posture::bound(&answer.server_url, 100)
+                crate::core::posture::bound(&answer.server_url, 100)
             ));
         }
         Ok(Credential::new(
@@ -262,7 +262,7 @@ fn check_helper_name(name: &str) -> Result<(), String> {
     } else {
         Err(format!(
             "credential helper name {:?} is not a plain name",
-            crate::posture::bound(name, 64)
+            crate::core::posture::bound(name, 64)
         ))
     }
 }

@@ -7,7 +7,7 @@ use sha2::{Digest as _, Sha256};
 use sigstore::crypto::{CosignVerificationKey, Signature};
 
 use super::{Failure, SetupError};
-use crate::posture::Reason;
+use crate::core::posture::Reason;
 
 /// Who produced a verified signature.
 pub(crate) enum Signer {
@@ -107,7 +107,7 @@ fn parse_public_key(pem_bytes: &[u8]) -> Result<(CosignVerificationKey, Vec<u8>)
     if p.tag() != "PUBLIC KEY" {
         return Err(format!(
             "PEM block is {:?}, not PUBLIC KEY",
-            crate::posture::bound(p.tag(), 32)
+            crate::core::posture::bound(p.tag(), 32)
         ));
     }
     let key = CosignVerificationKey::try_from_der(p.contents()).map_err(|e| e.to_string())?;

@@ -11,7 +11,7 @@ use super::cert::{chain_from_pem, Leaf};
 use super::normalize::{Artifact, Content, Material};
 use super::record::{Checked, Failure};
 use super::tlog::LogEntry;
-use crate::posture::{Reason, SignatureFormat, SignatureSource};
+use crate::core::posture::{Reason, SignatureFormat, SignatureSource};
 
 pub const SIMPLESIGNING_MEDIA_TYPE: &str = "application/vnd.dev.cosign.simplesigning.v1+json";
 const ANN_SIGNATURE: &str = "dev.cosignproject.cosign/signature";

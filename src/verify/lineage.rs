@@ -20,7 +20,7 @@
 //! tag's HEAD for the TTL (tags move), a manifest by digest while the cache has room (its
 //! content cannot change).
 
-use crate::lock::LockExt as _;
+use crate::core::lock::LockExt as _;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -33,9 +33,9 @@ use sha2::{Digest as _, Sha256};
 
 use super::registry::{FetchError, Repo};
 use super::Verifier;
-use crate::image::{ImageId, ImageRef};
-use crate::inventory::{Tie, Untied};
-use crate::posture::{
+use crate::core::image::{ImageId, ImageRef};
+use crate::operator::inventory::{Tie, Untied};
+use crate::core::posture::{
     bound, Posture, Reason, Verdict, Via, EVIDENCE_TRUST_ROOT, EVIDENCE_VIA_INDEX,
     EVIDENCE_VIA_INDEX_LISTINGS, EVIDENCE_VIA_PLATFORMS, MAX_MESSAGE,
 };
@@ -143,7 +143,7 @@ impl Doc {
                 .into_iter()
                 .filter_map(|c| {
                     // Values from the registry become URLs: only real digests pass.
-                    let digest = crate::image::validate_digest(&c.digest).ok()?;
+                    let digest = crate::core::image::validate_digest(&c.digest).ok()?;
                     let attestation = c
                         .annotations
                         .as_ref()
@@ -170,7 +170,7 @@ impl Doc {
         }
         match raw
             .config
-            .and_then(|c| crate::image::validate_digest(&c.digest).ok())
+            .and_then(|c| crate::core::image::validate_digest(&c.digest).ok())
         {
             Some(config) => Doc::Image { config },
             None => Doc::Other,
@@ -573,7 +573,7 @@ impl Verifier {
             .collect();
         let who: Vec<String> = identities
             .iter()
-            .map(|(s, _, _)| crate::text::escape(s.as_deref().unwrap_or("?")))
+            .map(|(s, _, _)| crate::core::text::escape(s.as_deref().unwrap_or("?")))
             .collect();
         if signed.len() == n && skipped == 0 && identities.len() == 1 {
             let Some((_, first)) = signed.first() else {
@@ -621,7 +621,7 @@ impl Verifier {
             access: &access,
         };
         if let Some(index) = recorded.get(EVIDENCE_VIA_INDEX) {
-            let index = crate::image::validate_digest(index).ok()?;
+            let index = crate::core::image::validate_digest(index).ok()?;
             let listings = self.listings(repo, &index).await?;
             now.insert(
                 EVIDENCE_VIA_INDEX_LISTINGS.to_string(),
@@ -648,7 +648,7 @@ impl Verifier {
     /// the running manifest (its config digest equal, or the digest itself or listed).
     pub async fn tie(&self, tie: &Tie, now: DateTime<Utc>) -> Result<ImageId, Verdict> {
         let within = tokio::time::timeout(self.limits.budget, self.tie_unisolated(tie, now));
-        match crate::isolate::catch(within).await {
+        match crate::core::isolate::catch(within).await {
             Ok(Ok(r)) => r,
             Ok(Err(_)) => Err(Verdict::checking(
                 Reason::Timeout,
@@ -669,7 +669,7 @@ impl Verifier {
             )
             .await;
         let repo = Repo {
-            host: crate::image::api_host(&reference.registry),
+            host: crate::core::image::api_host(&reference.registry),
             name: &reference.repository,
             access: &access,
         };

@@ -38,9 +38,9 @@ use self::registry::Repo;
 pub use self::registry::{AuthEvent, AuthHook, FetchError, RegistryClient, RequestHook};
 use self::trust::{Confirmation, TrustCell};
 pub use self::trust::{TrustError, TrustMaterial, DEFAULT_REFRESH, TUF_REFRESH_GAP};
-use crate::image::{ImageId, ImageRef};
-use crate::posture::{bound, Posture, Reason, SignatureRecord, Verdict, MAX_MESSAGE};
-use crate::posture::{EVIDENCE_SIG_TAG, EVIDENCE_TRUST_ROOT};
+use crate::core::image::{ImageId, ImageRef};
+use crate::core::posture::{bound, Posture, Reason, SignatureRecord, Verdict, MAX_MESSAGE};
+use crate::core::posture::{EVIDENCE_SIG_TAG, EVIDENCE_TRUST_ROOT};
 
 pub struct Verifier {
     registry: RegistryClient,
@@ -186,7 +186,7 @@ impl Verifier {
     ) -> Verdict {
         let within =
             tokio::time::timeout(self.limits.budget, self.observe_running(image, leads, now));
-        match crate::isolate::catch(within).await {
+        match crate::core::isolate::catch(within).await {
             Ok(Ok(v)) => v,
             Err(_) => internal_error(),
             Ok(Err(_)) => Verdict::checking(
@@ -201,7 +201,7 @@ impl Verifier {
 
     /// The manifest digest a tag points at now (one HEAD request).
     pub async fn resolve(&self, image: &ImageRef) -> Result<ImageId, Verdict> {
-        match crate::isolate::catch(self.resolve_unisolated(image)).await {
+        match crate::core::isolate::catch(self.resolve_unisolated(image)).await {
             Ok(r) => r,
             Err(_) => Err(internal_error()),
         }
@@ -221,7 +221,7 @@ impl Verifier {
                 )
                 .await;
             let repo = Repo {
-                host: crate::image::api_host(&image.registry),
+                host: crate::core::image::api_host(&image.registry),
                 name: &image.repository,
                 access: &access,
             };
@@ -246,10 +246,10 @@ impl Verifier {
     }
 
     /// The posture of one image. Never fails: anything that is not a verdict is `checking`,
-    /// a panic included (caught here, see [`crate::isolate`]).
+    /// a panic included (caught here, see [`crate::core::isolate`]).
     pub async fn observe(&self, image: &ImageId) -> Verdict {
         let within = tokio::time::timeout(self.limits.budget, self.observe_within_budget(image));
-        match crate::isolate::catch(within).await {
+        match crate::core::isolate::catch(within).await {
             Ok(Ok(v)) => v,
             Err(_) => internal_error(),
             Ok(Err(_)) => Verdict::checking(
@@ -441,7 +441,7 @@ impl Verifier {
         // Secrets are read only for a registry that asks for credentials (or is not known yet).
         let pull_secrets = self
             .registry
-            .asks_for_auth(crate::image::api_host(registry));
+            .asks_for_auth(crate::core::image::api_host(registry));
         self.registry
             .credentials()
             .lookup(registry, repository, image, pull_secrets)

@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 use super::auth::Found;
 use super::exec::{self, Bounds};
 use super::keyring::{json_error, CredSource, Credential, Keyring, Pattern, Target};
-use crate::lock::LockExt as _;
-use crate::posture::bound;
+use crate::core::lock::LockExt as _;
+use crate::core::posture::bound;
 
 const CONFIG_VERSIONS: [&str; 3] = [
     "kubelet.config.k8s.io/v1",

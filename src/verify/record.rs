@@ -3,7 +3,7 @@
 
 use super::keys::KeyRing;
 use super::trust::TrustMaterial;
-use crate::posture::{
+use crate::core::posture::{
     bound, BuildFacts, Reason, SignatureFormat, SignatureRecord, SignatureSource, SignerType,
     MAX_MESSAGE,
 };

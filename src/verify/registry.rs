@@ -7,7 +7,7 @@
 //! the "no false clean" and "bounded resources" rules, so requests and classification live here;
 //! `oci_client` still provides reference parsing and the manifest/index types.
 
-use crate::lock::LockExt as _;
+use crate::core::lock::LockExt as _;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -19,7 +19,7 @@ use sha2::{Digest as _, Sha256};
 
 use super::auth::{Challenge, Credentials, Found};
 use super::keyring::{CredSource, Credential, Secret};
-use crate::posture::{
+use crate::core::posture::{
     bound, Reason, Verdict, EVIDENCE_REFERRERS, EVIDENCE_REFERRERS_TAG, MAX_MESSAGE,
 };
 
@@ -281,7 +281,7 @@ impl RegistryClient {
         let digest = header
             .to_str()
             .ok()
-            .and_then(|d| crate::image::validate_digest(d).ok())
+            .and_then(|d| crate::core::image::validate_digest(d).ok())
             .ok_or_else(|| FetchError::Protocol("malformed Docker-Content-Digest header".into()))?;
         if reference.contains(':') && digest != reference {
             return Err(FetchError::Protocol(format!(
@@ -766,7 +766,7 @@ fn check_reference(reference: &str) -> Result<(), FetchError> {
 
 /// A digest from registry data (an index entry, a layer) must be a digest before it is used.
 fn check_digest(digest: &str) -> Result<(), FetchError> {
-    crate::image::validate_digest(digest)
+    crate::core::image::validate_digest(digest)
         .map(drop)
         .map_err(|why| FetchError::Protocol(format!("registry supplied a malformed digest: {why}")))
 }

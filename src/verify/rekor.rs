@@ -7,7 +7,7 @@
 use base64::Engine as _;
 use serde::Deserialize;
 
-use crate::posture::bound;
+use crate::core::posture::bound;
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 

@@ -6,7 +6,7 @@
 use sigstore_types::{SignatureBytes, TimestampToken};
 
 use super::trust::TrustMaterial;
-use crate::posture::bound;
+use crate::core::posture::bound;
 
 /// Tokens examined per artifact.
 pub const MAX_TIMESTAMPS: usize = 8;

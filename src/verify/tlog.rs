@@ -11,7 +11,7 @@ use sigstore_types::{Checkpoint, Sha256Hash};
 
 use super::rekor::Body;
 use super::trust::{Log, TrustMaterial};
-use crate::posture::bound;
+use crate::core::posture::bound;
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 /// Hashes in an inclusion proof: a tree of 2^64 leaves needs 64.

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use super::{Inventory, NamespaceFilter, Parsed, PodView, Unresolved, Usage};
-use crate::image::ImageId;
+use crate::core::image::ImageId;
 
 /// One image's users, counted (a pod may run one image in several containers).
 #[derive(Clone, Debug, Default)]
@@ -277,7 +277,7 @@ fn key_of<P: PodView + ?Sized>(pod: &P) -> (String, String) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::inventory::pod::{ContainerKind, LeanContainer, LeanPod};
+    use crate::operator::inventory::pod::{ContainerKind, LeanContainer, LeanPod};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
     /// xorshift64*: a seeded, dependency-free RNG.

@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use kube::ResourceExt;
 use serde_json::Value;
 
-use crate::crd::ImagePosture;
+use crate::model::crd::ImagePosture;
 
 /// Where in the object a field lives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -97,9 +97,9 @@ mod tests {
 
     #[test]
     fn reads_owned_and_foreign_fields() {
-        let mut cr = crate::crd::ImagePosture::new(
+        let mut cr = crate::model::crd::ImagePosture::new(
             "x",
-            crate::crd::ImagePostureSpec {
+            crate::model::crd::ImagePostureSpec {
                 image: "a".into(),
                 repository: "b".into(),
                 digest: "c".into(),

@@ -14,7 +14,7 @@
 //!   without holding anything else up ([`Busy`]).
 //! - Time is passed in, so tests drive the clock.
 
-use crate::lock::LockExt as _;
+use crate::core::lock::LockExt as _;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -22,10 +22,10 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::image::{ImageId, ImageRef};
-use crate::inventory::Unresolved;
+use crate::core::image::{ImageId, ImageRef};
+use crate::operator::inventory::Unresolved;
 use crate::metrics::Metrics;
-use crate::posture::{Posture, Reason, Verdict, EVIDENCE_VIA_INDEX};
+use crate::core::posture::{Posture, Reason, Verdict, EVIDENCE_VIA_INDEX};
 use crate::verify::Verifier;
 
 #[derive(Clone, Debug)]
@@ -389,7 +389,7 @@ impl Observer {
             b.reason,
             format!(
                 "not asked: registry {} failed recently ({}); it is left alone until its backoff ends",
-                crate::text::escape(registry),
+                crate::core::text::escape(registry),
                 b.reason
             ),
         );

@@ -14,9 +14,9 @@ use serde_json::{json, Value};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::crd::ImagePosture;
+use crate::model::crd::ImagePosture;
 use crate::error::{Error, Result};
-use crate::ownership::{self, Part};
+use crate::operator::ownership::{self, Part};
 
 /// Default deadline of one API write, its client-side retries included.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(15);
@@ -45,7 +45,7 @@ impl Gate {
     }
 
     /// Follows a claim watch (`Some(valid until)` while leading, see
-    /// [`crate::leader::LeaderElector::spawn_with_claim`]).
+    /// [`crate::operator::leader::LeaderElector::spawn_with_claim`]).
     pub fn claim(rx: watch::Receiver<Option<Instant>>) -> Self {
         Gate(Kind::Claim(rx))
     }
@@ -398,8 +398,8 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crd::{ImagePostureSpec, ImagePostureStatus};
-    use crate::posture::Posture;
+    use crate::model::crd::{ImagePostureSpec, ImagePostureStatus};
+    use crate::core::posture::Posture;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntry};
 
     const FIELDS: &[&str] = &["posture", "signer", "message"];

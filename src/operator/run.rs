@@ -14,20 +14,20 @@ use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client};
 use tokio::sync::Notify;
 
-use crate::apply::{Gate, Writer};
-use crate::baseline::{Baseliner, SignerBaseline};
+use crate::operator::apply::{Gate, Writer};
+use crate::operator::baseline::{Baseliner, SignerBaseline};
 use crate::cli::RunArgs;
-use crate::controller::{self, Context, Settings};
-use crate::crd::ImagePosture;
-use crate::inventory::sweep::{SweepConfig, SweepReport, Sweeper};
-use crate::inventory::tags::TagResolver;
-use crate::inventory::{LeanPod, NamespaceFilter};
-use crate::leader::LeaderElector;
-use crate::lock::LockExt;
+use crate::operator::controller::{self, Context, Settings};
+use crate::model::crd::ImagePosture;
+use crate::operator::inventory::sweep::{SweepConfig, SweepReport, Sweeper};
+use crate::operator::inventory::tags::TagResolver;
+use crate::operator::inventory::{LeanPod, NamespaceFilter};
+use crate::operator::leader::LeaderElector;
+use crate::core::lock::LockExt;
 use crate::metrics::Metrics;
-use crate::observer::{Observer, ObserverConfig};
-use crate::pull_secrets::PullSecretSource;
-use crate::server::{self, Health};
+use crate::cache::{Observer, ObserverConfig};
+use crate::operator::pull_secrets::PullSecretSource;
+use crate::operator::server::{self, Health};
 use crate::verify::{AuthEvent, CredSource, Extras, PullSecrets, Verifier};
 
 pub async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
@@ -171,10 +171,10 @@ pub async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
         // A standby writes nothing, the CRD included: a replica of another version must not
         // rewrite the schema under the leader.
         if args.install_crd(in_cluster) && !crd_installed {
-            crate::install::install_crd(&client).await?;
+            crate::operator::install::install_crd(&client).await?;
             crd_installed = true;
             tracing::info!("the ImagePosture CRD is Established");
-            crate::install::install_baseline_crd(&client).await;
+            crate::operator::install::install_baseline_crd(&client).await;
         }
         if let Some(writer) = baseline_writer.take() {
             let events = watcher(
@@ -285,7 +285,7 @@ struct Reports {
     /// The reports the last clean sync left in place, and when: a pass that wants the same
     /// reports skips the PolicyReport list (an API call per pass otherwise), except once per
     /// [`REPORTS_RELIST`] so an edit or deletion by someone else is repaired.
-    written: Mutex<Option<(Vec<crate::policy_report::PolicyReport>, std::time::Instant)>>,
+    written: Mutex<Option<(Vec<crate::model::policy_report::PolicyReport>, std::time::Instant)>>,
 }
 
 /// How long a clean PolicyReport sync is trusted without listing the reports again.
@@ -300,13 +300,13 @@ async fn write_reports(
     metrics: &Metrics,
     args: &RunArgs,
 ) {
-    use crate::policy_report_sync as sync;
+    use crate::operator::policy_reports as sync;
     let filter = NamespaceFilter {
         include: args.include_namespaces.clone(),
         exclude: args.exclude_namespaces.clone(),
     };
     let uses = sync::uses(&pods.state(), &filter, &reports.tags);
-    let desired = crate::policy_report::reports(&uses, &sync::verdicts(&postures.state()));
+    let desired = crate::model::policy_report::reports(&uses, &sync::verdicts(&postures.state()));
     let unchanged = reports
         .written
         .locked()
@@ -410,7 +410,7 @@ async fn count_postures(postures: &Store<ImagePosture>, metrics: &Metrics) {
         return;
     }
     loop {
-        let counts = crate::crd::posture_counts(postures.state().iter().map(|cr| cr.as_ref()));
+        let counts = crate::model::crd::posture_counts(postures.state().iter().map(|cr| cr.as_ref()));
         metrics.set_images(&counts);
         tokio::time::sleep(Duration::from_secs(1)).await;
     }

@@ -30,14 +30,14 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sha2::{Digest as _, Sha256};
 
-use crate::apply::Writer;
-use crate::crd::{
+use crate::operator::apply::Writer;
+use crate::model::crd::{
     parse_time, rfc3339, ImagePosture, ImagePostureStatus, LABEL_MANAGED_BY, MANAGER,
 };
 use crate::error::Result;
-use crate::lock::LockExt as _;
+use crate::core::lock::LockExt as _;
 use crate::metrics::Metrics;
-use crate::posture::{bound, Posture, SignatureRecord, SignerType, MAX_MESSAGE, MAX_TEXT};
+use crate::core::posture::{bound, Posture, SignatureRecord, SignerType, MAX_MESSAGE, MAX_TEXT};
 
 /// Field manager of the baseline loop: `status.drift` of ImagePostures, the SignerBaselines
 /// it creates (spec, once) and their status.
@@ -1182,13 +1182,13 @@ impl Baseliner {
             DriftKind::SignatureDropped => format!(
                 "{}: {} (usually signed by {accepted})",
                 d.kind,
-                crate::text::escape(&d.message)
+                crate::core::text::escape(&d.message)
             ),
             _ => format!(
                 "{}: signed by {} (ref {}); accepted: {accepted}",
                 d.kind,
-                crate::text::escape(d.signer.as_deref().unwrap_or("?")),
-                crate::text::escape(d.source_ref.as_deref().unwrap_or("-")),
+                crate::core::text::escape(d.signer.as_deref().unwrap_or("?")),
+                crate::core::text::escape(d.source_ref.as_deref().unwrap_or("-")),
             ),
         };
         let event = Event {
@@ -1207,7 +1207,7 @@ impl Baseliner {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::posture::{BuildFacts, Reason, SignatureFormat, SignatureSource};
+    use crate::core::posture::{BuildFacts, Reason, SignatureFormat, SignatureSource};
 
     const GH: &str = "https://token.actions.githubusercontent.com";
 
@@ -1247,7 +1247,7 @@ mod tests {
     }
 
     fn signed(recs: Vec<SignatureRecord>) -> ImagePostureStatus {
-        ImagePostureStatus::from_verdict(&crate::posture::Verdict::from_signatures(recs))
+        ImagePostureStatus::from_verdict(&crate::core::posture::Verdict::from_signatures(recs))
     }
 
     fn spec(ids: Vec<AcceptedIdentity>) -> SignerBaselineSpec {
@@ -1415,7 +1415,7 @@ mod tests {
     #[test]
     fn unsigned_checking_and_no_identities() {
         let id = learned(&gh("acme/app", "release.yml", "refs/tags/v1"));
-        let not_signed = ImagePostureStatus::from_verdict(&crate::posture::Verdict::not_signed());
+        let not_signed = ImagePostureStatus::from_verdict(&crate::core::posture::Verdict::not_signed());
         assert!(matches!(
             judge(Some(&not_signed), &spec(vec![id.clone()])),
             Judgement::Drift(Finding {
@@ -1424,7 +1424,7 @@ mod tests {
             })
         ));
         assert_eq!(judge(Some(&not_signed), &spec(vec![])), Judgement::Clear);
-        let checking = ImagePostureStatus::from_verdict(&crate::posture::Verdict::checking(
+        let checking = ImagePostureStatus::from_verdict(&crate::core::posture::Verdict::checking(
             Reason::Timeout,
             "slow",
         ));
@@ -1469,7 +1469,7 @@ mod tests {
         };
         assert!(f.signer.as_ref().unwrap().len() <= MAX_TEXT + 3);
         assert!(f.message.len() <= MAX_MESSAGE + 3);
-        assert!(crate::text::escape(f.signer.as_ref().unwrap()).contains("\\u{202e}"));
+        assert!(crate::core::text::escape(f.signer.as_ref().unwrap()).contains("\\u{202e}"));
     }
 
     #[test]
@@ -1478,7 +1478,7 @@ mod tests {
         let cr = |digest: &str, status: ImagePostureStatus| {
             let mut c = ImagePosture::new(
                 digest,
-                crate::crd::ImagePostureSpec {
+                crate::model::crd::ImagePostureSpec {
                     image: format!("ghcr.io/acme/app@{digest}"),
                     repository: "ghcr.io/acme/app".into(),
                     digest: digest.into(),

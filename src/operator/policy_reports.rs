@@ -1,4 +1,4 @@
-//! Writes the PolicyReports of [`crate::policy_report`] (`run --policy-reports`): after an
+//! Writes the PolicyReports of [`crate::model::policy_report`] (`run --policy-reports`): after an
 //! inventory pass, the per-namespace reports wanted now are compared with ours on the server
 //! (listed by our managed-by label) and only the difference is written, through the same
 //! Lease-bounded [`Writer`] as ImagePostures, so a standby never writes and a steady cluster
@@ -12,11 +12,11 @@ use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch
 use kube::core::GroupVersionKind;
 use kube::Client;
 
-use crate::apply::Writer;
-use crate::crd::{ImagePosture, LABEL_MANAGED_BY, MANAGER};
-use crate::inventory::tags::TagResolver;
-use crate::inventory::{Inventory, NamespaceFilter, PodView};
-use crate::policy_report::{self, Action, ImageVerdict, PolicyReport, Use};
+use crate::operator::apply::Writer;
+use crate::model::crd::{ImagePosture, LABEL_MANAGED_BY, MANAGER};
+use crate::operator::inventory::tags::TagResolver;
+use crate::operator::inventory::{Inventory, NamespaceFilter, PodView};
+use crate::model::policy_report::{self, Action, ImageVerdict, PolicyReport, Use};
 
 /// What one pass wrote.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -15,8 +15,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::cli::{OutputFormat, SummaryArgs};
-use crate::posture::{bound, Posture, MAX_MESSAGE, MAX_TEXT};
-use crate::text::escape;
+use crate::core::posture::{bound, Posture, MAX_MESSAGE, MAX_TEXT};
+use crate::core::text::escape;
 
 /// Largest `--from` file accepted (scan output for 5000 images is a few MiB).
 const MAX_INPUT: u64 = 256 << 20;
@@ -125,10 +125,10 @@ impl Entry {
         };
         let reason = status.reason.unwrap_or_else(|| "Pending".to_string());
         let mut namespaces = status.usage.namespaces;
-        namespaces.truncate(crate::crd::MAX_NAMESPACES_IN_STATUS);
+        namespaces.truncate(crate::model::crd::MAX_NAMESPACES_IN_STATUS);
         let listed = namespaces.len() as u64;
         Some(Entry {
-            image: bound(image, crate::crd::MAX_REFERENCE_TEXT),
+            image: bound(image, crate::model::crd::MAX_REFERENCE_TEXT),
             posture,
             signer: status.signer.map(|s| bound(&s, MAX_TEXT)),
             issuer: status.issuer.map(|s| bound(&s, MAX_TEXT)),
@@ -650,7 +650,7 @@ async fn list_cluster() -> Result<Vec<Value>, Box<dyn std::error::Error>> {
 /// Every ImagePosture visible to `client`, as JSON objects.
 pub async fn list(client: &kube::Client) -> Result<Vec<Value>, Box<dyn std::error::Error>> {
     use kube::api::{Api, ApiResource, DynamicObject, ListParams};
-    let resource = ApiResource::erase::<crate::crd::ImagePosture>(&());
+    let resource = ApiResource::erase::<crate::model::crd::ImagePosture>(&());
     let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
     let mut out = Vec::new();
     let mut params = ListParams::default().limit(PAGE);
@@ -805,7 +805,7 @@ mod tests {
         let text = render(&s, OutputFormat::Table).unwrap();
         // Bounding already blanked the control character; the bidi override is escaped.
         assert!(text.contains("mallory@\\u{202e}moc.evil [2J"), "{text}");
-        assert!(text.chars().all(|c| c == '\n' || !crate::text::hides(c)));
+        assert!(text.chars().all(|c| c == '\n' || !crate::core::text::hides(c)));
         assert!(
             text.lines().all(|l| l.chars().count() <= WIDE_COLUMN + 20),
             "{text}"

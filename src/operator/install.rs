@@ -13,7 +13,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::{Api, Patch, PatchParams};
 use kube::CustomResourceExt;
 
-use crate::crd::{ImagePosture, MANAGER};
+use crate::model::crd::{ImagePosture, MANAGER};
 
 /// How long [`install_crd`] waits for `Established` (a real API server takes about a second).
 pub const ESTABLISH_TIMEOUT: Duration = Duration::from_secs(30);
@@ -49,7 +49,7 @@ pub async fn install_crd(client: &kube::Client) -> Result<(), InstallError> {
 /// waits for its watch, and nothing else needs it. A failure is logged, not fatal.
 pub async fn install_baseline_crd(client: &kube::Client) {
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let crd = crate::baseline::SignerBaseline::crd();
+    let crd = crate::operator::baseline::SignerBaseline::crd();
     let name = crd.metadata.name.clone().unwrap_or_default();
     let params = PatchParams::apply(MANAGER).force();
     match api.patch(&name, &params, &Patch::Apply(&crd)).await {
@@ -98,7 +98,7 @@ pub async fn install_crd_within(
         if tokio::time::Instant::now() + POLL > deadline {
             return Err(InstallError::NotEstablished {
                 waited: timeout,
-                last: crate::posture::bound(&last, crate::posture::MAX_MESSAGE),
+                last: crate::core::posture::bound(&last, crate::core::posture::MAX_MESSAGE),
             });
         }
         tokio::time::sleep(POLL).await;

@@ -14,7 +14,7 @@
 //! When the API server fails as a whole (no answer, 5xx, 429) the rest of the pass, garbage
 //! collection included, is left to the next pass.
 
-use crate::lock::LockExt as _;
+use crate::core::lock::LockExt as _;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -26,15 +26,15 @@ use serde_json::json;
 
 use super::tags::TagResolver;
 use super::{Inventory, NamespaceFilter, PodView, Unresolved, Usage};
-use crate::apply::Writer;
-use crate::crd::{
+use crate::operator::apply::Writer;
+use crate::model::crd::{
     self, ImagePosture, ImagePostureStatus, ImageUsage, FIELD_MANAGER_INVENTORY,
     FIELD_MANAGER_VERIFIER, INVENTORY_FIELDS, LABEL_POSTURE, VERDICT_FIELDS,
 };
 use crate::error::{Error, Result};
-use crate::image::ImageId;
-use crate::ownership::{self, Part};
-use crate::posture::{Posture, Reason, Verdict};
+use crate::core::image::ImageId;
+use crate::operator::ownership::{self, Part};
+use crate::core::posture::{Posture, Reason, Verdict};
 
 /// A usage's fingerprint (SipHash with fixed keys: the same in every pass).
 fn fingerprint(usage: &Usage) -> u64 {
@@ -137,8 +137,8 @@ impl Sweeper {
         report.invalid = inv.invalid.len();
         for (reference, why) in &inv.invalid {
             tracing::warn!(
-                reference = %crate::text::escape(reference),
-                why = %crate::text::escape(why),
+                reference = %crate::core::text::escape(reference),
+                why = %crate::core::text::escape(why),
                 "pod image reference does not parse"
             );
         }

@@ -41,7 +41,7 @@ const MAX_REFERENCE: usize = 512;
 impl ImageRef {
     pub fn parse(input: &str) -> Result<Self, InvalidReference> {
         let err = |why: String| InvalidReference {
-            input: crate::posture::bound(input, 128),
+            input: crate::core::posture::bound(input, 128),
             why,
         };
         let trimmed = input.trim();
@@ -202,7 +202,7 @@ pub fn validate_digest(d: &str) -> Result<String, String> {
         _ => {
             return Err(format!(
                 "unsupported digest algorithm {:?}",
-                crate::posture::bound(alg, 16)
+                crate::core::posture::bound(alg, 16)
             ))
         }
     };

@@ -13,7 +13,7 @@ use std::sync::LazyLock;
 use futures::FutureExt as _;
 use prometheus_client::metrics::counter::Counter;
 
-use crate::text::escape;
+use crate::core::text::escape;
 
 /// Panics caught at an isolation boundary since the process started.
 pub static PANICS_CAUGHT: LazyLock<Counter> = LazyLock::new(Counter::default);
@@ -62,7 +62,7 @@ pub fn install_hook() {
 }
 
 /// Cuts at a character boundary without touching the characters: unlike
-/// [`crate::posture::bound`], which blanks controls, these must survive to be escaped.
+/// [`crate::core::posture::bound`], which blanks controls, these must survive to be escaped.
 fn bound_raw(text: &str, max: usize) -> String {
     if text.len() <= max {
         return text.to_string();

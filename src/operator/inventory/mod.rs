@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 pub use pod::{LeanPod, PodView};
 
-use crate::image::{ConfigDigest, ImageId, ImageRef, RuntimeImage};
+use crate::core::image::{ConfigDigest, ImageId, ImageRef, RuntimeImage};
 
 /// Who uses one image.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
@@ -82,7 +82,7 @@ fn add_use<K: Ord + Clone>(
 }
 
 /// A running image not yet tied to a manifest digest in the pod's own repository. Only the
-/// registry can tie it ([`crate::observer::Observer::resolve_running`]); until then (and when it
+/// registry can tie it ([`crate::cache::Observer::resolve_running`]); until then (and when it
 /// cannot) no identity, and so no posture, is attributed to it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Unresolved {
@@ -113,10 +113,10 @@ pub enum Untied {
 
 impl Tie {
     /// What the runtime reported: its kind and digest (never a manifest identity by itself).
-    pub fn runtime_digest(&self) -> (crate::crd::UntiedKind, &str) {
+    pub fn runtime_digest(&self) -> (crate::model::crd::UntiedKind, &str) {
         match &self.running {
-            Untied::Config(c) => (crate::crd::UntiedKind::Config, c.as_str()),
-            Untied::Foreign(d) => (crate::crd::UntiedKind::Foreign, d.as_str()),
+            Untied::Config(c) => (crate::model::crd::UntiedKind::Config, c.as_str()),
+            Untied::Foreign(d) => (crate::model::crd::UntiedKind::Foreign, d.as_str()),
         }
     }
 }

@@ -6,17 +6,17 @@ use k8s_openapi::api::core::v1::Pod;
 use futures::stream::{self, StreamExt};
 
 use crate::cli::{OutputFormat, ScanArgs};
-use crate::crd::{self, ImagePosture, ImagePostureStatus, ImageUsage};
-use crate::inventory::{Inventory, NamespaceFilter, PodView};
-use crate::observer::Observer;
+use crate::model::crd::{self, ImagePosture, ImagePostureStatus, ImageUsage};
+use crate::operator::inventory::{Inventory, NamespaceFilter, PodView};
+use crate::cache::Observer;
 
 /// Largest pod list accepted (a 10k-pod cluster lists in well under this).
 const MAX_INPUT: u64 = 512 << 20;
 
 pub async fn run(args: ScanArgs) -> Result<(), Box<dyn std::error::Error>> {
     let pods = read_pods(&args.file)?;
-    let baselines = crate::baseline::load(args.baseline.as_deref())?;
-    let observer = crate::observe::observer(&args.verify).await?;
+    let baselines = crate::operator::baseline::load(args.baseline.as_deref())?;
+    let observer = crate::commands::observe::observer(&args.verify).await?;
     let mut objects = scan(&pods, &observer, args.verify.concurrency).await;
     judge_drift(&mut objects, &baselines, chrono::Utc::now());
     let out = match args.output {
@@ -38,7 +38,7 @@ pub async fn run(args: ScanArgs) -> Result<(), Box<dyn std::error::Error>> {
 /// operator's baseline loop would; nothing is learned without a cluster.
 pub fn judge_drift(
     objects: &mut [ImagePosture],
-    baselines: &[crate::baseline::SignerBaseline],
+    baselines: &[crate::operator::baseline::SignerBaseline],
     now: chrono::DateTime<chrono::Utc>,
 ) {
     if baselines.is_empty() {
@@ -47,7 +47,7 @@ pub fn judge_drift(
     for o in objects {
         let repository = o.spec.repository.clone();
         if let Some(status) = o.status.as_mut() {
-            status.drift = crate::baseline::offline_drift(&repository, status, baselines, now);
+            status.drift = crate::operator::baseline::offline_drift(&repository, status, baselines, now);
         }
     }
 }
@@ -63,8 +63,8 @@ pub async fn scan<P: PodView>(
     for (reference, why) in &inv.invalid {
         eprintln!(
             "imageposture: skipping {}: {}",
-            crate::text::escape(reference),
-            crate::text::escape(why)
+            crate::core::text::escape(reference),
+            crate::core::text::escape(why)
         );
     }
     let tags: Vec<_> = inv.unresolved.keys().cloned().collect();
@@ -81,14 +81,14 @@ pub async fn scan<P: PodView>(
             Ok(id) => inv.resolve(&tag, id),
             Err(v) => eprintln!(
                 "imageposture: {} {} ({}: {})",
-                crate::text::escape(&tag.to_string()),
+                crate::core::text::escape(&tag.to_string()),
                 match tag {
-                    crate::inventory::Unresolved::Tag(_) => "has no digest yet",
-                    crate::inventory::Unresolved::Tie(_) =>
+                    crate::operator::inventory::Unresolved::Tag(_) => "has no digest yet",
+                    crate::operator::inventory::Unresolved::Tie(_) =>
                         "is not tied to a manifest digest: no posture attributed",
                 },
                 v.reason,
-                crate::text::escape(&v.message)
+                crate::core::text::escape(&v.message)
             ),
         }
     }
@@ -100,7 +100,7 @@ pub async fn scan<P: PodView>(
             let leads: Vec<_> = usage
                 .references
                 .iter()
-                .filter_map(|r| crate::image::ImageRef::parse(r).ok())
+                .filter_map(|r| crate::core::image::ImageRef::parse(r).ok())
                 .collect();
             let o = observer.observe_with(&id, &leads, None, now).await;
             let mut r = crd::new_resource(&id);

@@ -19,9 +19,9 @@ use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use kube::runtime::reflector::Store;
 use kube::{Api, Client};
 
-use crate::image::ImageRef;
-use crate::inventory::pod::PodView;
-use crate::lock::LockExt as _;
+use crate::core::image::ImageRef;
+use crate::operator::inventory::pod::PodView;
+use crate::core::lock::LockExt as _;
 use crate::verify::{CredSource, Credential, Found, Keyring, PullSecrets, Target};
 
 /// How long a Secret or ServiceAccount read is reused.
@@ -261,7 +261,7 @@ fn parse_secret(secret: &Secret, origin: &str) -> Read {
         other => {
             return Read::Unusable(format!(
                 "type {:?} is not kubernetes.io/dockerconfigjson or kubernetes.io/dockercfg",
-                crate::posture::bound(other.unwrap_or(""), 64)
+                crate::core::posture::bound(other.unwrap_or(""), 64)
             ))
         }
     };
@@ -280,7 +280,7 @@ fn api_error(e: &kube::Error) -> String {
         kube::Error::Api(s) => format!(
             "API server answered {} {}",
             s.code,
-            crate::posture::bound(&s.reason, 64)
+            crate::core::posture::bound(&s.reason, 64)
         ),
         _ => "API request failed".into(),
     }

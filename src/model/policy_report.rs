@@ -18,10 +18,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::inventory::PodView;
+use crate::operator::inventory::PodView;
 use serde::{Deserialize, Serialize};
 
-use crate::posture::{bound, Posture, MAX_MESSAGE, MAX_TEXT};
+use crate::core::posture::{bound, Posture, MAX_MESSAGE, MAX_TEXT};
 
 pub const API_VERSION: &str = "wgpolicyk8s.io/v1alpha2";
 pub const KIND: &str = "PolicyReport";
@@ -34,7 +34,7 @@ pub const POLICY: &str = "image-signature";
 /// Results kept per report (etcd object size; a namespace with more owners still gets its
 /// summary counted in full and the number left out in an annotation).
 pub const MAX_RESULTS: usize = 500;
-/// The rule of results about signer drift (see `crate::baseline`).
+/// The rule of results about signer drift (see `crate::operator::baseline`).
 pub const RULE_SIGNER_DRIFT: &str = "signer-drift";
 
 /// Annotation carrying how many results were left out of `results`.
@@ -92,7 +92,7 @@ pub struct ImageVerdict {
     pub last_verified: Option<String>,
     /// How the image departs from its repository's SignerBaseline: a result of rule
     /// `signer-drift` (`fail`; `warn` for `SourceRefChanged`).
-    pub drift: Option<crate::baseline::Drift>,
+    pub drift: Option<crate::operator::baseline::Drift>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -227,8 +227,8 @@ fn report(
     }
     let mut labels = BTreeMap::new();
     labels.insert(
-        crate::crd::LABEL_MANAGED_BY.to_string(),
-        crate::crd::MANAGER.to_string(),
+        crate::model::crd::LABEL_MANAGED_BY.to_string(),
+        crate::model::crd::MANAGER.to_string(),
     );
     PolicyReport {
         api_version: API_VERSION.into(),
@@ -259,7 +259,7 @@ fn result(u: &Use, verdicts: &BTreeMap<String, ImageVerdict>) -> ReportResult {
         Some(_) if outcome == Outcome::Pass => (Outcome::Warn, Some("medium"), RULE_SIGNER_DRIFT),
         _ => (outcome, severity, rule),
     };
-    let image = bound(&u.image, crate::crd::MAX_REFERENCE_TEXT);
+    let image = bound(&u.image, crate::model::crd::MAX_REFERENCE_TEXT);
     let mut properties = BTreeMap::new();
     properties.insert("image".to_string(), image.clone());
     properties.insert("posture".to_string(), posture.as_str().to_string());
@@ -326,7 +326,7 @@ pub enum Action {
 /// apply leaves those alone, so they are no reason to write).
 fn ours(m: &Metadata) -> (Option<&String>, Option<&String>) {
     (
-        m.labels.get(crate::crd::LABEL_MANAGED_BY),
+        m.labels.get(crate::model::crd::LABEL_MANAGED_BY),
         m.annotations.get(ANNOTATION_OMITTED),
     )
 }
@@ -402,7 +402,7 @@ mod tests {
 
     #[test]
     fn a_drift_fails_rule_signer_drift() {
-        let drift = |kind| crate::baseline::Drift {
+        let drift = |kind| crate::operator::baseline::Drift {
             kind,
             baseline: "app".into(),
             signer: Some("mallory@example.com".into()),
@@ -412,9 +412,9 @@ mod tests {
             since: "2026-12-01T12:00:00Z".into(),
         };
         let mut v = verdict(Posture::Signed, "Verified");
-        v.drift = Some(drift(crate::baseline::DriftKind::SignerChanged));
+        v.drift = Some(drift(crate::operator::baseline::DriftKind::SignerChanged));
         let mut w = verdict(Posture::Signed, "Verified");
-        w.drift = Some(drift(crate::baseline::DriftKind::SourceRefChanged));
+        w.drift = Some(drift(crate::operator::baseline::DriftKind::SourceRefChanged));
         let verdicts = BTreeMap::from([
             ("r/a@sha256:1".to_string(), v),
             ("r/b@sha256:2".to_string(), w),
@@ -612,7 +612,7 @@ mod tests {
         listed[0]
             .metadata
             .labels
-            .remove(crate::crd::LABEL_MANAGED_BY);
+            .remove(crate::model::crd::LABEL_MANAGED_BY);
         assert_eq!(plan(&before, &listed).len(), 1, "our label was removed");
 
         let mut v2 = v.clone();

@@ -9,7 +9,7 @@
 //! [`error_policy`], which backs off per object and honours the registry's backoff
 //! (`Retry-After` included).
 
-use crate::lock::LockExt as _;
+use crate::core::lock::LockExt as _;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -24,16 +24,16 @@ use kube::{Api, ResourceExt};
 use serde_json::json;
 use tracing::instrument;
 
-use crate::apply::Writer;
-use crate::crd::{
+use crate::operator::apply::Writer;
+use crate::model::crd::{
     self, ImagePosture, ImagePostureStatus, FIELD_MANAGER_VERIFIER, LABEL_POSTURE, VERDICT_FIELDS,
 };
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
-use crate::observer::{registry_wide, Observed, Observer, Source};
-use crate::ownership::{self, Part};
-use crate::posture::{Posture, Reason, Verdict};
-use crate::waiting::Waiting;
+use crate::cache::{registry_wide, Observed, Observer, Source};
+use crate::operator::ownership::{self, Part};
+use crate::core::posture::{Posture, Reason, Verdict};
+use crate::operator::waiting::Waiting;
 
 /// How the controller paces itself.
 #[derive(Clone, Debug)]
@@ -41,7 +41,7 @@ pub struct Settings {
     /// Reconciles in flight at once (`controller::Config::concurrency`).
     pub concurrency: u16,
     /// When an image whose registry slots were all taken is tried again if no freed slot
-    /// woke it first (see [`crate::waiting`]).
+    /// woke it first (see [`crate::operator::waiting`]).
     pub busy_retry: Duration,
     /// First per-object backoff after a failed reconcile; doubles per failure up to the max.
     pub error_backoff: Duration,
@@ -142,7 +142,7 @@ impl Context {
         }
         let id = cr
             .image_id()
-            .ok_or_else(|| Error::InvalidSpec(crate::text::escape(&cr.spec.image)))?;
+            .ok_or_else(|| Error::InvalidSpec(crate::core::text::escape(&cr.spec.image)))?;
         let old = cr.status.as_ref();
         // A verdict field some other manager wrote (and we do not share) is not ours to
         // trust: verify again.
@@ -269,7 +269,7 @@ impl Context {
         let event = Event {
             type_,
             reason: "PostureChanged".into(),
-            note: Some(crate::posture::bound(&note, 1000)),
+            note: Some(crate::core::posture::bound(&note, 1000)),
             // kube's Recorder folds events with equal (type, reason, action) into one series
             // for six minutes, keeping the first note; the transition keeps changes apart.
             action: format!("{}To{}", camel(old), camel(new.posture)),

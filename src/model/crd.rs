@@ -14,9 +14,9 @@ use kube::{CustomResource, CustomResourceExt};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::image::ImageId;
-use crate::observer::Recorded;
-use crate::posture::{
+use crate::core::image::ImageId;
+use crate::cache::Recorded;
+use crate::core::posture::{
     bound, Posture, Reason, SignatureRecord, SignerType, Verdict, MAX_MESSAGE, MAX_TEXT,
 };
 
@@ -191,7 +191,7 @@ pub struct ImagePostureStatus {
     /// How this image departs from its repository's SignerBaseline (field manager
     /// `imageposture-drift`); absent when it does not, or the repository has no baseline.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub drift: Option<crate::baseline::Drift>,
+    pub drift: Option<crate::operator::baseline::Drift>,
 }
 
 /// schemars renders `Option<SimpleEnum>` as `enum: [..., null]`; `nullable: true` (which kube
@@ -216,11 +216,11 @@ fn drop_null_from_enums(schema: &mut schemars::Schema) {
 }
 
 /// `signatureDigests` key: digest of the cosign `sha256-<hex>.sig` tag's manifest.
-pub const DIGEST_SIG_TAG: &str = crate::posture::EVIDENCE_SIG_TAG;
+pub const DIGEST_SIG_TAG: &str = crate::core::posture::EVIDENCE_SIG_TAG;
 /// `signatureDigests` key: digest of the OCI 1.1 referrers index (native API).
-pub const DIGEST_REFERRERS: &str = crate::posture::EVIDENCE_REFERRERS;
+pub const DIGEST_REFERRERS: &str = crate::core::posture::EVIDENCE_REFERRERS;
 /// `signatureDigests` key: digest of the referrers tag-schema fallback index (`sha256-<hex>`).
-pub const DIGEST_REFERRERS_TAG: &str = crate::posture::EVIDENCE_REFERRERS_TAG;
+pub const DIGEST_REFERRERS_TAG: &str = crate::core::posture::EVIDENCE_REFERRERS_TAG;
 
 /// How widely the image is used; the namespace list is bounded, the count is not.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -414,12 +414,12 @@ pub fn new_resource(id: &ImageId) -> ImagePosture {
 
 /// The resource of a running image that could not be tied to a manifest of its repository:
 /// named apart from any manifest identity (its hash covers the kind), never verified.
-pub fn untied_resource(tie: &crate::inventory::Tie) -> ImagePosture {
+pub fn untied_resource(tie: &crate::operator::inventory::Tie) -> ImagePosture {
     let (kind, digest) = tie.runtime_digest();
     let reference = &tie.reference;
     let repo = format!("{}/{}", reference.registry, reference.repository);
     let identity = format!("{repo}@{digest}");
-    let name = crate::image::resource_name_of(&repo, &format!("untied/{kind:?}/{identity}"));
+    let name = crate::core::image::resource_name_of(&repo, &format!("untied/{kind:?}/{identity}"));
     let mut r = ImagePosture::new(
         &name,
         ImagePostureSpec {
@@ -445,17 +445,17 @@ impl ImagePosture {
         if self.spec.untied.is_some() {
             return None;
         }
-        crate::image::ImageRef::parse(&self.spec.image).ok()?.id()
+        crate::core::image::ImageRef::parse(&self.spec.image).ok()?.id()
     }
 
     /// The references pods name this image by (`status.references`, written by the inventory
     /// from the pods' spec images), parsed: what leads the verifier from a running platform
     /// manifest to the index that lists it. Unparsable ones are left out.
-    pub fn leads(&self) -> Vec<crate::image::ImageRef> {
+    pub fn leads(&self) -> Vec<crate::core::image::ImageRef> {
         self.status
             .iter()
             .flat_map(|s| s.references.iter())
-            .filter_map(|r| crate::image::ImageRef::parse(r).ok())
+            .filter_map(|r| crate::core::image::ImageRef::parse(r).ok())
             .collect()
     }
 
@@ -597,7 +597,7 @@ impl ImagePostureStatus {
             v.artifact_digests = self.signature_digests.clone();
             v
         };
-        let mut r = crate::observer::recorded(verdict, verified_at, checked_at);
+        let mut r = crate::cache::recorded(verdict, verified_at, checked_at);
         r.stale = !posture.is_resting();
         Some(r)
     }
@@ -621,8 +621,8 @@ pub fn crd_yaml() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::image::ImageRef;
-    use crate::posture::{SignatureFormat, SignatureSource};
+    use crate::core::image::ImageRef;
+    use crate::core::posture::{SignatureFormat, SignatureSource};
     use kube::Resource;
 
     const D: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
@@ -693,7 +693,7 @@ mod tests {
             rekor_log_index: Some(1),
             integrated_time: Some(2),
             signing_time: Some(2),
-            signing_time_source: Some(crate::posture::TimeSource::Tlog),
+            signing_time_source: Some(crate::core::posture::TimeSource::Tlog),
             build: None,
             key_fingerprint: None,
         };

@@ -3,8 +3,8 @@
 use serde::Serialize;
 
 use crate::cli::OutputFormat;
-use crate::posture::{SignatureRecord, Verdict};
-use crate::text::escape;
+use crate::core::posture::{SignatureRecord, Verdict};
+use crate::core::text::escape;
 
 /// One observed image, as printed by `imageposture observe`.
 #[derive(Serialize, Debug, Clone)]
@@ -21,7 +21,7 @@ pub struct Row {
     pub verdict: Verdict,
     /// How the image departs from its repository's SignerBaseline (`--baseline`).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub drift: Option<crate::baseline::Drift>,
+    pub drift: Option<crate::operator::baseline::Drift>,
 }
 
 pub fn render(rows: &[Row], format: OutputFormat) -> String {

@@ -12,7 +12,7 @@ use std::sync::Mutex;
 use futures::Stream;
 use tokio::sync::mpsc;
 
-use crate::lock::LockExt as _;
+use crate::core::lock::LockExt as _;
 
 #[derive(Default)]
 pub struct Waiting {

@@ -10,7 +10,7 @@
 //! Resolutions run concurrently in tasks of their own, so no image's write ever waits for
 //! another image's registry.
 
-use crate::lock::LockExt as _;
+use crate::core::lock::LockExt as _;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -19,9 +19,9 @@ use chrono::{DateTime, Utc};
 use tokio::sync::{Notify, Semaphore};
 
 use super::Unresolved;
-use crate::image::ImageId;
-use crate::observer::Observer;
-use crate::posture::Reason;
+use crate::core::image::ImageId;
+use crate::cache::Observer;
+use crate::core::posture::Reason;
 
 /// Tag resolutions in flight at once.
 const IN_FLIGHT: usize = 8;
@@ -91,18 +91,18 @@ impl TagResolver {
                             && matches!(tag, Unresolved::Tie(_)) =>
                     {
                         tracing::warn!(
-                            image = %crate::text::escape(&tag.to_string()),
+                            image = %crate::core::text::escape(&tag.to_string()),
                             reason = %v.reason,
-                            message = %crate::text::escape(&v.message),
+                            message = %crate::core::text::escape(&v.message),
                             "running image not tied to a manifest digest: no posture attributed; tried again after the TTL"
                         );
                         let message =
-                            crate::posture::bound(&v.message, crate::posture::MAX_MESSAGE);
+                            crate::core::posture::bound(&v.message, crate::core::posture::MAX_MESSAGE);
                         state.untied.insert(tag, (now, message));
                         me.resolved.notify_one();
                     }
                     Err(v) => tracing::info!(
-                        image = %crate::text::escape(&tag.to_string()),
+                        image = %crate::core::text::escape(&tag.to_string()),
                         reason = %v.reason,
                         "tag not resolved yet; retried on a later pass"
                     ),

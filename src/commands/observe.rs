@@ -6,10 +6,10 @@ use std::sync::Arc;
 use futures::stream::{self, StreamExt};
 
 use crate::cli::{ObserveArgs, OutputFormat, VerifyArgs};
-use crate::image::ImageRef;
-use crate::observer::{Observer, ObserverConfig};
-use crate::output::{self, Row};
-use crate::posture::{Reason, Verdict};
+use crate::core::image::ImageRef;
+use crate::cache::{Observer, ObserverConfig};
+use crate::commands::output::{self, Row};
+use crate::core::posture::{Reason, Verdict};
 use crate::verify::Verifier;
 
 /// The verifier and the observer in front of it, as the commands without a cluster
@@ -26,7 +26,7 @@ pub async fn observer(args: &VerifyArgs) -> Result<Observer, Box<dyn std::error:
 }
 
 pub async fn run(args: ObserveArgs) -> Result<(), Box<dyn std::error::Error>> {
-    let baselines = crate::baseline::load(args.baseline.as_deref())?;
+    let baselines = crate::operator::baseline::load(args.baseline.as_deref())?;
     let observer = &observer(&args.verify).await?;
     let now = chrono::Utc::now();
     let rows: Vec<Row> = stream::iter(args.images.iter())
@@ -70,8 +70,8 @@ pub async fn run(args: ObserveArgs) -> Result<(), Box<dyn std::error::Error>> {
     let mut rows = rows;
     for r in &mut rows {
         if let Some(repository) = &r.repository {
-            let status = crate::crd::ImagePostureStatus::from_verdict(&r.verdict);
-            r.drift = crate::baseline::offline_drift(repository, &status, &baselines, now);
+            let status = crate::model::crd::ImagePostureStatus::from_verdict(&r.verdict);
+            r.drift = crate::operator::baseline::offline_drift(repository, &status, &baselines, now);
         }
     }
     print!("{}", output::render(&rows, args.output));

@@ -1,0 +1,6 @@
+//! The commands a person runs.
+
+pub mod observe;
+pub mod output;
+pub mod scan;
+pub mod summary;

@@ -1,0 +1,7 @@
+//! The bottom layer: no Kubernetes types, no I/O.
+
+pub mod image;
+pub mod isolate;
+pub mod lock;
+pub mod posture;
+pub mod text;

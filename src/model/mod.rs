@@ -1,0 +1,4 @@
+//! The resource model.
+
+pub mod crd;
+pub mod policy_report;
