@@ -30,11 +30,11 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use futures::stream::{self, StreamExt};
 use harness::{Operator, Report};
-use imageposture::image::ImageId;
-use imageposture::inventory::sweep::SweepConfig;
-use imageposture::inventory::{Inventory, LeanPod, NamespaceFilter};
-use imageposture::observer::{Observed, Observer, ObserverConfig, Recorded};
-use imageposture::posture::Posture;
+use imageposture::cache::{Observed, Observer, ObserverConfig, Recorded};
+use imageposture::core::image::ImageId;
+use imageposture::core::posture::Posture;
+use imageposture::operator::inventory::sweep::SweepConfig;
+use imageposture::operator::inventory::{Inventory, LeanPod, NamespaceFilter};
 use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher;
@@ -786,7 +786,7 @@ fn index_sizes() -> Vec<(usize, usize)> {
 
 /// The index against the full recompute at one size, as a table row.
 fn index_timing(n_pods: usize, n_images: usize) -> String {
-    use imageposture::inventory::index::PodIndex;
+    use imageposture::operator::inventory::index::PodIndex;
     eprintln!("  index: {n_pods} pods, {n_images} images ...");
     let images: Vec<ImageId> = (0..n_images.max(1))
         .map(|i| ImageId {
@@ -1024,7 +1024,7 @@ async fn bench() {
     assert_eq!(existing.len(), n_images);
     // The population as `imageposture summary --from FILE` reads it (README: summary section).
     if let Some(path) = std::env::var_os("IMAGEPOSTURE_BENCH_POSTURES") {
-        let items: Vec<&imageposture::crd::ImagePosture> =
+        let items: Vec<&imageposture::model::crd::ImagePosture> =
             existing.iter().map(|p| p.as_ref()).collect();
         let list = json!({"apiVersion": "v1", "kind": "List", "items": items});
         std::fs::write(&path, list.to_string()).expect("write IMAGEPOSTURE_BENCH_POSTURES");

@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use futures::stream::{self, StreamExt};
-use imageposture::image::ImageId;
-use imageposture::posture::Posture;
+use imageposture::core::image::ImageId;
+use imageposture::core::posture::Posture;
 use imageposture::verify::TrustSource;
 use support::bundles::{self, Sigstore, Twist};
 use support::cosign::{self, Spoil};

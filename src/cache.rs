@@ -23,9 +23,9 @@ use chrono::{DateTime, Utc};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::core::image::{ImageId, ImageRef};
-use crate::operator::inventory::Unresolved;
-use crate::metrics::Metrics;
 use crate::core::posture::{Posture, Reason, Verdict, EVIDENCE_VIA_INDEX};
+use crate::metrics::Metrics;
+use crate::operator::inventory::Unresolved;
 use crate::verify::Verifier;
 
 #[derive(Clone, Debug)]

@@ -4,11 +4,11 @@ mod apidouble;
 
 use apidouble::ApiDouble;
 use futures::{StreamExt, TryStreamExt};
-use imageposture::crd::{
+use imageposture::core::image::ImageRef;
+use imageposture::core::posture::{Posture, Reason};
+use imageposture::model::crd::{
     self, ImagePosture, ImagePostureStatus, FIELD_MANAGER_INVENTORY as FIELD_MANAGER,
 };
-use imageposture::image::ImageRef;
-use imageposture::posture::{Posture, Reason};
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};

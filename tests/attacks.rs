@@ -6,8 +6,8 @@ mod support;
 use std::process::Command;
 use std::sync::atomic::Ordering;
 
-use imageposture::image::{ImageId, ImageRef};
-use imageposture::posture::{Posture, Reason};
+use imageposture::core::image::{ImageId, ImageRef};
+use imageposture::core::posture::{Posture, Reason};
 use serde_json::{json, Value};
 use support::cosign::{self, Spoil, ANN_BUNDLE};
 use support::evil::{bearer_challenge, not_found, Answer, Evil};

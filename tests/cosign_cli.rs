@@ -8,8 +8,8 @@
 
 mod support;
 
-use imageposture::image::ImageId;
-use imageposture::posture::{
+use imageposture::core::image::ImageId;
+use imageposture::core::posture::{
     Posture, Reason, SignatureFormat, SignatureSource, SignerType, Verdict,
 };
 use serde_json::{json, Value};

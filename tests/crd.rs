@@ -1,7 +1,7 @@
 //! The checked-in CRD and kustomize manifests must match the code and stay safe.
 //!
 //! `crds/imageposture.yaml` (and its copy `config/crd/imageposture.yaml`, which kustomize needs
-//! inside its own root) are generated from `imageposture::crd`. Regenerate with
+//! inside its own root) are generated from `imageposture::model::crd`. Regenerate with
 //! `cargo run -- crd > crds/imageposture.yaml` (and copy it to config/crd/), or run this test
 //! with `IMAGEPOSTURE_BLESS=1` to rewrite both.
 
@@ -19,7 +19,7 @@ fn root() -> PathBuf {
 
 #[test]
 fn checked_in_crd_matches_code() {
-    let want = imageposture::crd::crd_yaml();
+    let want = imageposture::model::crd::crd_yaml();
     let bless = std::env::var_os("IMAGEPOSTURE_BLESS").is_some_and(|v| v == "1");
     for rel in CRD_FILES {
         let path = root().join(rel);
@@ -39,10 +39,10 @@ fn checked_in_crd_matches_code() {
 }
 
 /// `crds/signerbaseline.yaml` (and its kustomize copy) are generated from
-/// `imageposture::baseline`, like the ImagePosture CRD; `IMAGEPOSTURE_BLESS=1` rewrites them.
+/// `imageposture::operator::baseline`, like the ImagePosture CRD; `IMAGEPOSTURE_BLESS=1` rewrites them.
 #[test]
 fn checked_in_signer_baseline_crd_matches_code() {
-    let want = imageposture::baseline::crd_yaml();
+    let want = imageposture::operator::baseline::crd_yaml();
     let bless = std::env::var_os("IMAGEPOSTURE_BLESS").is_some_and(|v| v == "1");
     for rel in ["crds/signerbaseline.yaml", "config/crd/signerbaseline.yaml"] {
         let path = root().join(rel);

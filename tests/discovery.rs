@@ -4,7 +4,7 @@
 
 mod support;
 
-use imageposture::posture::{Posture, Reason};
+use imageposture::core::posture::{Posture, Reason};
 use imageposture::verify::Limits;
 use serde_json::json;
 use support::cosign::{Desc, Pushed, BUNDLE_V03, OCI_EMPTY, OCI_INDEX, OCI_MANIFEST};

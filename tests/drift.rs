@@ -15,14 +15,14 @@ use ::kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams}
 use ::kube::runtime::events::{Recorder, Reporter};
 use chrono::{DateTime, Utc};
 use harness::Operator;
-use imageposture::apply::Writer;
-use imageposture::baseline::{Baseliner, DriftKind, Mode, PassReport, SignerBaseline};
-use imageposture::crd::{ImagePosture, ImagePostureStatus};
-use imageposture::image::ImageId;
+use imageposture::core::image::ImageId;
+use imageposture::core::posture::Posture;
 use imageposture::metrics::Metrics;
-use imageposture::policy_report::{self, Use};
-use imageposture::policy_report_sync;
-use imageposture::posture::Posture;
+use imageposture::model::crd::{ImagePosture, ImagePostureStatus};
+use imageposture::model::policy_report::{self, Use};
+use imageposture::operator::apply::Writer;
+use imageposture::operator::baseline::{Baseliner, DriftKind, Mode, PassReport, SignerBaseline};
+use imageposture::operator::policy_reports;
 use k8s_openapi::api::core::v1::Pod;
 use kube::cluster::Cluster;
 use serde_json::{json, Value};
@@ -455,7 +455,7 @@ async fn learned_on_first_use_and_departures_drift() {
                 .unwrap(),
         })
         .collect();
-    let reports = policy_report::reports(&uses, &policy_report_sync::verdicts(&postures));
+    let reports = policy_report::reports(&uses, &policy_reports::verdicts(&postures));
     let failed: Vec<&str> = reports[0]
         .results
         .iter()

@@ -15,8 +15,8 @@ use std::collections::BTreeSet;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use imageposture::crd::ImagePosture;
-use imageposture::inventory::{Inventory, NamespaceFilter};
+use imageposture::model::crd::ImagePosture;
+use imageposture::operator::inventory::{Inventory, NamespaceFilter};
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, ListParams, Patch, PatchParams};

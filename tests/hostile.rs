@@ -3,7 +3,7 @@
 
 mod support;
 
-use imageposture::posture::{Posture, Reason, MAX_TEXT};
+use imageposture::core::posture::{Posture, Reason, MAX_TEXT};
 use support::cosign::{self, Spoil};
 use support::pki::{Identity, Signer};
 use support::{unique_repo, TestEnv};

@@ -11,7 +11,7 @@ mod kube;
 use std::time::Duration;
 
 use ::kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
-use imageposture::leader::LeaderElector;
+use imageposture::operator::leader::LeaderElector;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::cluster::client_for;
 use kube::proxy::{ApiProxy, Fault, Rule};

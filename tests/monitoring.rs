@@ -6,8 +6,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
+use imageposture::core::posture::Posture;
 use imageposture::metrics::Metrics;
-use imageposture::posture::Posture;
 use serde::Deserialize;
 use serde_json::Value;
 

@@ -5,8 +5,8 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use imageposture::image::ImageId;
-use imageposture::posture::{
+use imageposture::core::image::ImageId;
+use imageposture::core::posture::{
     Posture, Reason, SignatureFormat, SignatureSource, SignerType, Verdict,
 };
 use support::cosign::{self, Spoil};

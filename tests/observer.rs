@@ -9,9 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use imageposture::image::ImageId;
-use imageposture::observer::{Busy, Observed, Observer, ObserverConfig, Recorded, Source};
-use imageposture::posture::{Posture, Reason};
+use imageposture::cache::{Busy, Observed, Observer, ObserverConfig, Recorded, Source};
+use imageposture::core::image::ImageId;
+use imageposture::core::posture::{Posture, Reason};
 use support::pki::{Identity, WORKFLOW_URI};
 use support::proxy::{Mode, Proxy};
 use support::{via, TestEnv};

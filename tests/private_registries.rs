@@ -11,9 +11,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use base64::Engine as _;
-use imageposture::image::ImageId;
+use imageposture::core::image::ImageId;
+use imageposture::core::posture::{Posture, Reason, Verdict};
 use imageposture::metrics::Metrics;
-use imageposture::posture::{Posture, Reason, Verdict};
 use imageposture::verify::{AuthEvent, CredSource, Extras, Verifier, VerifierConfig};
 use support::pki::Identity;
 use support::proxy::{Mode, Proxy};
@@ -757,7 +757,7 @@ printf '{{"kind":"CredentialProviderResponse","apiVersion":"credentialprovider.k
 
 #[tokio::test]
 async fn one_images_refused_credential_does_not_back_off_its_registry() {
-    use imageposture::observer::{Observer, ObserverConfig, Source};
+    use imageposture::cache::{Observer, ObserverConfig, Source};
     let w = World::new().await;
     let (a, _) = w.images("per-image-a").await;
     let (b, _) = w.images("per-image-b").await;

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use ::kube::api::{Api, ListParams};
 use base64::Engine as _;
-use imageposture::image::ImageId;
+use imageposture::core::image::ImageId;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
 use kube::cluster::{write_kubeconfig, Cluster};
@@ -514,7 +514,7 @@ async fn leases(api: &Cluster, namespace: &str) -> Vec<Value> {
 
 /// PolicyReports in `namespace` (read by the admin).
 async fn policy_reports(api: &Cluster, namespace: &str) -> Vec<Value> {
-    let resource = imageposture::policy_report_sync::api_resource();
+    let resource = imageposture::operator::policy_reports::api_resource();
     Api::<::kube::api::DynamicObject>::namespaced_with(api.admin(), namespace, &resource)
         .list(&ListParams::default())
         .await

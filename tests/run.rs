@@ -156,7 +156,7 @@ async fn lease(kube: &KubeApi, ns: &str) -> Option<Value> {
 
 /// The ImagePosture as stored (`None` also while the CRD is not served yet).
 async fn image_posture(kube: &KubeApi, name: &str) -> Option<Value> {
-    let api: Api<imageposture::crd::ImagePosture> = Api::all(kube.admin());
+    let api: Api<imageposture::model::crd::ImagePosture> = Api::all(kube.admin());
     let cr = api.get_opt(name).await.ok().flatten()?;
     Some(serde_json::to_value(cr).expect("json"))
 }
@@ -537,7 +537,7 @@ async fn a_standby_writes_nothing_crd_included() {
 }
 
 fn report_api(kube: &KubeApi, ns: &str) -> Api<DynamicObject> {
-    let resource: ApiResource = imageposture::policy_report_sync::api_resource();
+    let resource: ApiResource = imageposture::operator::policy_reports::api_resource();
     Api::namespaced_with(kube.admin(), ns, &resource)
 }
 

@@ -19,11 +19,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use imageposture::image::{ImageId, ImageRef};
-use imageposture::inventory::tags::TagResolver;
-use imageposture::inventory::{Inventory, NamespaceFilter, Unresolved};
-use imageposture::observer::{Observer, ObserverConfig, Recorded, Source};
-use imageposture::posture::{Posture, Reason, Verdict, Via, EVIDENCE_VIA_INDEX};
+use imageposture::cache::{Observer, ObserverConfig, Recorded, Source};
+use imageposture::core::image::{ImageId, ImageRef};
+use imageposture::core::posture::{Posture, Reason, Verdict, Via, EVIDENCE_VIA_INDEX};
+use imageposture::operator::inventory::tags::TagResolver;
+use imageposture::operator::inventory::{Inventory, NamespaceFilter, Unresolved};
 use imageposture::verify::Verifier;
 use k8s_openapi::api::core::v1::Pod;
 use support::cosign_cli::{Cosign, KeyPair};
@@ -765,7 +765,7 @@ async fn scan_ties_every_runtime_form() {
         pod("crio", &tag, &m.amd64.image.id.key()),
         pod("loaded", &tag, &m.amd64.config),
     ];
-    let objects = imageposture::scan::scan(&pods, &o, 4).await;
+    let objects = imageposture::commands::scan::scan(&pods, &o, 4).await;
     let by_digest: std::collections::BTreeMap<_, _> = objects
         .iter()
         .map(|r| (r.spec.digest.clone(), r.status.clone().unwrap()))

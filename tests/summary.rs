@@ -9,7 +9,7 @@ mod support;
 use std::process::Command;
 
 use ::kube::api::{Api, Patch, PatchParams, PostParams};
-use imageposture::crd::ImagePosture;
+use imageposture::model::crd::ImagePosture;
 use kube::proxy::{is_list_of, ApiProxy};
 use kube::KubeApi;
 use serde_json::{json, Value};
@@ -32,7 +32,7 @@ fn run(args: &[&str], envs: &[(&str, &str)]) -> (bool, String, String) {
     )
 }
 
-fn pod(ns: &str, name: &str, id: &imageposture::image::ImageId) -> Value {
+fn pod(ns: &str, name: &str, id: &imageposture::core::image::ImageId) -> Value {
     json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"namespace": ns, "name": name},
            "spec": {"containers": [{"name": "c", "image": id.key()}]},
            "status": {"phase": "Running"}})

@@ -18,12 +18,12 @@ use ::kube::runtime::reflector::{self, store::Writer, Store};
 use ::kube::runtime::watcher;
 use chrono::{DateTime, SecondsFormat, Utc};
 use harness::{Operator, Report};
-use imageposture::apply::Gate;
-use imageposture::crd::{ImagePosture, ImagePostureStatus};
-use imageposture::image::ImageId;
-use imageposture::inventory::sweep::SweepConfig;
-use imageposture::observer::ObserverConfig;
-use imageposture::posture::{Posture, Reason, SignerType};
+use imageposture::cache::ObserverConfig;
+use imageposture::core::image::ImageId;
+use imageposture::core::posture::{Posture, Reason, SignerType};
+use imageposture::model::crd::{ImagePosture, ImagePostureStatus};
+use imageposture::operator::apply::Gate;
+use imageposture::operator::inventory::sweep::SweepConfig;
 use k8s_openapi::api::core::v1::Pod;
 use kube::cluster::Cluster;
 use kube::proxy::{Fault, Rule};
@@ -1157,7 +1157,7 @@ async fn a_merge_patched_status_is_restored_once_and_then_left_alone() {
             continue;
         }
         let status = &entry["fieldsV1"]["f:status"];
-        for f in imageposture::crd::VERDICT_FIELDS {
+        for f in imageposture::model::crd::VERDICT_FIELDS {
             assert!(
                 status.get(format!("f:{f}")).is_none(),
                 "{manager} still owns {f}: {cr:#}"
@@ -1256,7 +1256,7 @@ async fn an_untied_config_digest_is_checking_digest_unknown() {
     let cr: ImagePosture = serde_json::from_value(crs[0].clone()).unwrap();
     assert_eq!(
         cr.spec.untied,
-        Some(imageposture::crd::UntiedKind::Config),
+        Some(imageposture::model::crd::UntiedKind::Config),
         "{cr:#?}"
     );
     assert_eq!(cr.spec.digest, config);

@@ -14,7 +14,7 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use imageposture::image::ImageId;
+use imageposture::core::image::ImageId;
 use support::bundles::{self, expired_leaf, Sigstore, Twist};
 use support::cosign::{cosign_statement, simple_signing_payload, COSIGN_SIGN_PREDICATE};
 use support::pki::{Identity, Pki, Signer};

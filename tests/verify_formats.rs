@@ -6,8 +6,8 @@
 
 mod support;
 
-use imageposture::image::ImageId;
-use imageposture::posture::{Posture, Reason, SignerType, TimeSource, Verdict};
+use imageposture::core::image::ImageId;
+use imageposture::core::posture::{Posture, Reason, SignerType, TimeSource, Verdict};
 use serde_json::{json, Map};
 use support::cosign::{self, SigLayer, ANN_BUNDLE, ANN_CERTIFICATE, ANN_CHAIN, ANN_SIGNATURE};
 use support::pki::{b64, sha256_hex, Identity, Signer, WORKFLOW_URI};

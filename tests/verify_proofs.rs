@@ -7,8 +7,8 @@
 
 mod support;
 
-use imageposture::image::ImageId;
-use imageposture::posture::{Posture, Reason, SignerType, TimeSource, Verdict};
+use imageposture::core::image::ImageId;
+use imageposture::core::posture::{Posture, Reason, SignerType, TimeSource, Verdict};
 use imageposture::verify::{TrustSource, VerifierConfig};
 use support::bundles::{self, expired_leaf, Sigstore, Twist};
 use support::cosign::{self, Pushed};

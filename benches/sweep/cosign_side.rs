@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use imageposture::image::ImageId;
+use imageposture::core::image::ImageId;
 
 use crate::support::pki::b64;
 use crate::support::proxy::Proxy;

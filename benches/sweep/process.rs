@@ -8,7 +8,7 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use imageposture::image::ImageId;
+use imageposture::core::image::ImageId;
 use serde_json::Value;
 
 use crate::apidouble::ApiDouble;

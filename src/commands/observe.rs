@@ -5,10 +5,10 @@ use std::sync::Arc;
 
 use futures::stream::{self, StreamExt};
 
-use crate::cli::{ObserveArgs, OutputFormat, VerifyArgs};
-use crate::core::image::ImageRef;
 use crate::cache::{Observer, ObserverConfig};
+use crate::cli::{ObserveArgs, OutputFormat, VerifyArgs};
 use crate::commands::output::{self, Row};
+use crate::core::image::ImageRef;
 use crate::core::posture::{Reason, Verdict};
 use crate::verify::Verifier;
 
@@ -71,7 +71,8 @@ pub async fn run(args: ObserveArgs) -> Result<(), Box<dyn std::error::Error>> {
     for r in &mut rows {
         if let Some(repository) = &r.repository {
             let status = crate::model::crd::ImagePostureStatus::from_verdict(&r.verdict);
-            r.drift = crate::operator::baseline::offline_drift(repository, &status, &baselines, now);
+            r.drift =
+                crate::operator::baseline::offline_drift(repository, &status, &baselines, now);
         }
     }
     print!("{}", output::render(&rows, args.output));

@@ -5,10 +5,10 @@ use k8s_openapi::api::core::v1::Pod;
 
 use futures::stream::{self, StreamExt};
 
+use crate::cache::Observer;
 use crate::cli::{OutputFormat, ScanArgs};
 use crate::model::crd::{self, ImagePosture, ImagePostureStatus, ImageUsage};
 use crate::operator::inventory::{Inventory, NamespaceFilter, PodView};
-use crate::cache::Observer;
 
 /// Largest pod list accepted (a 10k-pod cluster lists in well under this).
 const MAX_INPUT: u64 = 512 << 20;
@@ -47,7 +47,8 @@ pub fn judge_drift(
     for o in objects {
         let repository = o.spec.repository.clone();
         if let Some(status) = o.status.as_mut() {
-            status.drift = crate::operator::baseline::offline_drift(&repository, status, baselines, now);
+            status.drift =
+                crate::operator::baseline::offline_drift(&repository, status, baselines, now);
         }
     }
 }

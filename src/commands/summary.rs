@@ -805,7 +805,9 @@ mod tests {
         let text = render(&s, OutputFormat::Table).unwrap();
         // Bounding already blanked the control character; the bidi override is escaped.
         assert!(text.contains("mallory@\\u{202e}moc.evil [2J"), "{text}");
-        assert!(text.chars().all(|c| c == '\n' || !crate::core::text::hides(c)));
+        assert!(text
+            .chars()
+            .all(|c| c == '\n' || !crate::core::text::hides(c)));
         assert!(
             text.lines().all(|l| l.chars().count() <= WIDE_COLUMN + 20),
             "{text}"

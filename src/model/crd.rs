@@ -14,8 +14,8 @@ use kube::{CustomResource, CustomResourceExt};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::core::image::ImageId;
 use crate::cache::Recorded;
+use crate::core::image::ImageId;
 use crate::core::posture::{
     bound, Posture, Reason, SignatureRecord, SignerType, Verdict, MAX_MESSAGE, MAX_TEXT,
 };
@@ -445,7 +445,9 @@ impl ImagePosture {
         if self.spec.untied.is_some() {
             return None;
         }
-        crate::core::image::ImageRef::parse(&self.spec.image).ok()?.id()
+        crate::core::image::ImageRef::parse(&self.spec.image)
+            .ok()?
+            .id()
     }
 
     /// The references pods name this image by (`status.references`, written by the inventory

@@ -414,7 +414,9 @@ mod tests {
         let mut v = verdict(Posture::Signed, "Verified");
         v.drift = Some(drift(crate::operator::baseline::DriftKind::SignerChanged));
         let mut w = verdict(Posture::Signed, "Verified");
-        w.drift = Some(drift(crate::operator::baseline::DriftKind::SourceRefChanged));
+        w.drift = Some(drift(
+            crate::operator::baseline::DriftKind::SourceRefChanged,
+        ));
         let verdicts = BTreeMap::from([
             ("r/a@sha256:1".to_string(), v),
             ("r/b@sha256:2".to_string(), w),

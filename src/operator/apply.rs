@@ -14,8 +14,8 @@ use serde_json::{json, Value};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::model::crd::ImagePosture;
 use crate::error::{Error, Result};
+use crate::model::crd::ImagePosture;
 use crate::operator::ownership::{self, Part};
 
 /// Default deadline of one API write, its client-side retries included.
@@ -398,8 +398,8 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::crd::{ImagePostureSpec, ImagePostureStatus};
     use crate::core::posture::Posture;
+    use crate::model::crd::{ImagePostureSpec, ImagePostureStatus};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntry};
 
     const FIELDS: &[&str] = &["posture", "signer", "message"];

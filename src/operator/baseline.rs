@@ -30,14 +30,14 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sha2::{Digest as _, Sha256};
 
-use crate::operator::apply::Writer;
+use crate::core::lock::LockExt as _;
+use crate::core::posture::{bound, Posture, SignatureRecord, SignerType, MAX_MESSAGE, MAX_TEXT};
+use crate::error::Result;
+use crate::metrics::Metrics;
 use crate::model::crd::{
     parse_time, rfc3339, ImagePosture, ImagePostureStatus, LABEL_MANAGED_BY, MANAGER,
 };
-use crate::error::Result;
-use crate::core::lock::LockExt as _;
-use crate::metrics::Metrics;
-use crate::core::posture::{bound, Posture, SignatureRecord, SignerType, MAX_MESSAGE, MAX_TEXT};
+use crate::operator::apply::Writer;
 
 /// Field manager of the baseline loop: `status.drift` of ImagePostures, the SignerBaselines
 /// it creates (spec, once) and their status.
@@ -1415,7 +1415,8 @@ mod tests {
     #[test]
     fn unsigned_checking_and_no_identities() {
         let id = learned(&gh("acme/app", "release.yml", "refs/tags/v1"));
-        let not_signed = ImagePostureStatus::from_verdict(&crate::core::posture::Verdict::not_signed());
+        let not_signed =
+            ImagePostureStatus::from_verdict(&crate::core::posture::Verdict::not_signed());
         assert!(matches!(
             judge(Some(&not_signed), &spec(vec![id.clone()])),
             Judgement::Drift(Finding {

@@ -24,15 +24,15 @@ use kube::{Api, ResourceExt};
 use serde_json::json;
 use tracing::instrument;
 
-use crate::operator::apply::Writer;
+use crate::cache::{registry_wide, Observed, Observer, Source};
+use crate::core::posture::{Posture, Reason, Verdict};
+use crate::error::{Error, Result};
+use crate::metrics::Metrics;
 use crate::model::crd::{
     self, ImagePosture, ImagePostureStatus, FIELD_MANAGER_VERIFIER, LABEL_POSTURE, VERDICT_FIELDS,
 };
-use crate::error::{Error, Result};
-use crate::metrics::Metrics;
-use crate::cache::{registry_wide, Observed, Observer, Source};
+use crate::operator::apply::Writer;
 use crate::operator::ownership::{self, Part};
-use crate::core::posture::{Posture, Reason, Verdict};
 use crate::operator::waiting::Waiting;
 
 /// How the controller paces itself.

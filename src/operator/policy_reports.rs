@@ -12,11 +12,11 @@ use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch
 use kube::core::GroupVersionKind;
 use kube::Client;
 
-use crate::operator::apply::Writer;
 use crate::model::crd::{ImagePosture, LABEL_MANAGED_BY, MANAGER};
+use crate::model::policy_report::{self, Action, ImageVerdict, PolicyReport, Use};
+use crate::operator::apply::Writer;
 use crate::operator::inventory::tags::TagResolver;
 use crate::operator::inventory::{Inventory, NamespaceFilter, PodView};
-use crate::model::policy_report::{self, Action, ImageVerdict, PolicyReport, Use};
 
 /// What one pass wrote.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -20,8 +20,8 @@ use kube::runtime::reflector::Store;
 use kube::{Api, Client};
 
 use crate::core::image::ImageRef;
-use crate::operator::inventory::pod::PodView;
 use crate::core::lock::LockExt as _;
+use crate::operator::inventory::pod::PodView;
 use crate::verify::{CredSource, Credential, Found, Keyring, PullSecrets, Target};
 
 /// How long a Secret or ServiceAccount read is reused.

@@ -14,18 +14,18 @@ use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client};
 use tokio::sync::Notify;
 
+use crate::cache::{Observer, ObserverConfig};
+use crate::cli::RunArgs;
+use crate::core::lock::LockExt;
+use crate::metrics::Metrics;
+use crate::model::crd::ImagePosture;
 use crate::operator::apply::{Gate, Writer};
 use crate::operator::baseline::{Baseliner, SignerBaseline};
-use crate::cli::RunArgs;
 use crate::operator::controller::{self, Context, Settings};
-use crate::model::crd::ImagePosture;
 use crate::operator::inventory::sweep::{SweepConfig, SweepReport, Sweeper};
 use crate::operator::inventory::tags::TagResolver;
 use crate::operator::inventory::{LeanPod, NamespaceFilter};
 use crate::operator::leader::LeaderElector;
-use crate::core::lock::LockExt;
-use crate::metrics::Metrics;
-use crate::cache::{Observer, ObserverConfig};
 use crate::operator::pull_secrets::PullSecretSource;
 use crate::operator::server::{self, Health};
 use crate::verify::{AuthEvent, CredSource, Extras, PullSecrets, Verifier};
@@ -285,7 +285,12 @@ struct Reports {
     /// The reports the last clean sync left in place, and when: a pass that wants the same
     /// reports skips the PolicyReport list (an API call per pass otherwise), except once per
     /// [`REPORTS_RELIST`] so an edit or deletion by someone else is repaired.
-    written: Mutex<Option<(Vec<crate::model::policy_report::PolicyReport>, std::time::Instant)>>,
+    written: Mutex<
+        Option<(
+            Vec<crate::model::policy_report::PolicyReport>,
+            std::time::Instant,
+        )>,
+    >,
 }
 
 /// How long a clean PolicyReport sync is trusted without listing the reports again.
@@ -410,7 +415,8 @@ async fn count_postures(postures: &Store<ImagePosture>, metrics: &Metrics) {
         return;
     }
     loop {
-        let counts = crate::model::crd::posture_counts(postures.state().iter().map(|cr| cr.as_ref()));
+        let counts =
+            crate::model::crd::posture_counts(postures.state().iter().map(|cr| cr.as_ref()));
         metrics.set_images(&counts);
         tokio::time::sleep(Duration::from_secs(1)).await;
     }

@@ -9,15 +9,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use imageposture::apply::{Gate, Writer};
-use imageposture::controller::{self, Context, Settings};
-use imageposture::crd::ImagePosture;
+use imageposture::cache::{Observer, ObserverConfig};
+use imageposture::core::posture::Posture;
 use imageposture::error::Error;
-use imageposture::inventory::sweep::{SweepConfig, SweepReport, Sweeper};
-use imageposture::inventory::tags::TagResolver;
 use imageposture::metrics::Metrics;
-use imageposture::observer::{Observer, ObserverConfig};
-use imageposture::posture::Posture;
+use imageposture::model::crd::ImagePosture;
+use imageposture::operator::apply::{Gate, Writer};
+use imageposture::operator::controller::{self, Context, Settings};
+use imageposture::operator::inventory::sweep::{SweepConfig, SweepReport, Sweeper};
+use imageposture::operator::inventory::tags::TagResolver;
 use imageposture::verify::Verifier;
 use kube::api::Api;
 use kube::runtime::events::{Recorder, Reporter};
@@ -35,7 +35,7 @@ impl Default for Config {
         Config {
             observer: ObserverConfig::default(),
             sweep: SweepConfig::default(),
-            write_timeout: imageposture::apply::WRITE_TIMEOUT,
+            write_timeout: imageposture::operator::apply::WRITE_TIMEOUT,
             gate: Gate::open(),
             concurrency: 8,
         }
@@ -107,7 +107,7 @@ impl Operator {
     }
 
     /// The inventory pass over `pods`, then a reconcile of every ImagePosture, at `now`.
-    pub async fn pass<P: imageposture::inventory::PodView>(
+    pub async fn pass<P: imageposture::operator::inventory::PodView>(
         &self,
         api: &kube::Client,
         pods: &[Arc<P>],
@@ -128,7 +128,8 @@ impl Operator {
             .count();
         let not_leader = results.iter().any(|r| matches!(r, Err(Error::NotLeader)));
         let stored = list(api).await;
-        let by_posture = imageposture::crd::posture_counts(stored.iter().map(|c| c.as_ref()));
+        let by_posture =
+            imageposture::model::crd::posture_counts(stored.iter().map(|c| c.as_ref()));
         Report {
             images: inv.images,
             unresolved: inv.unresolved,

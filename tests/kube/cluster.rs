@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 
 use super::proxy::{ApiProxy, Seen};
 use super::KubeApi;
-use imageposture::crd::ImagePosture;
+use imageposture::model::crd::ImagePosture;
 
 pub struct Cluster {
     pub kube: KubeApi,

@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use imageposture::image::ImageId;
+use imageposture::core::image::ImageId;
 use imageposture::verify::{TrustSource, VerifierConfig};
 use rcgen::PublicKeyData as _;
 use serde_json::{json, Map, Value};

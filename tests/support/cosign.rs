@@ -4,7 +4,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use imageposture::image::ImageId;
+use imageposture::core::image::ImageId;
 use serde_json::{json, Map, Value};
 
 use super::pki::{b64, sha256_hex, LogEntry, Rekor, Signer};

@@ -18,7 +18,7 @@ pub mod tsa;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use imageposture::image::ImageId;
+use imageposture::core::image::ImageId;
 use imageposture::verify::{Limits, TrustSource, Verifier, VerifierConfig};
 
 /// Unique repository name, so tests sharing one registry never see each other's artifacts.

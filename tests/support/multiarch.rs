@@ -2,7 +2,7 @@
 //! arm64 platform manifest (each with its own config blob and layer), plus a provenance-style
 //! attestation manifest (`unknown/unknown`, `vnd.docker.reference.type: attestation-manifest`).
 
-use imageposture::image::ImageId;
+use imageposture::core::image::ImageId;
 use serde_json::json;
 
 use super::cosign::{Desc, Oci, Pushed, IN_TOTO, OCI_CONFIG, OCI_INDEX, OCI_MANIFEST};

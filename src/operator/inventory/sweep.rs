@@ -26,15 +26,15 @@ use serde_json::json;
 
 use super::tags::TagResolver;
 use super::{Inventory, NamespaceFilter, PodView, Unresolved, Usage};
-use crate::operator::apply::Writer;
+use crate::core::image::ImageId;
+use crate::core::posture::{Posture, Reason, Verdict};
+use crate::error::{Error, Result};
 use crate::model::crd::{
     self, ImagePosture, ImagePostureStatus, ImageUsage, FIELD_MANAGER_INVENTORY,
     FIELD_MANAGER_VERIFIER, INVENTORY_FIELDS, LABEL_POSTURE, VERDICT_FIELDS,
 };
-use crate::error::{Error, Result};
-use crate::core::image::ImageId;
+use crate::operator::apply::Writer;
 use crate::operator::ownership::{self, Part};
-use crate::core::posture::{Posture, Reason, Verdict};
 
 /// A usage's fingerprint (SipHash with fixed keys: the same in every pass).
 fn fingerprint(usage: &Usage) -> u64 {

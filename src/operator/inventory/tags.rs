@@ -19,8 +19,8 @@ use chrono::{DateTime, Utc};
 use tokio::sync::{Notify, Semaphore};
 
 use super::Unresolved;
-use crate::core::image::ImageId;
 use crate::cache::Observer;
+use crate::core::image::ImageId;
 use crate::core::posture::Reason;
 
 /// Tag resolutions in flight at once.
@@ -96,8 +96,10 @@ impl TagResolver {
                             message = %crate::core::text::escape(&v.message),
                             "running image not tied to a manifest digest: no posture attributed; tried again after the TTL"
                         );
-                        let message =
-                            crate::core::posture::bound(&v.message, crate::core::posture::MAX_MESSAGE);
+                        let message = crate::core::posture::bound(
+                            &v.message,
+                            crate::core::posture::MAX_MESSAGE,
+                        );
                         state.untied.insert(tag, (now, message));
                         me.resolved.notify_one();
                     }
