@@ -8,6 +8,7 @@
 pub(crate) mod auth;
 pub(crate) mod bundle;
 pub(crate) mod cert;
+mod chains;
 pub(crate) mod classify;
 mod config;
 pub(crate) mod discovery;

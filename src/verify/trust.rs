@@ -16,7 +16,7 @@ use sigstore::crypto::CosignVerificationKey;
 use sigstore::trust::sigstore::SigstoreTrustRoot;
 use sigstore_types::{DerCertificate, TimeRange, TsaAuthority};
 
-use super::cert::ChainCache;
+use super::chains::ChainCache;
 use super::TrustSource;
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
