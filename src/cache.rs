@@ -24,9 +24,11 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::core::image::{ImageId, ImageRef};
 use crate::core::posture::{Posture, Reason, Verdict, EVIDENCE_VIA_INDEX};
+use crate::core::tie::Unresolved;
 use crate::metrics::Metrics;
-use crate::operator::inventory::Unresolved;
 use crate::verify::Verifier;
+
+pub use crate::model::status::{recorded, Recorded};
 
 #[derive(Clone, Debug)]
 pub struct ObserverConfig {
@@ -51,19 +53,6 @@ impl Default for ObserverConfig {
             budget: Duration::from_secs(30),
         }
     }
-}
-
-/// A resting verdict as an image's resource records it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Recorded {
-    pub verdict: Verdict,
-    /// When a full verification reached it (`lastVerified`).
-    pub verified_at: DateTime<Utc>,
-    /// When it was last confirmed, verified or revalidated unchanged (`lastChecked`): the TTL
-    /// runs from here.
-    pub checked_at: DateTime<Utc>,
-    /// The resource shows `checking` since: revalidate now, whatever the TTL says.
-    pub stale: bool,
 }
 
 /// How an observation was reached.
@@ -452,18 +441,4 @@ pub fn registry_wide(reason: Reason) -> bool {
             | Reason::Timeout
             | Reason::Unauthorized
     )
-}
-
-/// A record as a status keeps it; `lastChecked` defaults to (and is never before) `lastVerified`.
-pub fn recorded(
-    verdict: Verdict,
-    verified_at: DateTime<Utc>,
-    checked_at: Option<DateTime<Utc>>,
-) -> Recorded {
-    Recorded {
-        checked_at: checked_at.unwrap_or(verified_at).max(verified_at),
-        verdict,
-        verified_at,
-        stale: false,
-    }
 }

@@ -14,6 +14,7 @@ use sha2::Digest as _;
 
 use crate::core::image::{self, ImageId, ImageRef};
 use crate::core::posture::Reason;
+use crate::model::naming::ResourceName as _;
 use crate::verify::auth::Challenge;
 use crate::verify::cert::{chain_from_pem, Leaf};
 use crate::verify::record::Context;

@@ -6,9 +6,8 @@ use apidouble::ApiDouble;
 use futures::{StreamExt, TryStreamExt};
 use imageposture::core::image::ImageRef;
 use imageposture::core::posture::{Posture, Reason};
-use imageposture::model::crd::{
-    self, ImagePosture, ImagePostureStatus, FIELD_MANAGER_INVENTORY as FIELD_MANAGER,
-};
+use imageposture::model::crd::{self, ImagePosture, ImagePostureStatus};
+use imageposture::model::fields::FIELD_MANAGER_INVENTORY as FIELD_MANAGER;
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};

@@ -5,6 +5,7 @@ mod support;
 
 use std::process::Command;
 
+use imageposture::model::naming::ResourceName as _;
 use support::pki::{Identity, GITHUB_ISSUER, WORKFLOW_URI};
 use support::{unique_repo, TestEnv};
 

@@ -39,10 +39,10 @@ fn checked_in_crd_matches_code() {
 }
 
 /// `crds/signerbaseline.yaml` (and its kustomize copy) are generated from
-/// `imageposture::operator::baseline`, like the ImagePosture CRD; `IMAGEPOSTURE_BLESS=1` rewrites them.
+/// `imageposture::model::baseline`, like the ImagePosture CRD; `IMAGEPOSTURE_BLESS=1` rewrites them.
 #[test]
 fn checked_in_signer_baseline_crd_matches_code() {
-    let want = imageposture::operator::baseline::crd_yaml();
+    let want = imageposture::model::baseline::crd_yaml();
     let bless = std::env::var_os("IMAGEPOSTURE_BLESS").is_some_and(|v| v == "1");
     for rel in ["crds/signerbaseline.yaml", "config/crd/signerbaseline.yaml"] {
         let path = root().join(rel);

@@ -18,10 +18,12 @@ use harness::Operator;
 use imageposture::core::image::ImageId;
 use imageposture::core::posture::Posture;
 use imageposture::metrics::Metrics;
+use imageposture::model::baseline::{DriftKind, Mode, SignerBaseline};
 use imageposture::model::crd::{ImagePosture, ImagePostureStatus};
+use imageposture::model::naming::ResourceName as _;
 use imageposture::model::policy_report::{self, Use};
 use imageposture::operator::apply::Writer;
-use imageposture::operator::baseline::{Baseliner, DriftKind, Mode, PassReport, SignerBaseline};
+use imageposture::operator::baseline::{Baseliner, PassReport};
 use imageposture::operator::policy_reports;
 use k8s_openapi::api::core::v1::Pod;
 use kube::cluster::Cluster;
@@ -448,7 +450,7 @@ async fn learned_on_first_use_and_departures_drift() {
         .iter()
         .map(|p| Use {
             namespace: "prod".into(),
-            owner: policy_report::owner_of(p),
+            owner: policy_reports::owner_of(p),
             image: p.spec.as_ref().unwrap().containers[0]
                 .image
                 .clone()

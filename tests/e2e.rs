@@ -16,6 +16,7 @@ use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use imageposture::model::crd::ImagePosture;
+use imageposture::model::naming::ResourceName as _;
 use imageposture::operator::inventory::{Inventory, NamespaceFilter};
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;

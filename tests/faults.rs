@@ -39,6 +39,7 @@ use imageposture::cache::ObserverConfig;
 use imageposture::core::image::ImageId;
 use imageposture::core::posture::{Posture, Reason};
 use imageposture::model::crd::{ImagePosture, ImagePostureStatus};
+use imageposture::model::naming::ResourceName as _;
 use imageposture::operator::inventory::sweep::SweepConfig;
 use imageposture::verify::{Verifier, VerifierConfig};
 use k8s_openapi::api::core::v1::Pod;

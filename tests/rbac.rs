@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 use ::kube::api::{Api, ListParams};
 use base64::Engine as _;
 use imageposture::core::image::ImageId;
+use imageposture::model::naming::ResourceName as _;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
 use kube::cluster::{write_kubeconfig, Cluster};

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use ::kube::api::{Api, ApiResource, DeleteParams, DynamicObject};
 use futures::StreamExt;
+use imageposture::model::naming::ResourceName as _;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;

@@ -22,8 +22,9 @@ use imageposture::cache::ObserverConfig;
 use imageposture::core::image::ImageId;
 use imageposture::core::posture::{Posture, Reason, SignerType};
 use imageposture::model::crd::{ImagePosture, ImagePostureStatus};
-use imageposture::operator::apply::Gate;
+use imageposture::model::naming::ResourceName as _;
 use imageposture::operator::inventory::sweep::SweepConfig;
+use imageposture::operator::leader::Gate;
 use k8s_openapi::api::core::v1::Pod;
 use kube::cluster::Cluster;
 use kube::proxy::{Fault, Rule};
@@ -1157,7 +1158,7 @@ async fn a_merge_patched_status_is_restored_once_and_then_left_alone() {
             continue;
         }
         let status = &entry["fieldsV1"]["f:status"];
-        for f in imageposture::model::crd::VERDICT_FIELDS {
+        for f in imageposture::model::fields::VERDICT_FIELDS {
             assert!(
                 status.get(format!("f:{f}")).is_none(),
                 "{manager} still owns {f}: {cr:#}"

@@ -9,6 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use imageposture::core::image::ImageId;
+use imageposture::model::naming::ResourceName as _;
 use serde_json::Value;
 
 use crate::apidouble::ApiDouble;

@@ -26,7 +26,7 @@ pub async fn observer(args: &VerifyArgs) -> Result<Observer, Box<dyn std::error:
 }
 
 pub async fn run(args: ObserveArgs) -> Result<(), Box<dyn std::error::Error>> {
-    let baselines = crate::operator::baseline::load(args.baseline.as_deref())?;
+    let baselines = crate::model::baseline::load(args.baseline.as_deref())?;
     let observer = &observer(&args.verify).await?;
     let now = chrono::Utc::now();
     let rows: Vec<Row> = stream::iter(args.images.iter())
@@ -71,8 +71,7 @@ pub async fn run(args: ObserveArgs) -> Result<(), Box<dyn std::error::Error>> {
     for r in &mut rows {
         if let Some(repository) = &r.repository {
             let status = crate::model::crd::ImagePostureStatus::from_verdict(&r.verdict);
-            r.drift =
-                crate::operator::baseline::offline_drift(repository, &status, &baselines, now);
+            r.drift = crate::model::baseline::offline_drift(repository, &status, &baselines, now);
         }
     }
     print!("{}", output::render(&rows, args.output));

@@ -21,7 +21,7 @@ pub struct Row {
     pub verdict: Verdict,
     /// How the image departs from its repository's SignerBaseline (`--baseline`).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub drift: Option<crate::operator::baseline::Drift>,
+    pub drift: Option<crate::model::baseline::Drift>,
 }
 
 pub fn render(rows: &[Row], format: OutputFormat) -> String {

@@ -8,6 +8,7 @@ use futures::stream::{self, StreamExt};
 use crate::cache::Observer;
 use crate::cli::{OutputFormat, ScanArgs};
 use crate::model::crd::{self, ImagePosture, ImagePostureStatus, ImageUsage};
+use crate::model::fields;
 use crate::operator::inventory::{Inventory, NamespaceFilter, PodView};
 
 /// Largest pod list accepted (a 10k-pod cluster lists in well under this).
@@ -15,7 +16,7 @@ const MAX_INPUT: u64 = 512 << 20;
 
 pub async fn run(args: ScanArgs) -> Result<(), Box<dyn std::error::Error>> {
     let pods = read_pods(&args.file)?;
-    let baselines = crate::operator::baseline::load(args.baseline.as_deref())?;
+    let baselines = crate::model::baseline::load(args.baseline.as_deref())?;
     let observer = crate::commands::observe::observer(&args.verify).await?;
     let mut objects = scan(&pods, &observer, args.verify.concurrency).await;
     judge_drift(&mut objects, &baselines, chrono::Utc::now());
@@ -38,7 +39,7 @@ pub async fn run(args: ScanArgs) -> Result<(), Box<dyn std::error::Error>> {
 /// operator's baseline loop would; nothing is learned without a cluster.
 pub fn judge_drift(
     objects: &mut [ImagePosture],
-    baselines: &[crate::operator::baseline::SignerBaseline],
+    baselines: &[crate::model::baseline::SignerBaseline],
     now: chrono::DateTime<chrono::Utc>,
 ) {
     if baselines.is_empty() {
@@ -48,7 +49,7 @@ pub fn judge_drift(
         let repository = o.spec.repository.clone();
         if let Some(status) = o.status.as_mut() {
             status.drift =
-                crate::operator::baseline::offline_drift(&repository, status, baselines, now);
+                crate::model::baseline::offline_drift(&repository, status, baselines, now);
         }
     }
 }
@@ -84,8 +85,8 @@ pub async fn scan<P: PodView>(
                 "imageposture: {} {} ({}: {})",
                 crate::core::text::escape(&tag.to_string()),
                 match tag {
-                    crate::operator::inventory::Unresolved::Tag(_) => "has no digest yet",
-                    crate::operator::inventory::Unresolved::Tie(_) =>
+                    crate::core::tie::Unresolved::Tag(_) => "has no digest yet",
+                    crate::core::tie::Unresolved::Tie(_) =>
                         "is not tied to a manifest digest: no posture attributed",
                 },
                 v.reason,
@@ -105,7 +106,7 @@ pub async fn scan<P: PodView>(
                 .collect();
             let o = observer.observe_with(&id, &leads, None, now).await;
             let mut r = crd::new_resource(&id);
-            r.metadata.labels = Some(crd::labels(&id, Some(o.verdict.posture)));
+            r.metadata.labels = Some(fields::labels(&id, Some(o.verdict.posture)));
             let verdict = ImagePostureStatus::verdict_fields(
                 &o.verdict,
                 o.verified_at,

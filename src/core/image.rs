@@ -1,4 +1,4 @@
-//! Image references: parsing, normalization, identity and ImagePosture naming.
+//! Image references: parsing, normalization and identity.
 //!
 //! Identity is `registry/repository@digest` with Docker Hub spelled `docker.io` and official
 //! images under `library/`, so `nginx`, `docker.io/nginx` and `index.docker.io/library/nginx`
@@ -6,8 +6,6 @@
 //! [`reference`]: oci-spec's regex costs ~60 ms to compile at first use, most of a one-image run.
 
 use std::fmt;
-
-use sha2::{Digest as _, Sha256};
 
 mod reference;
 
@@ -113,11 +111,6 @@ impl ImageId {
         api_host(&self.registry)
     }
 
-    /// The ImagePosture name of this identity (see [`resource_name_of`]).
-    pub fn resource_name(&self) -> String {
-        resource_name_of(&self.repo_path(), &self.key())
-    }
-
     /// The cosign legacy signature tag, `sha256-<hex>.sig`.
     pub fn sig_tag(&self) -> String {
         format!("{}.sig", self.referrers_tag())
@@ -137,37 +130,6 @@ impl ImageId {
 impl fmt::Display for ImageId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.key())
-    }
-}
-
-/// Deterministic, readable, unique resource name of at most 63 characters: a slug of the
-/// repository path and the first 10 hex characters of the SHA-256 of `identity`.
-pub fn resource_name_of(repo_path: &str, identity: &str) -> String {
-    let hash = hex::encode(Sha256::digest(identity.as_bytes()));
-    let mut slug = String::new();
-    let mut last_dash = true;
-    for c in repo_path.chars() {
-        let c = c.to_ascii_lowercase();
-        if c.is_ascii_alphanumeric() {
-            slug.push(c);
-            last_dash = false;
-        } else if !last_dash {
-            slug.push('-');
-            last_dash = true;
-        }
-    }
-    let slug = slug.trim_matches('-');
-    let max_slug = 63 - 11;
-    // Keep the end: the image name is more telling than the registry host. The slug is
-    // ASCII, but count characters anyway so no input can cut one in half.
-    let skip = slug.chars().count().saturating_sub(max_slug);
-    let slug: String = slug.chars().skip(skip).collect();
-    let slug = slug.trim_start_matches('-');
-    let short: String = hash.chars().take(10).collect();
-    if slug.is_empty() {
-        format!("img-{short}")
-    } else {
-        format!("{slug}-{short}")
     }
 }
 
@@ -352,34 +314,6 @@ mod tests {
         ] {
             assert!(ImageRef::parse(s).is_err(), "{s:?}");
         }
-    }
-
-    #[test]
-    fn names_are_bounded_and_unique() {
-        let a = ImageRef::parse(&format!(
-            "{}/x@{D}",
-            "very-long-host.example.com/deep/path/to/a/repository/with/many/segments"
-        ))
-        .unwrap()
-        .id()
-        .unwrap();
-        let n = a.resource_name();
-        assert!(n.len() <= 63, "{n}");
-        assert!(n
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'));
-        let b = ImageId {
-            digest: D.replace('0', "1"),
-            ..a.clone()
-        };
-        assert_ne!(a.resource_name(), b.resource_name());
-        let nginx = ImageRef::parse(&format!("nginx@{D}"))
-            .unwrap()
-            .id()
-            .unwrap();
-        assert!(nginx
-            .resource_name()
-            .starts_with("docker-io-library-nginx-"));
     }
 
     #[test]

@@ -5,3 +5,4 @@ pub mod isolate;
 pub mod lock;
 pub mod posture;
 pub mod text;
+pub mod tie;

@@ -14,45 +14,16 @@ use kube::{CustomResource, CustomResourceExt};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::cache::Recorded;
 use crate::core::image::ImageId;
 use crate::core::posture::{
     bound, Posture, Reason, SignatureRecord, SignerType, Verdict, MAX_MESSAGE, MAX_TEXT,
 };
+use crate::core::tie::{Tie, Untied};
+use crate::model::fields::{label_value, labels, LABEL_MANAGED_BY, LABEL_REGISTRY, MANAGER};
+use crate::model::naming::ResourceName as _;
 
 /// API group of every resource this operator owns.
 pub const GROUP: &str = "imageposture.io";
-/// `app.kubernetes.io/managed-by` value: lets `kubectl get ipost -l` and GC select our objects.
-pub const MANAGER: &str = "imageposture";
-/// Field manager of the inventory loop: `spec`, the ownership and registry labels,
-/// `status.references` and `status.usage`.
-pub const FIELD_MANAGER_INVENTORY: &str = "imageposture-inventory";
-/// Field manager of the verification controller: the posture label and every verdict field
-/// of the status ([`VERDICT_FIELDS`]).
-pub const FIELD_MANAGER_VERIFIER: &str = "imageposture-verifier";
-
-/// The status fields the inventory owns (JSON names).
-pub const INVENTORY_FIELDS: &[&str] = &["references", "usage"];
-/// The status fields the verifier owns (JSON names): everything but the inventory's.
-pub const VERDICT_FIELDS: &[&str] = &[
-    "posture",
-    "signer",
-    "issuer",
-    "signerType",
-    "reason",
-    "message",
-    "signatures",
-    "lastVerified",
-    "lastChecked",
-    "checkingSince",
-    "signatureDigests",
-    "conditions",
-];
-
-pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
-pub const LABEL_POSTURE: &str = "imageposture.io/posture";
-pub const LABEL_REGISTRY: &str = "imageposture.io/registry";
-
 /// Signature records kept in status. Registries can attach any number of artifacts; the CR
 /// must stay small (etcd object size, watch traffic), and the first few tell the story.
 pub const MAX_SIGNATURES_IN_STATUS: usize = 8;
@@ -191,7 +162,7 @@ pub struct ImagePostureStatus {
     /// How this image departs from its repository's SignerBaseline (field manager
     /// `imageposture-drift`); absent when it does not, or the repository has no baseline.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub drift: Option<crate::operator::baseline::Drift>,
+    pub drift: Option<crate::model::baseline::Drift>,
 }
 
 /// schemars renders `Option<SimpleEnum>` as `enum: [..., null]`; `nullable: true` (which kube
@@ -360,42 +331,6 @@ impl ImageUsage {
     }
 }
 
-/// Labels the operator sets on every ImagePosture: ownership (for GC and selection), the
-/// posture (`kubectl get ipost -l imageposture.io/posture=not-signed`) and the registry host.
-/// The posture label is omitted when no verdict exists yet.
-pub fn labels(id: &ImageId, posture: Option<Posture>) -> BTreeMap<String, String> {
-    let mut l = BTreeMap::new();
-    l.insert(LABEL_MANAGED_BY.to_string(), MANAGER.to_string());
-    if let Some(p) = posture {
-        l.insert(LABEL_POSTURE.to_string(), p.as_str().to_string());
-    }
-    let registry = label_value(&id.registry);
-    if !registry.is_empty() {
-        l.insert(LABEL_REGISTRY.to_string(), registry);
-    }
-    l
-}
-
-/// Turns arbitrary text (a registry host such as `127.0.0.1:5000`) into a valid label value:
-/// at most 63 characters of `[A-Za-z0-9._-]`, starting and ending alphanumeric; other characters
-/// become `-`. May return the empty string, which is a valid (if useless) label value.
-pub fn label_value(text: &str) -> String {
-    let mapped: String = text
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '.' || c == '_' || c == '-' {
-                c
-            } else {
-                '-'
-            }
-        })
-        .take(63)
-        .collect();
-    mapped
-        .trim_matches(|c: char| !c.is_ascii_alphanumeric())
-        .to_string()
-}
-
 /// A new ImagePosture for an image: deterministic name, identity spec and labels, no status
 /// (status is written separately through the status subresource).
 pub fn new_resource(id: &ImageId) -> ImagePosture {
@@ -414,12 +349,13 @@ pub fn new_resource(id: &ImageId) -> ImagePosture {
 
 /// The resource of a running image that could not be tied to a manifest of its repository:
 /// named apart from any manifest identity (its hash covers the kind), never verified.
-pub fn untied_resource(tie: &crate::operator::inventory::Tie) -> ImagePosture {
-    let (kind, digest) = tie.runtime_digest();
+pub fn untied_resource(tie: &Tie) -> ImagePosture {
+    let (kind, digest) = runtime_digest(tie);
     let reference = &tie.reference;
     let repo = format!("{}/{}", reference.registry, reference.repository);
     let identity = format!("{repo}@{digest}");
-    let name = crate::core::image::resource_name_of(&repo, &format!("untied/{kind:?}/{identity}"));
+    let name =
+        crate::model::naming::resource_name_of(&repo, &format!("untied/{kind:?}/{identity}"));
     let mut r = ImagePosture::new(
         &name,
         ImagePostureSpec {
@@ -437,6 +373,14 @@ pub fn untied_resource(tie: &crate::operator::inventory::Tie) -> ImagePosture {
     }
     r.metadata.labels = Some(l);
     r
+}
+
+/// What the runtime reported: its kind and digest (never a manifest identity by itself).
+fn runtime_digest(tie: &Tie) -> (UntiedKind, &str) {
+    match &tie.running {
+        Untied::Config(c) => (UntiedKind::Config, c.as_str()),
+        Untied::Foreign(d) => (UntiedKind::Foreign, d.as_str()),
+    }
 }
 
 impl ImagePosture {
@@ -472,25 +416,6 @@ impl ImagePosture {
     }
 }
 
-/// Resources by posture (all four, zeros included), for the `images` gauge.
-pub fn posture_counts<'a>(
-    resources: impl IntoIterator<Item = &'a ImagePosture>,
-) -> Vec<(Posture, i64)> {
-    let mut counts = [
-        (Posture::Signed, 0),
-        (Posture::InvalidSignature, 0),
-        (Posture::NotSigned, 0),
-        (Posture::Checking, 0),
-    ];
-    for cr in resources {
-        let posture = cr.status.as_ref().and_then(|s| s.posture);
-        if let Some(entry) = counts.iter_mut().find(|(p, _)| Some(*p) == posture) {
-            entry.1 += 1;
-        }
-    }
-    counts.to_vec()
-}
-
 /// How every timestamp of the status is written: RFC 3339, whole seconds, UTC.
 pub fn rfc3339(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Secs, true)
@@ -500,118 +425,6 @@ pub fn parse_time(s: &str) -> Option<DateTime<Utc>> {
     DateTime::parse_from_rfc3339(s)
         .ok()
         .map(|t| t.with_timezone(&Utc))
-}
-
-/// The status <-> verdict mapping, in one place: what each field manager states, and what a
-/// stored status tells the observer.
-impl ImagePostureStatus {
-    /// The verdict fields the verifier states for an observation. Timestamps carry over unless
-    /// something changed, so an unchanged image yields identical fields and therefore no write.
-    /// While `checking`, the signature records and listing digests of the last verification
-    /// stay (with `lastVerified`), so recovery is a cheap revalidation, not a download.
-    pub fn verdict_fields(
-        v: &Verdict,
-        verified_at: Option<DateTime<Utc>>,
-        checked_at: Option<DateTime<Utc>>,
-        old: Option<&ImagePostureStatus>,
-        now: DateTime<Utc>,
-    ) -> Self {
-        let mut s = ImagePostureStatus::from_verdict(v);
-        s.last_verified = verified_at
-            .map(rfc3339)
-            .or_else(|| old.and_then(|o| o.last_verified.clone()));
-        s.last_checked = checked_at
-            .map(rfc3339)
-            .or_else(|| old.and_then(|o| o.last_checked.clone()));
-        if v.posture == Posture::Checking {
-            s.checking_since = old
-                .filter(|o| o.posture == Some(Posture::Checking))
-                .and_then(|o| o.checking_since.clone())
-                .or_else(|| Some(rfc3339(now)));
-            if let Some(o) = old.filter(|o| o.last_verified.is_some()) {
-                s.signatures = o.signatures.clone();
-                s.signature_digests = o.signature_digests.clone();
-            }
-        }
-        let condition = Condition::verified(v.posture, v.reason, &v.message, &rfc3339(now));
-        let previous =
-            old.and_then(|o| o.conditions.iter().find(|c| c.type_ == CONDITION_VERIFIED));
-        let since = match previous {
-            Some(p) if p.status == condition.status => p.last_transition_time.clone(),
-            _ => condition.last_transition_time.clone(),
-        };
-        s.conditions = vec![Condition {
-            last_transition_time: since,
-            ..condition
-        }];
-        s.enforce_bounds();
-        s
-    }
-
-    /// The verdict fields of a resource the inventory has just created: `checking`/`Pending`
-    /// until the controller's first verification.
-    pub fn pending(now: DateTime<Utc>) -> Self {
-        let v = Verdict::checking(Reason::Pending, "queued for its first verification");
-        Self::verdict_fields(&v, None, None, None, now)
-    }
-
-    /// The fields the inventory states: who runs the image now (0 pods once the last is gone).
-    pub fn inventory_fields(references: Vec<String>, usage: ImageUsage) -> Self {
-        let mut s = ImagePostureStatus {
-            references,
-            usage: Some(usage),
-            ..Default::default()
-        };
-        s.enforce_bounds();
-        s
-    }
-
-    /// One status from the two managers' parts (what `scan` prints).
-    pub fn combined(verdict: Self, inventory: Self) -> Self {
-        ImagePostureStatus {
-            references: inventory.references,
-            usage: inventory.usage,
-            ..verdict
-        }
-    }
-
-    /// The verdict this status records, for the observer. A resting posture is recorded as
-    /// it stands; `checking` after an earlier verification records that verification as stale
-    /// (revalidated by its digests before anything else).
-    pub fn recorded(&self) -> Option<Recorded> {
-        let verified_at = parse_time(self.last_verified.as_deref()?)?;
-        let checked_at = self.last_checked.as_deref().and_then(parse_time);
-        let posture = self.posture?;
-        let verdict = if posture.is_resting() {
-            Verdict {
-                posture,
-                reason: self.reason?,
-                message: self.message.clone(),
-                signer: self.signer.clone(),
-                issuer: self.issuer.clone(),
-                signer_type: self.signer_type,
-                signatures: self.signatures.clone(),
-                artifact_digests: self.signature_digests.clone(),
-                retry_after: None,
-            }
-        } else {
-            let mut v = Verdict::from_signatures(self.signatures.clone());
-            v.artifact_digests = self.signature_digests.clone();
-            v
-        };
-        let mut r = crate::cache::recorded(verdict, verified_at, checked_at);
-        r.stale = !posture.is_resting();
-        Some(r)
-    }
-
-    /// The stored values of `fields` (JSON names), for comparing with what one manager states.
-    pub fn only(&self, fields: &[&str]) -> serde_json::Value {
-        let mut v = serde_json::to_value(self).unwrap_or_default();
-        if let Some(map) = v.as_object_mut() {
-            map.retain(|k, _| fields.contains(&k.as_str()));
-        }
-        v
-    }
 }
 
 /// The CustomResourceDefinition as YAML; `crds/imageposture.yaml` holds exactly this text.
@@ -625,6 +438,7 @@ mod tests {
     use super::*;
     use crate::core::image::ImageRef;
     use crate::core::posture::{SignatureFormat, SignatureSource};
+    use crate::model::fields::*;
     use kube::Resource;
 
     const D: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";

@@ -18,7 +18,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::operator::inventory::PodView;
 use serde::{Deserialize, Serialize};
 
 use crate::core::posture::{bound, Posture, MAX_MESSAGE, MAX_TEXT};
@@ -34,7 +33,7 @@ pub const POLICY: &str = "image-signature";
 /// Results kept per report (etcd object size; a namespace with more owners still gets its
 /// summary counted in full and the number left out in an annotation).
 pub const MAX_RESULTS: usize = 500;
-/// The rule of results about signer drift (see `crate::operator::baseline`).
+/// The rule of results about signer drift (see `crate::model::baseline`).
 pub const RULE_SIGNER_DRIFT: &str = "signer-drift";
 
 /// Annotation carrying how many results were left out of `results`.
@@ -50,24 +49,6 @@ pub struct Owner {
     pub name: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub uid: String,
-}
-
-/// The controller owner of `pod` (or the pod itself).
-pub fn owner_of<P: PodView + ?Sized>(pod: &P) -> Owner {
-    match pod.controller() {
-        Some(o) => Owner {
-            api_version: o.api_version.to_string(),
-            kind: o.kind.to_string(),
-            name: o.name.to_string(),
-            uid: o.uid.to_string(),
-        },
-        None => Owner {
-            api_version: "v1".into(),
-            kind: "Pod".into(),
-            name: pod.name().unwrap_or_default().to_string(),
-            uid: pod.uid().unwrap_or_default().to_string(),
-        },
-    }
 }
 
 /// One image run by one owner in one namespace.
@@ -92,7 +73,7 @@ pub struct ImageVerdict {
     pub last_verified: Option<String>,
     /// How the image departs from its repository's SignerBaseline: a result of rule
     /// `signer-drift` (`fail`; `warn` for `SourceRefChanged`).
-    pub drift: Option<crate::operator::baseline::Drift>,
+    pub drift: Option<crate::model::baseline::Drift>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -227,8 +208,8 @@ fn report(
     }
     let mut labels = BTreeMap::new();
     labels.insert(
-        crate::model::crd::LABEL_MANAGED_BY.to_string(),
-        crate::model::crd::MANAGER.to_string(),
+        crate::model::fields::LABEL_MANAGED_BY.to_string(),
+        crate::model::fields::MANAGER.to_string(),
     );
     PolicyReport {
         api_version: API_VERSION.into(),
@@ -326,7 +307,7 @@ pub enum Action {
 /// apply leaves those alone, so they are no reason to write).
 fn ours(m: &Metadata) -> (Option<&String>, Option<&String>) {
     (
-        m.labels.get(crate::model::crd::LABEL_MANAGED_BY),
+        m.labels.get(crate::model::fields::LABEL_MANAGED_BY),
         m.annotations.get(ANNOTATION_OMITTED),
     )
 }
@@ -369,7 +350,6 @@ pub fn plan(desired: &[PolicyReport], existing: &[PolicyReport]) -> Vec<Action> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::api::core::v1::Pod;
 
     fn owner(kind: &str, name: &str) -> Owner {
         Owner {
@@ -402,7 +382,7 @@ mod tests {
 
     #[test]
     fn a_drift_fails_rule_signer_drift() {
-        let drift = |kind| crate::operator::baseline::Drift {
+        let drift = |kind| crate::model::baseline::Drift {
             kind,
             baseline: "app".into(),
             signer: Some("mallory@example.com".into()),
@@ -412,11 +392,9 @@ mod tests {
             since: "2026-12-01T12:00:00Z".into(),
         };
         let mut v = verdict(Posture::Signed, "Verified");
-        v.drift = Some(drift(crate::operator::baseline::DriftKind::SignerChanged));
+        v.drift = Some(drift(crate::model::baseline::DriftKind::SignerChanged));
         let mut w = verdict(Posture::Signed, "Verified");
-        w.drift = Some(drift(
-            crate::operator::baseline::DriftKind::SourceRefChanged,
-        ));
+        w.drift = Some(drift(crate::model::baseline::DriftKind::SourceRefChanged));
         let verdicts = BTreeMap::from([
             ("r/a@sha256:1".to_string(), v),
             ("r/b@sha256:2".to_string(), w),
@@ -565,31 +543,6 @@ mod tests {
     }
 
     #[test]
-    fn owner_is_the_controller_or_the_pod() {
-        let pod: Pod = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": "web-abc", "namespace": "prod", "uid": "p1", "ownerReferences": [
-                {"apiVersion": "v1", "kind": "Thing", "name": "other", "uid": "t1"},
-                {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-5d8f", "uid": "rs1", "controller": true}
-            ]}
-        }))
-        .unwrap();
-        assert_eq!(owner_of(&pod).name, "web-5d8f");
-        assert_eq!(owner_of(&pod).kind, "ReplicaSet");
-        let bare: Pod =
-            serde_json::from_value(serde_json::json!({"metadata": {"name": "solo", "uid": "p2"}}))
-                .unwrap();
-        assert_eq!(
-            owner_of(&bare),
-            Owner {
-                api_version: "v1".into(),
-                kind: "Pod".into(),
-                name: "solo".into(),
-                uid: "p2".into()
-            }
-        );
-    }
-
-    #[test]
     fn plan_writes_only_changes_and_deletes_emptied_namespaces() {
         let v = verdicts();
         let before = reports(
@@ -614,7 +567,7 @@ mod tests {
         listed[0]
             .metadata
             .labels
-            .remove(crate::model::crd::LABEL_MANAGED_BY);
+            .remove(crate::model::fields::LABEL_MANAGED_BY);
         assert_eq!(plan(&before, &listed).len(), 1, "our label was removed");
 
         let mut v2 = v.clone();

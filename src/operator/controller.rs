@@ -28,9 +28,8 @@ use crate::cache::{registry_wide, Observed, Observer, Source};
 use crate::core::posture::{Posture, Reason, Verdict};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
-use crate::model::crd::{
-    self, ImagePosture, ImagePostureStatus, FIELD_MANAGER_VERIFIER, LABEL_POSTURE, VERDICT_FIELDS,
-};
+use crate::model::crd::{ImagePosture, ImagePostureStatus};
+use crate::model::fields::{self, FIELD_MANAGER_VERIFIER, LABEL_POSTURE, VERDICT_FIELDS};
 use crate::operator::apply::Writer;
 use crate::operator::ownership::{self, Part};
 use crate::operator::waiting::Waiting;
@@ -316,7 +315,7 @@ pub fn error_policy(cr: Arc<ImagePosture>, error: &Error, ctx: Arc<Context>) -> 
 
 /// The Controller over every ImagePosture carrying our managed-by label.
 pub fn build(api: Api<ImagePosture>, settings: &Settings) -> Controller<ImagePosture> {
-    let selector = format!("{}={}", crd::LABEL_MANAGED_BY, crd::MANAGER);
+    let selector = format!("{}={}", fields::LABEL_MANAGED_BY, fields::MANAGER);
     let config = controller::Config::default().concurrency(settings.concurrency);
     Controller::new(api, watcher::Config::default().labels(&selector)).with_config(config)
 }

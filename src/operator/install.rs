@@ -13,7 +13,8 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::{Api, Patch, PatchParams};
 use kube::CustomResourceExt;
 
-use crate::model::crd::{ImagePosture, MANAGER};
+use crate::model::crd::ImagePosture;
+use crate::model::fields::MANAGER;
 
 /// How long [`install_crd`] waits for `Established` (a real API server takes about a second).
 pub const ESTABLISH_TIMEOUT: Duration = Duration::from_secs(30);
@@ -49,7 +50,7 @@ pub async fn install_crd(client: &kube::Client) -> Result<(), InstallError> {
 /// waits for its watch, and nothing else needs it. A failure is logged, not fatal.
 pub async fn install_baseline_crd(client: &kube::Client) {
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let crd = crate::operator::baseline::SignerBaseline::crd();
+    let crd = crate::model::baseline::SignerBaseline::crd();
     let name = crd.metadata.name.clone().unwrap_or_default();
     let params = PatchParams::apply(MANAGER).force();
     match api.patch(&name, &params, &Patch::Apply(&crd)).await {

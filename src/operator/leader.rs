@@ -336,6 +336,103 @@ fn now_micros() -> Timestamp {
     Timestamp::from_microsecond(now.as_microsecond()).unwrap_or(now)
 }
 
+// ---- the gate the writers hold ------------------------------------------------------------
+
+/// Leadership as the writers see it: until when this replica's claim on the Lease holds.
+/// `Gate::open()` writes unconditionally (single replica, tests).
+#[derive(Clone, Debug, Default)]
+pub struct Gate(Kind);
+
+#[derive(Clone, Debug, Default)]
+enum Kind {
+    #[default]
+    Open,
+    /// `Some(valid until)` while leading.
+    Claim(watch::Receiver<Option<Instant>>),
+    /// Leading while `true`, with no deadline of its own (tests, the benchmark).
+    Flag(watch::Receiver<bool>),
+}
+
+impl Gate {
+    pub fn open() -> Self {
+        Gate(Kind::Open)
+    }
+
+    /// Follows a claim watch (`Some(valid until)` while leading, see
+    /// [`LeaderElector::spawn_with_claim`]).
+    pub fn claim(rx: watch::Receiver<Option<Instant>>) -> Self {
+        Gate(Kind::Claim(rx))
+    }
+
+    /// Open while `rx` says `true`.
+    pub fn flag(rx: watch::Receiver<bool>) -> Self {
+        Gate(Kind::Flag(rx))
+    }
+
+    /// How long a write may take from now: `None` when not leading.
+    pub(crate) fn remaining(&self) -> Option<Duration> {
+        match &self.0 {
+            Kind::Open => Some(Duration::MAX),
+            Kind::Flag(rx) => rx.borrow().then_some(Duration::MAX),
+            Kind::Claim(rx) => {
+                let until = (*rx.borrow())?;
+                let left = until.saturating_duration_since(Instant::now());
+                (!left.is_zero()).then_some(left)
+            }
+        }
+    }
+
+    pub fn leading(&self) -> bool {
+        self.remaining().is_some()
+    }
+
+    /// Resolves once this replica leads (at once for an open gate).
+    pub async fn gained(&self) {
+        match &self.0 {
+            Kind::Open => {}
+            Kind::Flag(rx) => {
+                let mut rx = rx.clone();
+                if rx.wait_for(|leading| *leading).await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+            Kind::Claim(rx) => {
+                let mut rx = rx.clone();
+                let now = Instant::now;
+                if rx.wait_for(|c| c.is_some_and(|u| u > now())).await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+        }
+    }
+
+    /// Resolves once this replica stops leading (never for an open gate): when the watch
+    /// says so, or when the claim runs out first.
+    pub async fn lost(&self) {
+        match &self.0 {
+            Kind::Open => std::future::pending().await,
+            Kind::Flag(rx) => {
+                let mut rx = rx.clone();
+                let _ = rx.wait_for(|leading| !*leading).await;
+            }
+            Kind::Claim(rx) => {
+                let mut rx = rx.clone();
+                loop {
+                    let Some(until) = *rx.borrow_and_update() else {
+                        return;
+                    };
+                    tokio::select! {
+                        changed = rx.changed() => if changed.is_err() { return },
+                        _ = tokio::time::sleep_until(until) => {
+                            if !rx.has_changed().unwrap_or(false) { return }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,8 +12,9 @@ use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch
 use kube::core::GroupVersionKind;
 use kube::Client;
 
-use crate::model::crd::{ImagePosture, LABEL_MANAGED_BY, MANAGER};
-use crate::model::policy_report::{self, Action, ImageVerdict, PolicyReport, Use};
+use crate::model::crd::ImagePosture;
+use crate::model::fields::{LABEL_MANAGED_BY, MANAGER};
+use crate::model::policy_report::{self, Action, ImageVerdict, Owner, PolicyReport, Use};
 use crate::operator::apply::Writer;
 use crate::operator::inventory::tags::TagResolver;
 use crate::operator::inventory::{Inventory, NamespaceFilter, PodView};
@@ -34,6 +35,24 @@ pub fn api_resource() -> ApiResource {
     )
 }
 
+/// The controller owner of `pod` (or the pod itself).
+pub fn owner_of<P: PodView + ?Sized>(pod: &P) -> Owner {
+    match pod.controller() {
+        Some(o) => Owner {
+            api_version: o.api_version.to_string(),
+            kind: o.kind.to_string(),
+            name: o.name.to_string(),
+            uid: o.uid.to_string(),
+        },
+        None => Owner {
+            api_version: "v1".into(),
+            kind: "Pod".into(),
+            name: pod.name().unwrap_or_default().to_string(),
+            uid: pod.uid().unwrap_or_default().to_string(),
+        },
+    }
+}
+
 /// One result source per (namespace, pod owner, image) of the admitted, running pods; a tag not
 /// resolved yet is reported by its reference (no verdict: `skip`).
 pub fn uses<P: PodView>(
@@ -48,7 +67,7 @@ pub fn uses<P: PodView>(
         let Some(namespace) = pod.namespace().map(str::to_string) else {
             continue;
         };
-        let owner = policy_report::owner_of(pod.as_ref());
+        let owner = owner_of(pod.as_ref());
         let resolved = inv.unresolved.keys().map(|tag| {
             tags.lookup(tag, now)
                 .map(|id| id.key())
@@ -147,4 +166,35 @@ pub async fn sync(client: &Client, writer: &Writer, desired: &[PolicyReport]) ->
         }
     }
     report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::Pod;
+
+    #[test]
+    fn owner_is_the_controller_or_the_pod() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web-abc", "namespace": "prod", "uid": "p1", "ownerReferences": [
+                {"apiVersion": "v1", "kind": "Thing", "name": "other", "uid": "t1"},
+                {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-5d8f", "uid": "rs1", "controller": true}
+            ]}
+        }))
+        .unwrap();
+        assert_eq!(owner_of(&pod).name, "web-5d8f");
+        assert_eq!(owner_of(&pod).kind, "ReplicaSet");
+        let bare: Pod =
+            serde_json::from_value(serde_json::json!({"metadata": {"name": "solo", "uid": "p2"}}))
+                .unwrap();
+        assert_eq!(
+            owner_of(&bare),
+            Owner {
+                api_version: "v1".into(),
+                kind: "Pod".into(),
+                name: "solo".into(),
+                uid: "p2".into()
+            }
+        );
+    }
 }

@@ -18,13 +18,15 @@ use crate::cache::{Observer, ObserverConfig};
 use crate::cli::RunArgs;
 use crate::core::lock::LockExt;
 use crate::metrics::Metrics;
+use crate::model::baseline::SignerBaseline;
 use crate::model::crd::ImagePosture;
-use crate::operator::apply::{Gate, Writer};
-use crate::operator::baseline::{Baseliner, SignerBaseline};
+use crate::operator::apply::Writer;
+use crate::operator::baseline::Baseliner;
 use crate::operator::controller::{self, Context, Settings};
 use crate::operator::inventory::sweep::{SweepConfig, SweepReport, Sweeper};
 use crate::operator::inventory::tags::TagResolver;
 use crate::operator::inventory::{LeanPod, NamespaceFilter};
+use crate::operator::leader::Gate;
 use crate::operator::leader::LeaderElector;
 use crate::operator::pull_secrets::PullSecretSource;
 use crate::operator::server::{self, Health};
@@ -416,7 +418,7 @@ async fn count_postures(postures: &Store<ImagePosture>, metrics: &Metrics) {
     }
     loop {
         let counts =
-            crate::model::crd::posture_counts(postures.state().iter().map(|cr| cr.as_ref()));
+            crate::model::counts::posture_counts(postures.state().iter().map(|cr| cr.as_ref()));
         metrics.set_images(&counts);
         tokio::time::sleep(Duration::from_secs(1)).await;
     }

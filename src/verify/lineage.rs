@@ -38,7 +38,7 @@ use crate::core::posture::{
     bound, Posture, Reason, Verdict, Via, EVIDENCE_TRUST_ROOT, EVIDENCE_VIA_INDEX,
     EVIDENCE_VIA_INDEX_LISTINGS, EVIDENCE_VIA_PLATFORMS, MAX_MESSAGE,
 };
-use crate::operator::inventory::{Tie, Untied};
+use crate::core::tie::{Tie, Untied};
 
 /// References of one image consulted for a covering index.
 const MAX_LEADS: usize = 4;

@@ -14,10 +14,11 @@ use imageposture::core::posture::Posture;
 use imageposture::error::Error;
 use imageposture::metrics::Metrics;
 use imageposture::model::crd::ImagePosture;
-use imageposture::operator::apply::{Gate, Writer};
+use imageposture::operator::apply::Writer;
 use imageposture::operator::controller::{self, Context, Settings};
 use imageposture::operator::inventory::sweep::{SweepConfig, SweepReport, Sweeper};
 use imageposture::operator::inventory::tags::TagResolver;
+use imageposture::operator::leader::Gate;
 use imageposture::verify::Verifier;
 use kube::api::Api;
 use kube::runtime::events::{Recorder, Reporter};
@@ -129,7 +130,7 @@ impl Operator {
         let not_leader = results.iter().any(|r| matches!(r, Err(Error::NotLeader)));
         let stored = list(api).await;
         let by_posture =
-            imageposture::model::crd::posture_counts(stored.iter().map(|c| c.as_ref()));
+            imageposture::model::counts::posture_counts(stored.iter().map(|c| c.as_ref()));
         Report {
             images: inv.images,
             unresolved: inv.unresolved,

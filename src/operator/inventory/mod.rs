@@ -19,7 +19,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 pub use pod::{LeanPod, PodView};
 
-use crate::core::image::{ConfigDigest, ImageId, ImageRef, RuntimeImage};
+pub use crate::core::tie::{Tie, Unresolved, Untied};
+
+use crate::core::image::{ImageId, ImageRef, RuntimeImage};
 
 /// Who uses one image.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
@@ -79,72 +81,6 @@ fn add_use<K: Ord + Clone>(
     map.entry(key.clone())
         .or_default()
         .add(reference, namespace, pod);
-}
-
-/// A running image not yet tied to a manifest digest in the pod's own repository. Only the
-/// registry can tie it ([`crate::cache::Observer::resolve_running`]); until then (and when it
-/// cannot) no identity, and so no posture, is attributed to it.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Unresolved {
-    /// Not pulled yet (no `imageID`): the tag's current digest is what the kubelet pulls.
-    Tag(ImageRef),
-    /// Runs an image the runtime names without a manifest digest of this repository.
-    Tie(Tie),
-}
-
-/// A running image known only by what the runtime reports, to be tied through the pod's tag:
-/// the tag must lead (itself, or through the index it points at) to the running manifest.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Tie {
-    /// The pod's spec reference (a tag; a digest-pinned spec never needs a tie).
-    pub reference: ImageRef,
-    pub running: Untied,
-}
-
-/// What the runtime reports that is not (yet) a manifest digest of the pod's repository.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Untied {
-    /// A bare config digest (`docker load`, `k3d image import`, some CRI-O releases).
-    Config(ConfigDigest),
-    /// A manifest digest under a name that is not the pod's repository (`kind load`'s
-    /// `import-<date>@sha256:…`): never looked up under that name.
-    Foreign(String),
-}
-
-impl Tie {
-    /// What the runtime reported: its kind and digest (never a manifest identity by itself).
-    pub fn runtime_digest(&self) -> (crate::model::crd::UntiedKind, &str) {
-        match &self.running {
-            Untied::Config(c) => (crate::model::crd::UntiedKind::Config, c.as_str()),
-            Untied::Foreign(d) => (crate::model::crd::UntiedKind::Foreign, d.as_str()),
-        }
-    }
-}
-
-impl Unresolved {
-    /// The pod's reference (what the tie goes through).
-    pub fn reference(&self) -> &ImageRef {
-        match self {
-            Unresolved::Tag(r) => r,
-            Unresolved::Tie(t) => &t.reference,
-        }
-    }
-}
-
-impl std::fmt::Display for Unresolved {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Unresolved::Tag(r) => write!(f, "{r}"),
-            Unresolved::Tie(Tie {
-                reference,
-                running: Untied::Config(c),
-            }) => write!(f, "{reference} (running config {c})"),
-            Unresolved::Tie(Tie {
-                reference,
-                running: Untied::Foreign(d),
-            }) => write!(f, "{reference} (running {d} under another name)"),
-        }
-    }
 }
 
 /// What one (reference, imageID) pair names.

@@ -29,10 +29,12 @@ use super::{Inventory, NamespaceFilter, PodView, Unresolved, Usage};
 use crate::core::image::ImageId;
 use crate::core::posture::{Posture, Reason, Verdict};
 use crate::error::{Error, Result};
-use crate::model::crd::{
-    self, ImagePosture, ImagePostureStatus, ImageUsage, FIELD_MANAGER_INVENTORY,
-    FIELD_MANAGER_VERIFIER, INVENTORY_FIELDS, LABEL_POSTURE, VERDICT_FIELDS,
+use crate::model::crd::{self, ImagePosture, ImagePostureStatus, ImageUsage};
+use crate::model::fields::{
+    self, FIELD_MANAGER_INVENTORY, FIELD_MANAGER_VERIFIER, INVENTORY_FIELDS, LABEL_POSTURE,
+    VERDICT_FIELDS,
 };
+use crate::model::naming::ResourceName as _;
 use crate::operator::apply::Writer;
 use crate::operator::ownership::{self, Part};
 
@@ -346,7 +348,7 @@ impl Sweeper {
         report: &mut SweepReport,
     ) -> Result<()> {
         let name = id.resource_name();
-        let labels = crd::labels(id, None);
+        let labels = fields::labels(id, None);
         let spec = crd::new_resource(id).spec;
         let owned_labels =
             current.and_then(|c| ownership::owned(c, FIELD_MANAGER_INVENTORY, Part::Labels));
