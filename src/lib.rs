@@ -28,7 +28,6 @@ pub mod core;
 pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
-pub mod input;
 pub mod metrics;
 pub mod model;
 pub mod operator;

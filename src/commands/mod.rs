@@ -1,5 +1,6 @@
 //! The commands a person runs.
 
+pub mod input;
 pub mod observe;
 pub mod output;
 pub mod scan;

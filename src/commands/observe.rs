@@ -26,7 +26,7 @@ pub async fn observer(args: &VerifyArgs) -> Result<Observer, Box<dyn std::error:
 }
 
 pub async fn run(args: ObserveArgs) -> Result<(), Box<dyn std::error::Error>> {
-    let baselines = crate::model::baseline::load(args.baseline.as_deref())?;
+    let baselines = crate::commands::input::baselines(args.baseline.as_deref())?;
     let observer = &observer(&args.verify).await?;
     let now = chrono::Utc::now();
     let rows: Vec<Row> = stream::iter(args.images.iter())

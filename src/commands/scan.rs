@@ -16,7 +16,7 @@ const MAX_INPUT: u64 = 512 << 20;
 
 pub async fn run(args: ScanArgs) -> Result<(), Box<dyn std::error::Error>> {
     let pods = read_pods(&args.file)?;
-    let baselines = crate::model::baseline::load(args.baseline.as_deref())?;
+    let baselines = crate::commands::input::baselines(args.baseline.as_deref())?;
     let observer = crate::commands::observe::observer(&args.verify).await?;
     let mut objects = scan(&pods, &observer, args.verify.concurrency).await;
     judge_drift(&mut objects, &baselines, chrono::Utc::now());
@@ -131,7 +131,7 @@ pub async fn scan<P: PodView>(
 }
 
 fn read_pods(path: &std::path::Path) -> Result<Vec<Pod>, Box<dyn std::error::Error>> {
-    let raw = crate::input::read(path, MAX_INPUT)?;
+    let raw = crate::commands::input::read(path, MAX_INPUT)?;
     parse_pods(&raw).map_err(|e| format!("{}: {e}", path.display()).into())
 }
 

@@ -601,7 +601,7 @@ fn table(s: &Summary) -> String {
 /// Objects of a scan output file: a JSON `List`, YAML documents (each an ImagePosture or a
 /// List), or one object.
 fn read_file(path: &Path) -> Result<Vec<Value>, Box<dyn std::error::Error>> {
-    let raw = crate::input::read(path, MAX_INPUT)?;
+    let raw = crate::commands::input::read(path, MAX_INPUT)?;
     parse_objects(&raw).map_err(|e| format!("{}: {e}", path.display()).into())
 }
 

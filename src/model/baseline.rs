@@ -878,19 +878,6 @@ pub fn read_baselines(text: &str) -> std::result::Result<Vec<SignerBaseline>, St
     Ok(out)
 }
 
-/// Largest `--baseline` file accepted.
-const MAX_BASELINE_FILE: u64 = 16 << 20;
-
-/// The SignerBaselines of a `--baseline FILE` (none without a file).
-pub fn load(path: Option<&std::path::Path>) -> std::result::Result<Vec<SignerBaseline>, String> {
-    let Some(path) = path else {
-        return Ok(Vec::new());
-    };
-    let raw = crate::input::read(path, MAX_BASELINE_FILE).map_err(|e| e.to_string())?;
-    let text = String::from_utf8(raw).map_err(|_| format!("{}: not UTF-8", path.display()))?;
-    read_baselines(&text).map_err(|e| format!("{}: {e}", path.display()))
-}
-
 /// Judges a status with no cluster (scan / observe): the drift against the baseline of
 /// `repository` among `baselines`, or `None`.
 pub fn offline_drift(

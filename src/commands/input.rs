@@ -21,3 +21,18 @@ pub fn read(path: &Path, limit: u64) -> Result<Vec<u8>, String> {
     }
     Ok(raw)
 }
+
+/// Largest `--baseline` file accepted.
+const MAX_BASELINE_FILE: u64 = 16 << 20;
+
+/// The SignerBaselines of a `--baseline FILE` (none without a file).
+pub fn baselines(
+    path: Option<&std::path::Path>,
+) -> std::result::Result<Vec<crate::model::baseline::SignerBaseline>, String> {
+    let Some(path) = path else {
+        return Ok(Vec::new());
+    };
+    let raw = read(path, MAX_BASELINE_FILE).map_err(|e| e.to_string())?;
+    let text = String::from_utf8(raw).map_err(|_| format!("{}: not UTF-8", path.display()))?;
+    crate::model::baseline::read_baselines(&text).map_err(|e| format!("{}: {e}", path.display()))
+}
