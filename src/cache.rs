@@ -1,4 +1,8 @@
-//! The observer: the cache in front of the verifier, backed by the ImagePosture status.
+//! The verdict cache ([`Observer`]) in front of the verifier, backed by the ImagePosture status.
+//!
+//! It sits between the two entry points ([`crate::operator`] and [`crate::commands`], which
+//! both use it) and the layers below ([`crate::verify`], [`crate::model`]): it needs the
+//! verifier and the status mapping, and neither of them may know it.
 //!
 //! The operator keeps no verdict in memory: what an image's resource records (posture,
 //! `lastVerified`, `lastChecked`, `signatureDigests`) is the cache, so a restart costs nothing.
@@ -158,7 +162,7 @@ impl Observer {
 
     /// [`observe`](Self::observe) with the references pods name the image by
     /// (`status.references`): what ties a running platform manifest to a signed index, see
-    /// [`crate::verify::lineage`].
+    /// `verify::lineage`.
     pub async fn observe_with(
         &self,
         id: &ImageId,

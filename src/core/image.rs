@@ -3,7 +3,7 @@
 //! Identity is `registry/repository@digest` with Docker Hub spelled `docker.io` and official
 //! images under `library/`, so `nginx`, `docker.io/nginx` and `index.docker.io/library/nginx`
 //! are one image. The grammar is Docker's (`domain[:port]/path[:tag][@digest]`), parsed by hand in
-//! [`reference`]: oci-spec's regex costs ~60 ms to compile at first use, most of a one-image run.
+//! `reference`: oci-spec's regex costs ~60 ms to compile at first use, most of a one-image run.
 
 use std::fmt;
 

@@ -161,7 +161,7 @@ impl Verifier {
     /// Like [`observe_task`](Self::observe_task), for the digest a node runs, with the
     /// references the pods name it by (`status.references`): when the digest's own listings
     /// are definitely empty, an index those references lead to and that lists it, or (for an
-    /// index) its platform manifests, are consulted (see [`lineage`]).
+    /// index) its platform manifests, are consulted (see `lineage`).
     pub async fn observe_task_with(
         self: &Arc<Self>,
         image: &ImageId,
