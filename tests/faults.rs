@@ -1358,7 +1358,7 @@ async fn watch_drops_and_410_gone_neither_delete_nor_rewrite() {
         async move { (posture_of(api, name).await.as_deref() == Some("signed")).then_some(()) }
     })
     .await;
-    // The baseline loop learns the repository's SignerBaseline once (src/baseline.rs).
+    // The baseline loop learns the repository's SignerBaseline once (src/operator/baseline.rs).
     eventually(
         "the learned SignerBaseline",
         Duration::from_secs(20),
