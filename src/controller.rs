@@ -318,7 +318,13 @@ pub fn error_policy(cr: Arc<ImagePosture>, error: &Error, ctx: Arc<Context>) -> 
 pub fn build(api: Api<ImagePosture>, settings: &Settings) -> Controller<ImagePosture> {
     let selector = format!("{}={}", crd::LABEL_MANAGED_BY, crd::MANAGER);
     let config = controller::Config::default().concurrency(settings.concurrency);
-    Controller::new(api, watcher::Config::default().labels(&selector)).with_config(config)
+    use kube::runtime::WatchStreamExt as _;
+    // The cache every loop reads keeps managedFields compacted (see `ownership::compact`).
+    let (reader, writer) = kube::runtime::reflector::store();
+    let objects = watcher(api, watcher::Config::default().labels(&selector))
+        .modify(crate::ownership::compact);
+    let stream = kube::runtime::reflector(writer, objects).applied_objects();
+    Controller::for_stream(stream, reader).with_config(config)
 }
 
 /// Runs the Controller until its stream ends (it is dropped when leadership is lost).

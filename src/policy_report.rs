@@ -18,6 +18,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::inventory::index::OwnerKey;
 use crate::inventory::PodView;
 use serde::{Deserialize, Serialize};
 
@@ -54,19 +55,17 @@ pub struct Owner {
 
 /// The controller owner of `pod` (or the pod itself).
 pub fn owner_of<P: PodView + ?Sized>(pod: &P) -> Owner {
-    match pod.controller() {
-        Some(o) => Owner {
+    Owner::from(&OwnerKey::of(pod))
+}
+
+impl From<&OwnerKey> for Owner {
+    fn from(o: &OwnerKey) -> Owner {
+        Owner {
             api_version: o.api_version.to_string(),
             kind: o.kind.to_string(),
             name: o.name.to_string(),
             uid: o.uid.to_string(),
-        },
-        None => Owner {
-            api_version: "v1".into(),
-            kind: "Pod".into(),
-            name: pod.name().unwrap_or_default().to_string(),
-            uid: pod.uid().unwrap_or_default().to_string(),
-        },
+        }
     }
 }
 

@@ -14,9 +14,10 @@ use kube::Client;
 
 use crate::apply::Writer;
 use crate::crd::{ImagePosture, LABEL_MANAGED_BY, MANAGER};
+use crate::inventory::index::Target;
 use crate::inventory::tags::TagResolver;
-use crate::inventory::{Inventory, NamespaceFilter, PodView};
-use crate::policy_report::{self, Action, ImageVerdict, PolicyReport, Use};
+use crate::inventory::PodIndex;
+use crate::policy_report::{self, Action, ImageVerdict, Owner, PolicyReport, Use};
 
 /// What one pass wrote.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -34,35 +35,24 @@ pub fn api_resource() -> ApiResource {
     )
 }
 
-/// One result source per (namespace, pod owner, image) of the admitted, running pods; a tag not
-/// resolved yet is reported by its reference (no verdict: `skip`).
-pub fn uses<P: PodView>(
-    pods: &[Arc<P>],
-    filter: &NamespaceFilter,
-    tags: &Arc<TagResolver>,
-) -> Vec<Use> {
+/// One result source per (namespace, pod owner, image) of the admitted, running pods, from the
+/// pod index; a tag not resolved yet is reported by its reference (no verdict: `skip`).
+pub fn uses(index: &PodIndex, tags: &Arc<TagResolver>) -> Vec<Use> {
     let now = Utc::now();
-    let mut out = Vec::new();
-    for pod in pods {
-        let inv = Inventory::from_pods(std::iter::once(pod.as_ref()), filter);
-        let Some(namespace) = pod.namespace().map(str::to_string) else {
-            continue;
-        };
-        let owner = policy_report::owner_of(pod.as_ref());
-        let resolved = inv.unresolved.keys().map(|tag| {
-            tags.lookup(tag, now)
-                .map(|id| id.key())
-                .unwrap_or_else(|| tag.to_string())
-        });
-        for image in inv.images.keys().map(|id| id.key()).chain(resolved) {
-            out.push(Use {
-                namespace: namespace.clone(),
-                owner: owner.clone(),
-                image,
-            });
-        }
-    }
-    out
+    index
+        .owners()
+        .map(|(namespace, owner, target)| Use {
+            namespace: namespace.to_string(),
+            owner: Owner::from(owner),
+            image: match target {
+                Target::Image(id) => id.key(),
+                Target::Unresolved(tag) => tags
+                    .lookup(tag, now)
+                    .map(|id| id.key())
+                    .unwrap_or_else(|| tag.to_string()),
+            },
+        })
+        .collect()
 }
 
 /// Verdicts by image identity, from the ImagePosture cache.

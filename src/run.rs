@@ -21,7 +21,7 @@ use crate::controller::{self, Context, Settings};
 use crate::crd::ImagePosture;
 use crate::inventory::sweep::{SweepConfig, SweepReport, Sweeper};
 use crate::inventory::tags::TagResolver;
-use crate::inventory::{LeanPod, NamespaceFilter};
+use crate::inventory::{LeanPod, NamespaceFilter, PodIndex};
 use crate::leader::LeaderElector;
 use crate::lock::LockExt;
 use crate::metrics::Metrics;
@@ -42,15 +42,26 @@ pub async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
     let mut verifier_config = args.verify.config();
     verifier_config.trust_refresh = args.trust_root_refresh;
     let auth_metrics = metrics.clone();
-    // What pods run: watched by every replica, so a new leader starts with a synced cache.
-    // Lean pods, straight from the watch stream: only what the inventory reads (see
-    // `inventory::pod`), with shared strings.
-    let (pods, pod_writer) = reflector::store::<LeanPod>();
-    let pull_secrets: Option<Arc<dyn PullSecrets>> = args.pull_secrets.then(|| {
+    // What pods run: watched by every replica, so a new leader starts with a synced index.
+    // Lean pods, straight from the watch stream (see `inventory::pod`); each event updates the
+    // pod index by difference. The pods themselves are kept (in a reflector store) only when
+    // pull secrets need them.
+    let filter = NamespaceFilter {
+        include: args.include_namespaces.clone(),
+        exclude: args.exclude_namespaces.clone(),
+    };
+    let index = Arc::new(Mutex::new(PodIndex::new(filter.clone())));
+    let (pod_store, pod_writer) = if args.pull_secrets {
+        let (store, writer) = reflector::store::<LeanPod>();
+        (Some(store), Some(writer))
+    } else {
+        (None, None)
+    };
+    let pull_secrets: Option<Arc<dyn PullSecrets>> = pod_store.clone().map(|pods| {
         tracing::info!(
             "pull secrets: reading the imagePullSecrets pods and their ServiceAccounts name"
         );
-        Arc::new(PullSecretSource::new(client.clone(), pods.clone())) as Arc<dyn PullSecrets>
+        Arc::new(PullSecretSource::new(client.clone(), pods)) as Arc<dyn PullSecrets>
     });
     let verifier = Verifier::with_extras(
         verifier_config,
@@ -96,18 +107,28 @@ pub async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
         Api::<LeanPod>::all(client.clone()),
         watcher::Config::default(),
     )
-    .default_backoff()
-    .reflect(pod_writer);
-    tokio::spawn(drive(pod_events, "pods", Some(changed.clone())));
+    .default_backoff();
+    let pod_events = match pod_writer {
+        Some(writer) => pod_events.reflect(writer).boxed(),
+        None => pod_events.boxed(),
+    };
+    let (synced_tx, mut synced) = tokio::sync::watch::channel(false);
+    tokio::spawn(index_pods(
+        pod_events,
+        index.clone(),
+        filter,
+        changed.clone(),
+        synced_tx,
+    ));
     // Signer baselines: watched from the first time this replica leads (after the CRDs are
     // installed), and from then on while standing by too. Readiness does not wait for them (a
     // cluster without the SignerBaseline CRD runs everything but signer drift).
     let baselines_changed = Arc::new(Notify::new());
     let (baselines, baseline_writer) = reflector::store::<SignerBaseline>();
     let mut baseline_writer = Some(baseline_writer);
-    pods.wait_until_ready().await?;
+    synced.wait_for(|s| *s).await?;
     health.set_ready(true);
-    tracing::info!(pods = pods.len(), "pod cache synced");
+    tracing::info!(pods = index.locked().len(), "pod index synced");
 
     let lease_namespace = args.lease_namespace(in_cluster);
     let (elector, gate) = if args.leader_election {
@@ -127,6 +148,7 @@ pub async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
     let tags = TagResolver::new(observer.clone(), args.ttl);
     let reports = args.policy_reports.then(|| Reports {
         client: client.clone(),
+        index: index.clone(),
         writer: writer.clone(),
         tags: tags.clone(),
         written: Mutex::new(None),
@@ -198,7 +220,7 @@ pub async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
             tokio::join!(
                 inventory_loop(
                     &sweeper,
-                    &pods,
+                    &index,
                     &postures,
                     &metrics,
                     &changed,
@@ -250,7 +272,7 @@ async fn connect() -> Result<Client, Box<dyn std::error::Error>> {
 /// pod changes, every resolved tag and every resync period.
 async fn inventory_loop(
     sweeper: &Sweeper,
-    pods: &Store<LeanPod>,
+    index: &Mutex<PodIndex>,
     postures: &Store<ImagePosture>,
     metrics: &Metrics,
     changed: &Notify,
@@ -262,9 +284,9 @@ async fn inventory_loop(
     }
     let resolved = sweeper.tags().resolved();
     loop {
-        sweep_once(sweeper, pods, postures, metrics).await;
+        sweep_once(sweeper, index, postures, metrics).await;
         if let Some(reports) = reports {
-            write_reports(reports, pods, postures, metrics, args).await;
+            write_reports(reports, postures, metrics).await;
         }
         tokio::select! {
             _ = tokio::time::sleep(args.resync) => {}
@@ -280,6 +302,7 @@ async fn inventory_loop(
 /// What `--policy-reports` writes with.
 struct Reports {
     client: Client,
+    index: Arc<Mutex<PodIndex>>,
     writer: Writer,
     tags: Arc<TagResolver>,
     /// The reports the last clean sync left in place, and when: a pass that wants the same
@@ -293,19 +316,9 @@ const REPORTS_RELIST: Duration = Duration::from_secs(600);
 
 /// One PolicyReport per namespace from the pods and the ImagePosture cache; only changed
 /// reports are written (counted as `policyreport` / `policyreport-delete` API writes).
-async fn write_reports(
-    reports: &Reports,
-    pods: &Store<LeanPod>,
-    postures: &Store<ImagePosture>,
-    metrics: &Metrics,
-    args: &RunArgs,
-) {
+async fn write_reports(reports: &Reports, postures: &Store<ImagePosture>, metrics: &Metrics) {
     use crate::policy_report_sync as sync;
-    let filter = NamespaceFilter {
-        include: args.include_namespaces.clone(),
-        exclude: args.exclude_namespaces.clone(),
-    };
-    let uses = sync::uses(&pods.state(), &filter, &reports.tags);
+    let uses = sync::uses(&reports.index.locked(), &reports.tags);
     let desired = crate::policy_report::reports(&uses, &sync::verdicts(&postures.state()));
     let unchanged = reports
         .written
@@ -418,13 +431,14 @@ async fn count_postures(postures: &Store<ImagePosture>, metrics: &Metrics) {
 
 async fn sweep_once(
     sweeper: &Sweeper,
-    pods: &Store<LeanPod>,
+    index: &Mutex<PodIndex>,
     postures: &Store<ImagePosture>,
     metrics: &Metrics,
 ) {
     let started = std::time::Instant::now();
+    let inventory = index.locked().inventory();
     let report: SweepReport = sweeper
-        .sweep(&pods.state(), &postures.state(), chrono::Utc::now())
+        .sweep_inventory(inventory, &postures.state(), chrono::Utc::now())
         .await;
     metrics.sweep_duration(started.elapsed().as_secs_f64());
     metrics.set_deferred(i64::try_from(report.deferred).unwrap_or(i64::MAX));
@@ -447,6 +461,53 @@ async fn sweep_once(
         seconds = started.elapsed().as_secs_f64(),
         "inventory pass done"
     );
+}
+
+/// Feeds the pod index from the pod watch: each event by difference, a re-list (`Init` ..
+/// `InitDone`) into a fresh index swapped in whole. Wakes the inventory loop only when an event
+/// changed what some image's resource says (a pod's readiness flipping changes nothing).
+async fn index_pods<S>(
+    stream: S,
+    index: Arc<Mutex<PodIndex>>,
+    filter: NamespaceFilter,
+    changed: Arc<Notify>,
+    synced: tokio::sync::watch::Sender<bool>,
+) where
+    S: Stream<Item = Result<watcher::Event<LeanPod>, watcher::Error>>,
+{
+    let mut stream = std::pin::pin!(stream);
+    let mut relist: Option<PodIndex> = None;
+    while let Some(event) = stream.next().await {
+        let changes = match event {
+            Ok(watcher::Event::Init) => {
+                relist = Some(PodIndex::new(filter.clone()));
+                continue;
+            }
+            Ok(watcher::Event::InitApply(pod)) => {
+                if let Some(relist) = relist.as_mut() {
+                    relist.apply(&pod);
+                }
+                continue;
+            }
+            Ok(watcher::Event::InitDone) => {
+                if let Some(fresh) = relist.take() {
+                    *index.locked() = fresh;
+                }
+                synced.send_replace(true);
+                changed.notify_one();
+                continue;
+            }
+            Ok(watcher::Event::Apply(pod)) => index.locked().apply(&pod),
+            Ok(watcher::Event::Delete(pod)) => index.locked().delete(&pod),
+            Err(error) => {
+                tracing::warn!(what = "pods", %error, "watch error; retrying with backoff");
+                continue;
+            }
+        };
+        if !changes.is_empty() {
+            changed.notify_one();
+        }
+    }
 }
 
 /// Drives a reflector stream, logging watch errors (the stream backs off and recovers).

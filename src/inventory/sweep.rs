@@ -121,9 +121,21 @@ impl Sweeper {
         &self.tags
     }
 
+    /// One pass over the inventory of `pods` (computed from scratch: the tests' entry).
     pub async fn sweep<P: PodView>(
         &self,
         pods: &[Arc<P>],
+        existing: &[Arc<ImagePosture>],
+        now: DateTime<Utc>,
+    ) -> SweepReport {
+        let inv = Inventory::from_pods(pods.iter().map(|p| p.as_ref()), &self.config.namespaces);
+        self.sweep_inventory(inv, existing, now).await
+    }
+
+    /// One pass from an inventory (the operator's: a snapshot of its [`super::PodIndex`]).
+    pub async fn sweep_inventory(
+        &self,
+        mut inv: Inventory,
         existing: &[Arc<ImagePosture>],
         now: DateTime<Utc>,
     ) -> SweepReport {
@@ -132,8 +144,6 @@ impl Sweeper {
             report.aborted = true;
             return report;
         }
-        let mut inv =
-            Inventory::from_pods(pods.iter().map(|p| p.as_ref()), &self.config.namespaces);
         report.invalid = inv.invalid.len();
         for (reference, why) in &inv.invalid {
             tracing::warn!(
@@ -144,11 +154,7 @@ impl Sweeper {
         }
         let tags: Vec<_> = inv.unresolved.keys().cloned().collect();
         self.tags.retain(&tags.iter().collect());
-        for tag in &tags {
-            if let Some(id) = self.tags.lookup(tag, now) {
-                inv.resolve(tag, id);
-            }
-        }
+        inv.resolve_with(|tag| self.tags.lookup(tag, now));
         // Running images the registry could not tie to a manifest of their repository: a
         // resource of their own, `checking` / `DigestUnknown`, never verified.
         let mut untied = Vec::new();
