@@ -547,3 +547,75 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     let _ = tokio::signal::ctrl_c().await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const D: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    const E: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
+
+    fn pod(name: &str, digest: &str, ready: bool) -> LeanPod {
+        serde_json::from_value(json!({
+            "metadata": {"namespace": "a", "name": name},
+            "spec": {"containers": [{"name": "c", "image": format!("nginx@{digest}")}]},
+            "status": {"phase": "Running", "containerStatuses": [{"name": "c",
+                "image": "nginx", "imageID": format!("docker.io/library/nginx@{digest}"),
+                "ready": ready, "restartCount": 0}]},
+        }))
+        .unwrap()
+    }
+
+    /// Watch events reach the index by difference; a re-list replaces it whole; the inventory
+    /// loop is woken only by events that change an image's users.
+    #[tokio::test]
+    async fn pod_events_feed_the_index() {
+        use watcher::Event::*;
+        let index = Arc::new(Mutex::new(PodIndex::new(NamespaceFilter::default())));
+        let changed = Arc::new(Notify::new());
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let (events, stream) = futures::channel::mpsc::unbounded();
+        let task = tokio::spawn(index_pods(
+            stream,
+            index.clone(),
+            NamespaceFilter::default(),
+            changed.clone(),
+            tx,
+        ));
+        let send = |e| events.unbounded_send(Ok(e)).unwrap();
+        let woken = || async {
+            tokio::time::timeout(Duration::from_millis(200), changed.notified())
+                .await
+                .is_ok()
+        };
+        send(Init);
+        send(InitApply(pod("p1", D, true)));
+        send(InitApply(pod("p2", D, true)));
+        assert!(!*rx.borrow(), "not synced before the list ends");
+        send(InitDone);
+        assert!(woken().await);
+        assert!(*rx.borrow());
+        assert_eq!(index.locked().len(), 2);
+        assert_eq!(index.locked().images(), 1);
+        // Readiness flips: nothing an image's resource says moves.
+        send(Apply(pod("p1", D, false)));
+        assert!(!woken().await, "a readiness flip wakes nobody");
+        send(Apply(pod("p3", E, true)));
+        assert!(woken().await);
+        assert_eq!(index.locked().images(), 2);
+        send(Delete(pod("p3", E, true)));
+        assert!(woken().await);
+        assert_eq!(index.locked().images(), 1);
+        // A re-list without p2: the index is exactly the new list.
+        send(Init);
+        send(InitApply(pod("p1", E, true)));
+        send(InitDone);
+        assert!(woken().await);
+        let inv = index.locked().inventory();
+        assert_eq!(inv.images.len(), 1);
+        assert!(inv.images.keys().all(|id| id.digest == E));
+        drop(events);
+        task.await.unwrap();
+    }
+}
