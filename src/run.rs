@@ -112,7 +112,7 @@ pub async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
         Some(writer) => pod_events.reflect(writer).boxed(),
         None => pod_events.boxed(),
     };
-    let (synced_tx, mut synced) = tokio::sync::watch::channel(false);
+    let (synced_tx, synced) = tokio::sync::watch::channel(false);
     tokio::spawn(index_pods(
         pod_events,
         index.clone(),
@@ -126,9 +126,16 @@ pub async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
     let baselines_changed = Arc::new(Notify::new());
     let (baselines, baseline_writer) = reflector::store::<SignerBaseline>();
     let mut baseline_writer = Some(baseline_writer);
-    synced.wait_for(|s| *s).await?;
-    health.set_ready(true);
-    tracing::info!(pods = index.locked().len(), "pod index synced");
+    {
+        // Ready once the first pod list is in; resources are created from its first pages.
+        let (health, index, mut synced) = (health.clone(), index.clone(), synced.clone());
+        tokio::spawn(async move {
+            if synced.wait_for(|s| *s).await.is_ok() {
+                health.set_ready(true);
+                tracing::info!(pods = index.locked().len(), "pod index synced");
+            }
+        });
+    }
 
     let lease_namespace = args.lease_namespace(in_cluster);
     let (elector, gate) = if args.leader_election {
@@ -221,6 +228,7 @@ pub async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
                 inventory_loop(
                     &sweeper,
                     &index,
+                    synced.clone(),
                     &postures,
                     &metrics,
                     &changed,
@@ -273,6 +281,7 @@ async fn connect() -> Result<Client, Box<dyn std::error::Error>> {
 async fn inventory_loop(
     sweeper: &Sweeper,
     index: &Mutex<PodIndex>,
+    mut synced: tokio::sync::watch::Receiver<bool>,
     postures: &Store<ImagePosture>,
     metrics: &Metrics,
     changed: &Notify,
@@ -281,6 +290,29 @@ async fn inventory_loop(
 ) {
     if postures.wait_until_ready().await.is_err() {
         return;
+    }
+    // The first pod list still arriving: resources for what its pages name so far.
+    while !*synced.borrow() {
+        let inventory = index.locked().inventory();
+        if !inventory.images.is_empty() {
+            let report = sweeper
+                .create_listed(inventory, &postures.state(), chrono::Utc::now())
+                .await;
+            for _ in 0..report.metadata_writes {
+                metrics.api_write("apply");
+            }
+            for _ in 0..report.status_writes {
+                metrics.api_write("status");
+            }
+            tracing::info!(
+                created = report.created,
+                "resources created from the first pages of the pod list"
+            );
+        }
+        tokio::select! {
+            _ = synced.changed() => {}
+            _ = changed.notified() => {}
+        }
     }
     let resolved = sweeper.tags().resolved();
     loop {
@@ -463,6 +495,9 @@ async fn sweep_once(
     );
 }
 
+/// Pods per page of the first list (the watcher's default page size).
+const FIRST_PAGE: usize = 500;
+
 /// Feeds the pod index from the pod watch: each event by difference, a re-list (`Init` ..
 /// `InitDone`) into a fresh index swapped in whole. Wakes the inventory loop only when an event
 /// changed what some image's resource says (a pod's readiness flipping changes nothing).
@@ -477,15 +512,29 @@ async fn index_pods<S>(
 {
     let mut stream = std::pin::pin!(stream);
     let mut relist: Option<PodIndex> = None;
+    let mut listed = 0usize;
     while let Some(event) = stream.next().await {
         let changes = match event {
+            // The first list goes straight into the (empty) index, a page at a time, so the
+            // inventory can create resources before it ends; a re-list builds a fresh index.
             Ok(watcher::Event::Init) => {
-                relist = Some(PodIndex::new(filter.clone()));
+                if *synced.borrow() {
+                    relist = Some(PodIndex::new(filter.clone()));
+                }
                 continue;
             }
             Ok(watcher::Event::InitApply(pod)) => {
-                if let Some(relist) = relist.as_mut() {
-                    relist.apply(&pod);
+                match relist.as_mut() {
+                    Some(relist) => {
+                        relist.apply(&pod);
+                    }
+                    None => {
+                        index.locked().apply(&pod);
+                        listed += 1;
+                        if listed % FIRST_PAGE == 0 {
+                            changed.notify_one();
+                        }
+                    }
                 }
                 continue;
             }
