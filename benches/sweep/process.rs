@@ -176,7 +176,7 @@ pub async fn run(env: &TestEnv, proxy: &Proxy, hanging_host: &str, spec: &Spec<'
         .args(["--insecure-registry", &proxy.host])
         .args(["--insecure-registry", hanging_host])
         .arg(format!("--max-images={}", all.len() + 10))
-        // Exploration only (the README numbers use none): extra `run` flags, space-separated.
+        // Exploration only (the docs/benchmarks.md numbers use none): extra `run` flags, space-separated.
         .args(
             std::env::var("IMAGEPOSTURE_BENCH_RUN_ARGS")
                 .unwrap_or_default()
