@@ -25,7 +25,7 @@ pub const GROUP: &str = "imageposture.io";
 /// `app.kubernetes.io/managed-by` value: lets `kubectl get ipost -l` and GC select our objects.
 pub const MANAGER: &str = "imageposture";
 /// Field manager of the inventory loop: `spec`, the ownership and registry labels,
-/// `status.references` and `status.usage`.
+/// `status.references`, `status.tag` and `status.usage`.
 pub const FIELD_MANAGER_INVENTORY: &str = "imageposture-inventory";
 /// Field manager of the verification controller: the posture label and every verdict field
 /// of the status ([`VERDICT_FIELDS`]).
