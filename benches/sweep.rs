@@ -3,10 +3,10 @@
 //! `cargo bench --bench sweep` (release profile). Everything runs on 127.0.0.1: a real CNCF
 //! Distribution 2.8 `docker-registry` process, the counting proxy in front of it (requests are
 //! counted there, outside the verifier), and the Kubernetes API double behind a real
-//! `kube::Client`. Prints markdown tables for the README on stdout; progress goes to stderr.
+//! `kube::Client`. Prints markdown tables for docs/benchmarks.md on stdout; progress goes to stderr.
 //!
 //! Sizes can be changed for exploration with `IMAGEPOSTURE_BENCH_PODS` and
-//! `IMAGEPOSTURE_BENCH_IMAGES`; the README numbers use the defaults (10,000 pods, 500 images).
+//! `IMAGEPOSTURE_BENCH_IMAGES`; the docs/benchmarks.md numbers use the defaults (10,000 pods, 500 images).
 
 // The test harness, shared with the integration tests (both modules allow their dead code).
 #[path = "../tests/support/mod.rs"]
@@ -1108,7 +1108,7 @@ async fn bench() {
 
     let existing = harness::list(&double.client()).await;
     assert_eq!(existing.len(), n_images);
-    // The population as `imageposture summary --from FILE` reads it (README: summary section).
+    // The population as `imageposture summary --from FILE` reads it (README: `summary` section).
     if let Some(path) = std::env::var_os("IMAGEPOSTURE_BENCH_POSTURES") {
         let items: Vec<&imageposture::crd::ImagePosture> =
             existing.iter().map(|p| p.as_ref()).collect();

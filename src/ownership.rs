@@ -155,6 +155,7 @@ mod tests {
                 image: "a".into(),
                 repository: "b".into(),
                 digest: "c".into(),
+                short_digest: String::new(),
                 untied: None,
             },
         );

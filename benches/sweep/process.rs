@@ -215,7 +215,7 @@ pub async fn run(env: &TestEnv, proxy: &Proxy, hanging_host: &str, spec: &Spec<'
                 .map(|c| vec!["--grace".to_string(), format!("{}s", c.grace.as_secs())])
                 .unwrap_or_default(),
         )
-        // Exploration only (the README numbers use none): extra `run` flags, space-separated.
+        // Exploration only (the docs/benchmarks.md numbers use none): extra `run` flags, space-separated.
         .args(
             std::env::var("IMAGEPOSTURE_BENCH_RUN_ARGS")
                 .unwrap_or_default()
