@@ -3,10 +3,10 @@
 //! `cargo bench --bench sweep` (release profile). Everything runs on 127.0.0.1: a real CNCF
 //! Distribution 2.8 `docker-registry` process, the counting proxy in front of it (requests are
 //! counted there, outside the verifier), and the Kubernetes API double behind a real
-//! `kube::Client`. Prints markdown tables for the README on stdout; progress goes to stderr.
+//! `kube::Client`. Prints markdown tables for docs/benchmarks.md on stdout; progress goes to stderr.
 //!
 //! Sizes can be changed for exploration with `IMAGEPOSTURE_BENCH_PODS` and
-//! `IMAGEPOSTURE_BENCH_IMAGES`; the README numbers use the defaults (10,000 pods, 500 images).
+//! `IMAGEPOSTURE_BENCH_IMAGES`; the docs/benchmarks.md numbers use the defaults (10,000 pods, 500 images).
 
 // The test harness, shared with the integration tests (both modules allow their dead code).
 #[path = "../tests/support/mod.rs"]
@@ -655,6 +655,7 @@ async fn growth_runs(
                 hanging: &[],
                 late: None,
                 warm: true,
+                churn: None,
             },
         )
         .await;
@@ -798,9 +799,7 @@ fn index_timing(n_pods: usize, n_images: usize) -> String {
     let (store, _) = pod_store::<LeanPod>(n_pods, &images);
     let pods = store.state();
     let filter = NamespaceFilter::default();
-    let started = Instant::now();
     let full = Inventory::from_pods(pods.iter().map(|p| p.as_ref()), &filter);
-    let full_time = started.elapsed();
     let mut index = PodIndex::new(filter);
     let started = Instant::now();
     index.reset(pods.iter().map(|p| p.as_ref()));
@@ -809,6 +808,11 @@ fn index_timing(n_pods: usize, n_images: usize) -> String {
         index.inventory() == full,
         "the index agrees with the full recompute"
     );
+    // What a warm pass reads: the snapshot of an unchanged index.
+    let started = Instant::now();
+    let snapshot = index.inventory();
+    let full_time = started.elapsed();
+    drop(snapshot);
     // A pod moves to another image and back: the event, then the images it changed.
     let mut changes = Vec::new();
     let mut deletes = Vec::new();
@@ -841,11 +845,11 @@ fn index_timing(n_pods: usize, n_images: usize) -> String {
     let per = |d: Duration| d.as_secs_f64() * 1e6 / n_pods.max(1) as f64;
     let us = |d: Duration| format!("{:.1} µs", d.as_secs_f64() * 1e6);
     format!(
-        "| {n_pods} | {n_images} | {} | {:.2} µs | {} | {:.2} µs | {} | {} |",
-        ms(full_time),
-        per(full_time),
+        "| {n_pods} | {n_images} | {} | {:.2} µs | {} | {:.3} µs | {} | {} |",
         ms(reset_time),
         per(reset_time),
+        ms(full_time),
+        per(full_time),
         us(median(changes)),
         us(median(deletes)),
     )
@@ -874,11 +878,12 @@ async fn growth_only() {
         .map(|(p, i)| index_timing(p, i))
         .collect();
     let growth = growth_runs(&env, &op_proxy, &hanging_host, &[], &sizes).await;
+    let churn = churn_run(&env, &op_proxy, &hanging_host).await;
     if !index_rows.is_empty() {
         println!();
         println!("**The pod index in memory** (`PodIndex`, lean pods; median of 201 events):");
         println!();
-        println!("| pods | images | full resync from the store (`Inventory::from_pods`) | per pod | index `reset` | per pod | a pod changes its image: event → changed images | a pod deleted |");
+        println!("| pods | images | re-list: index `reset` | per pod | warm pass: inventory snapshot (`PodIndex::inventory`) | per pod | a pod changes its image: event → changed images | a pod deleted |");
         println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
         for r in &index_rows {
             println!("{r}");
@@ -888,9 +893,13 @@ async fn growth_only() {
         .map(|n| n.get())
         .unwrap_or(0);
     print_growth(&growth);
+    if let Some((pods, images, events, m)) = &churn {
+        print_churn(*pods, *images, *events, m);
+    }
     println!();
     println!(
-        "Machine: {cpus} CPU(s). Whole run {:.1} s.",
+        "Machine: {cpus} CPU(s), {} memory. Whole run {:.1} s.",
+        mib(proc_meminfo_kb("MemTotal")),
         total.elapsed().as_secs_f64()
     );
     for (pods, _, m) in &growth {
@@ -904,6 +913,83 @@ async fn growth_only() {
             }
         }
     }
+}
+
+/// `/proc/meminfo` field in kB.
+fn proc_meminfo_kb(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.split(':').next() == Some(field))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// `IMAGEPOSTURE_BENCH_CHURN`: watch events of pod churn over a steady 10k-pod / 2k-image
+/// cluster (default 100,000; `0`: none).
+async fn churn_run(
+    env: &TestEnv,
+    op_proxy: &Proxy,
+    hanging_host: &str,
+) -> Option<(usize, usize, usize, process::Measured)> {
+    let events: usize = std::env::var("IMAGEPOSTURE_BENCH_CHURN")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
+    if events == 0 {
+        return None;
+    }
+    let (pods, images) = (10_000, 2_000);
+    eprintln!("  churn: {events} pod events over {pods} pods, {images} images ...");
+    let ids: Vec<ImageId> = cheap_unsigned(env, images)
+        .await
+        .iter()
+        .map(|id| via(id, &op_proxy.host))
+        .collect();
+    let m = process::run(
+        env,
+        op_proxy,
+        hanging_host,
+        &process::Spec {
+            pods,
+            healthy: &ids,
+            hanging: &[],
+            late: None,
+            warm: true,
+            churn: Some(process::Churn {
+                events,
+                new_image_every: 10,
+                grace: Duration::from_secs(20),
+            }),
+        },
+    )
+    .await;
+    eprintln!("  {m:?}");
+    Some((pods, images, events, m))
+}
+
+fn print_churn(pods: usize, images: usize, events: usize, m: &process::Measured) {
+    let Some(c) = &m.churn else { return };
+    let change =
+        (c.rss_after_kib as f64 - c.rss_before_kib as f64) * 100.0 / c.rss_before_kib.max(1) as f64;
+    println!();
+    println!("**Churn** ({events} pod watch events, half adds and half deletes, at most 100 churn pods alive, one in 10 with an image no pod ran before; `--grace 20s`; pods served by the API double):");
+    println!();
+    println!("| steady pods / images | events | new images | took | ImagePostures before → peak → after | RSS before | RSS after the grace period | change |");
+    println!("|---|---:|---:|---:|---|---:|---:|---:|");
+    println!(
+        "| {pods} / {images} | {events} | {} | {:.1} s | {} → {} → {} | {} | {} | {change:+.1}% |",
+        c.new_images,
+        c.took.as_secs_f64(),
+        c.resources_before,
+        c.resources_peak,
+        c.resources_after,
+        mib(c.rss_before_kib),
+        mib(c.rss_after_kib),
+    );
 }
 
 // ---- main -----------------------------------------------------------------------------------
@@ -1022,7 +1108,7 @@ async fn bench() {
 
     let existing = harness::list(&double.client()).await;
     assert_eq!(existing.len(), n_images);
-    // The population as `imageposture summary --from FILE` reads it (README: summary section).
+    // The population as `imageposture summary --from FILE` reads it (README: `summary` section).
     if let Some(path) = std::env::var_os("IMAGEPOSTURE_BENCH_POSTURES") {
         let items: Vec<&imageposture::model::crd::ImagePosture> =
             existing.iter().map(|p| p.as_ref()).collect();
@@ -1263,6 +1349,7 @@ async fn bench() {
             hanging: &[],
             late: None,
             warm: true,
+            churn: None,
         },
     )
     .await;
@@ -1280,6 +1367,7 @@ async fn bench() {
             hanging: &hanging_ids,
             late: Some(&late),
             warm: false,
+            churn: None,
         },
     )
     .await;

@@ -27,7 +27,7 @@ async fn observe(env: &TestEnv, id: &ImageId, keys: &[(&str, &KeyPair)]) -> Verd
     env.verifier(config).await.observe(id).await
 }
 
-/// One row of the README's cosign-CLI table, printed so a run shows both verdicts.
+/// One row of the cosign-CLI table in docs/postures.md, printed so a run shows both verdicts.
 fn row(case: &str, cosign: &str, ours: &Verdict) {
     eprintln!(
         "| {case} | {cosign} | `{}` / `{}`: {} |",

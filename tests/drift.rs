@@ -523,7 +523,7 @@ async fn learned_on_first_use_and_departures_drift() {
     );
 
     // A person deletes the baseline: learned again from what runs now (every signer running
-    // is accepted: the drifts clear). Documented in the README.
+    // is accepted: the drifts clear). Documented in docs/signer-drift.md.
     Api::<SignerBaseline>::all(w.api.admin())
         .delete(&name, &DeleteParams::default())
         .await

@@ -19,8 +19,8 @@
 //! Each test starts its own kube-apiserver and skips (with a note) when its binaries are
 //! missing, except under `CI=true`.
 //!
-//! `cargo test --test faults -- --nocapture` prints the counts behind the README's
-//! Reliability table.
+//! `cargo test --test faults -- --nocapture` prints the counts behind the
+//! Reliability table of docs/reliability.md.
 
 mod harness;
 mod kube;

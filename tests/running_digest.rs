@@ -68,7 +68,7 @@ fn verdict_of(ok: bool) -> &'static str {
     }
 }
 
-/// One row of the README's table, printed so a run shows both verdicts.
+/// One row of the running-digest table in docs/postures.md, printed so a run shows both verdicts.
 fn row(case: &str, cosign: &str, ours: &Verdict) {
     eprintln!(
         "| {case} | {cosign} | `{}` / `{}`: {} |",
@@ -531,7 +531,7 @@ async fn moved_tag_signed_to_unsigned_is_not_not_signed() {
 
     // CRI-O reporting the old amd64 digest, verified for the first time after the move: no
     // reference leads to the old index any more. Its own listings are empty, so `not-signed`,
-    // and the message says where the references lead instead (a known limit, see README).
+    // and the message says where the references lead instead (a known limit, see docs/limits.md).
     let crio = o
         .observe_with(&old.amd64.image.id, &leads(&[&tag]), None, later)
         .await;

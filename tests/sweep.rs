@@ -1283,3 +1283,64 @@ async fn an_untied_config_digest_is_checking_digest_unknown() {
     assert!(w.api.writes().is_empty(), "{:#?}", w.api.writes());
     assert!(w.proxy.requests().is_empty(), "{:#?}", w.proxy.requests());
 }
+
+// ---- the first pages of the pod list -------------------------------------------------------
+
+/// While the first pod list is still arriving, a pass over the pods listed so far creates the
+/// resources of images not recorded yet, and nothing else: an existing resource whose other
+/// users are not listed yet keeps its usage, and a resource no listed pod uses is not counted
+/// unused.
+#[tokio::test]
+async fn the_first_pages_create_and_touch_nothing_else() {
+    let Some(mut w) = World::new().await else {
+        return;
+    };
+    let (a, b, c) = (
+        w.unsigned_image("page-a").await,
+        w.unsigned_image("page-b").await,
+        w.unsigned_image("page-c").await,
+    );
+    let pa = pod("a", "pa", &[pinned(&a)]);
+    let pa2 = pod("b", "pa2", &[pinned(&a)]);
+    let pc = pod("a", "pc", &[pinned(&c)]);
+    w.init_pods(&[pa.clone(), pa2.clone(), pc.clone()]).await;
+    let t0 = Utc::now();
+    w.pass(t0).await;
+    assert_eq!(w.status(&a).await.usage.unwrap().pods, 2);
+    // A restart: the first page lists only `pa` (a's other pod and c's pod come later) and a
+    // new image's pod.
+    let pb = pod("a", "pb", &[pinned(&b)]);
+    let listed = [pa.clone(), pb.clone()];
+    let inv = imageposture::operator::inventory::Inventory::from_pods(&listed, &Default::default());
+    let op = w.new_operator(config()).await;
+    w.reset_counters();
+    let existing = harness::list(&w.api.client()).await;
+    let r = op.sweeper.create_listed(inv, &existing, t0).await;
+    assert_eq!((r.created, r.deleted, r.errors), (1, 0, 0), "{r:#?}");
+    assert!(
+        w.cr(&b).await.is_some(),
+        "the new image's resource is created"
+    );
+    assert_eq!(
+        w.status(&a).await.usage.unwrap().pods,
+        2,
+        "an existing resource's usage is not lowered from a partial list"
+    );
+    assert_eq!(
+        w.status(&c).await.usage.unwrap().pods,
+        1,
+        "nor marked unused"
+    );
+    assert!(
+        w.api
+            .writes()
+            .iter()
+            .all(|wr| wr.path.contains(&b.resource_name())),
+        "only the new resource is written: {:#?}",
+        w.api.writes()
+    );
+    assert!(
+        w.proxy.requests().is_empty(),
+        "no registry on the inventory's path"
+    );
+}

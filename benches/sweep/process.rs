@@ -42,6 +42,32 @@ pub struct Spec<'a> {
     pub late: Option<&'a ImageId>,
     /// Measure warm passes after every healthy verdict is in.
     pub warm: bool,
+    /// After the warm window: pod churn, then RSS once the grace period has passed.
+    pub churn: Option<Churn>,
+}
+
+/// Pods added and deleted over the steady cluster.
+#[derive(Clone, Copy, Debug)]
+pub struct Churn {
+    /// Watch events in all (half adds, half deletes).
+    pub events: usize,
+    /// One churn pod in this many runs an image no pod ran before (on a registry that
+    /// refuses connections: `checking`, never a verdict).
+    pub new_image_every: usize,
+    /// `--grace`: how long a resource outlives its last pod.
+    pub grace: Duration,
+}
+
+/// What the churn did to the process.
+#[derive(Debug, Default)]
+pub struct ChurnMeasured {
+    pub rss_before_kib: u64,
+    pub rss_after_kib: u64,
+    pub resources_before: usize,
+    pub resources_peak: usize,
+    pub resources_after: usize,
+    pub new_images: usize,
+    pub took: Duration,
 }
 
 /// What one run measured.
@@ -56,6 +82,7 @@ pub struct Measured {
     pub cold_requests: usize,
     pub cold_writes: usize,
     pub warm: Option<Warm>,
+    pub churn: Option<ChurnMeasured>,
     pub rss_kib: u64,
     pub hwm_kib: u64,
 }
@@ -176,8 +203,20 @@ pub async fn run(env: &TestEnv, proxy: &Proxy, hanging_host: &str, spec: &Spec<'
         .args(["--insecure-registry", &env.registry.host])
         .args(["--insecure-registry", &proxy.host])
         .args(["--insecure-registry", hanging_host])
-        .arg(format!("--max-images={}", all.len() + 10))
-        // Exploration only (the README numbers use none): extra `run` flags, space-separated.
+        .arg(format!(
+            "--max-images={}",
+            all.len()
+                + 10
+                + spec
+                    .churn
+                    .map_or(0, |c| c.events / c.new_image_every.max(1))
+        ))
+        .args(
+            spec.churn
+                .map(|c| vec!["--grace".to_string(), format!("{}s", c.grace.as_secs())])
+                .unwrap_or_default(),
+        )
+        // Exploration only (the docs/benchmarks.md numbers use none): extra `run` flags, space-separated.
         .args(
             std::env::var("IMAGEPOSTURE_BENCH_RUN_ARGS")
                 .unwrap_or_default()
@@ -269,6 +308,9 @@ pub async fn run(env: &TestEnv, proxy: &Proxy, hanging_host: &str, spec: &Spec<'
             writes: output_writes(&double) - writes0,
         });
     }
+    if let Some(churn) = spec.churn {
+        m.churn = Some(run_churn(&double, pid, spec, &all, churn).await);
+    }
     if trace {
         if let Ok(r) = reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await {
             let text = r.text().await.unwrap_or_default();
@@ -287,5 +329,86 @@ pub async fn run(env: &TestEnv, proxy: &Proxy, hanging_host: &str, spec: &Spec<'
     m.rss_kib = status_kb(pid, "VmRSS");
     m.hwm_kib = status_kb(pid, "VmHWM");
     drop(process);
+    m
+}
+
+/// Adds and deletes pods (`churn.events` watch events, at most 100 churn pods alive at once),
+/// some with images no pod ran before, then waits out the grace period and the deletions it
+/// allows, and measures RSS against where it started.
+async fn run_churn(
+    double: &ApiDouble,
+    pid: u32,
+    spec: &Spec<'_>,
+    images: &[ImageId],
+    churn: Churn,
+) -> ChurnMeasured {
+    const ALIVE: usize = 100;
+    let refused = format!("127.0.0.1:{}", free_port());
+    let mut m = ChurnMeasured {
+        rss_before_kib: status_kb(pid, "VmRSS"),
+        resources_before: double.count_image_postures(|_| true),
+        ..ChurnMeasured::default()
+    };
+    let started = Instant::now();
+    let adds = churn.events / 2;
+    let mut alive = std::collections::VecDeque::new();
+    for k in 0..adds {
+        let i = spec.pods + 1 + k;
+        let (namespace, image, image_id) = if k % churn.new_image_every.max(1) == 0 {
+            m.new_images += 1;
+            let id = ImageId {
+                registry: refused.clone(),
+                repository: format!("churn/app-{k:06}"),
+                digest: format!("sha256:{:064x}", 0x00c0_ffee_0000_u64 + k as u64),
+            };
+            crate::pod_placement(0, std::slice::from_ref(&id))
+        } else {
+            crate::pod_placement(i, images)
+        };
+        let pod = crate::full_pod(i, &namespace, &image, &image_id);
+        let mut v = serde_json::to_value(&pod).expect("pod JSON");
+        if let Some(meta) = v["metadata"].as_object_mut() {
+            meta.remove("resourceVersion");
+            meta.remove("uid");
+        }
+        let name = v["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        double.seed(v);
+        alive.push_back((namespace, name));
+        if alive.len() > ALIVE {
+            if let Some((ns, name)) = alive.pop_front() {
+                double.remove("", "pods", &ns, &name);
+            }
+        }
+        if k % 100 == 0 {
+            if k % 5000 == 0 {
+                m.resources_peak = m.resources_peak.max(double.count_image_postures(|_| true));
+            }
+            // About 10,000 events a second: a busy cluster's pace.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    while let Some((ns, name)) = alive.pop_front() {
+        double.remove("", "pods", &ns, &name);
+    }
+    m.took = started.elapsed();
+    // The grace period, then the inventory pass that deletes, then the deletions' watch events.
+    let deadline = Instant::now() + churn.grace + Duration::from_secs(60);
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        m.resources_peak = m.resources_peak.max(double.count_image_postures(|_| true));
+        let now = double.count_image_postures(|_| true);
+        if (now <= m.resources_before && Instant::now() > started + churn.grace)
+            || Instant::now() > deadline
+        {
+            break;
+        }
+    }
+    // Settle: the controller forgets deleted objects, the allocator returns what it can.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    m.resources_after = double.count_image_postures(|_| true);
+    m.rss_after_kib = status_kb(pid, "VmRSS");
     m
 }

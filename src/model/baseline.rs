@@ -1187,6 +1187,7 @@ mod tests {
                     image: format!("ghcr.io/acme/app@{digest}"),
                     repository: "ghcr.io/acme/app".into(),
                     digest: digest.into(),
+                    short_digest: String::new(),
                     untied: None,
                 },
             );

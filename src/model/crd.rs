@@ -35,6 +35,11 @@ pub const MAX_NAMESPACES_IN_STATUS: usize = 16;
 pub const MAX_SIGNATURE_DIGESTS: usize = 8;
 /// Longest reference string kept (the distribution grammar allows long names; we do not).
 pub const MAX_REFERENCE_TEXT: usize = 512;
+/// Characters of the text written for `kubectl get` columns (`status.tag`,
+/// `status.shortSigner`): longer text ends in `…` at this width.
+pub const MAX_COLUMN_TEXT: usize = 28;
+/// Hex digits of `spec.shortDigest`.
+pub const SHORT_DIGEST_HEX: usize = 12;
 
 /// Identity of the image (`spec` is written once at creation and never changes).
 // clippy reads the repeated `type_ = "string"` inside `printcolumn(...)` as duplicated attributes.
@@ -51,23 +56,48 @@ pub const MAX_REFERENCE_TEXT: usize = 512;
     derive = "PartialEq",
     doc = "The signing posture (signed, invalid-signature, not-signed, checking) of one image \
            identity (registry/repository@digest) running in the cluster.",
-    printcolumn(name = "Image", type_ = "string", json_path = ".spec.image"),
+    // `kubectl get ipost` shows what a person scans and fits 120 columns for typical images
+    // (tests/columns.rs prints it from a real API server); `-o wide` adds the rest.
+    printcolumn(name = "Tag", type_ = "string", json_path = ".status.tag"),
+    printcolumn(name = "Digest", type_ = "string", json_path = ".spec.shortDigest"),
     printcolumn(name = "Posture", type_ = "string", json_path = ".status.posture"),
-    printcolumn(name = "Signer", type_ = "string", json_path = ".status.signer"),
-    printcolumn(name = "Issuer", type_ = "string", json_path = ".status.issuer"),
+    printcolumn(name = "Signer", type_ = "string", json_path = ".status.shortSigner"),
+    printcolumn(name = "Pods", type_ = "integer", json_path = ".status.usage.pods"),
+    printcolumn(
+        name = "Drift",
+        type_ = "string",
+        json_path = ".status.drift.kind",
+        priority = "1"
+    ),
+    printcolumn(
+        name = "Verified",
+        type_ = "date",
+        json_path = ".status.lastVerified",
+        priority = "1"
+    ),
+    printcolumn(
+        name = "Issuer",
+        type_ = "string",
+        json_path = ".status.issuer",
+        priority = "1"
+    ),
     printcolumn(
         name = "Reason",
         type_ = "string",
         json_path = ".status.reason",
         priority = "1"
     ),
-    printcolumn(name = "Drift", type_ = "string", json_path = ".status.drift.kind"),
-    printcolumn(name = "Pods", type_ = "integer", json_path = ".status.usage.pods"),
-    printcolumn(name = "Verified", type_ = "date", json_path = ".status.lastVerified"),
+    printcolumn(
+        name = "Image",
+        type_ = "string",
+        json_path = ".spec.image",
+        priority = "1"
+    ),
     printcolumn(
         name = "Age",
         type_ = "date",
-        json_path = ".metadata.creationTimestamp"
+        json_path = ".metadata.creationTimestamp",
+        priority = "1"
     )
 )]
 #[serde(rename_all = "camelCase")]
@@ -78,6 +108,11 @@ pub struct ImagePostureSpec {
     pub repository: String,
     /// Manifest digest (`sha256:<hex>`), taken from the pod's `imageID`, never guessed.
     pub digest: String,
+    /// The first 12 hex digits of `digest`, for the `DIGEST` column of `kubectl get` (a
+    /// column cannot cut a string). Derived from `digest`; absent on resources written before it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[schemars(length(max = 12))]
+    pub short_digest: String,
     /// Set when `digest` is only what the container runtime reported and could not be tied to
     /// a manifest of `repository` through the pods' tag (`config`: a bare config digest;
     /// `foreign`: a digest under a name no registry holds, as `kind load` writes). Such a
@@ -109,6 +144,11 @@ pub struct ImagePostureStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 257))]
     pub signer: Option<String>,
+    /// `signer` as the `SIGNER` column of `kubectl get` shows it ([`short_signer`]): for the
+    /// eye only, never matched on. Only when signed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 28))]
+    pub short_signer: Option<String>,
     /// OIDC issuer of a keyless signer. Only when signed keyless.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 257))]
@@ -131,6 +171,11 @@ pub struct ImagePostureStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16))]
     pub references: Vec<String>,
+    /// The tags of `references` (sorted, comma-separated, at most 28 characters), for the `TAG`
+    /// column of `kubectl get`; absent when pods name the image by digest only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 28))]
+    pub tag: Option<String>,
     /// Who runs this image right now.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<ImageUsage>,
@@ -265,6 +310,7 @@ impl ImagePostureStatus {
         let mut s = ImagePostureStatus {
             posture: Some(v.posture),
             signer: v.signer.clone(),
+            short_signer: v.signer.as_deref().map(short_signer),
             issuer: v.issuer.clone(),
             signer_type: v.signer_type,
             reason: Some(v.reason),
@@ -287,6 +333,13 @@ impl ImagePostureStatus {
         };
         text(&mut self.signer);
         text(&mut self.issuer);
+        let column = |t: &mut Option<String>| {
+            if let Some(s) = t {
+                *s = clip(s, MAX_COLUMN_TEXT);
+            }
+        };
+        column(&mut self.short_signer);
+        column(&mut self.tag);
         self.message = bound(&self.message, MAX_MESSAGE);
         self.signatures.truncate(MAX_SIGNATURES_IN_STATUS);
         for sig in &mut self.signatures {
@@ -331,6 +384,64 @@ impl ImageUsage {
     }
 }
 
+/// `spec.shortDigest`: the first [`SHORT_DIGEST_HEX`] hex digits of a digest, without its
+/// algorithm (as `docker images` shows an image ID).
+pub fn short_digest(digest: &str) -> String {
+    let hex = digest.split_once(':').map_or(digest, |(_, hex)| hex);
+    hex.chars().take(SHORT_DIGEST_HEX).collect()
+}
+
+/// `status.shortSigner`: the signer as a person scans it in a column of [`MAX_COLUMN_TEXT`]
+/// characters. The scheme of a URI is dropped and a ref reads as its name (`@refs/tags/v1` →
+/// `@v1`); a GitHub Actions workflow URI reads `owner/repo/workflow.yml@ref`; a key fingerprint
+/// keeps 12 hex digits. Characters that hide or reorder text are escaped, longer text ends in
+/// `…`. Display only: the full `signer` (and the issuer, in `-o wide`) is the data.
+pub fn short_signer(signer: &str) -> String {
+    if let Some(hex) = signer.strip_prefix("sha256:") {
+        return format!("sha256:{}", short_digest(hex));
+    }
+    let uri = ["https://", "http://"]
+        .iter()
+        .find_map(|scheme| signer.strip_prefix(scheme));
+    let mut text = match uri {
+        Some(rest) => rest
+            .replacen("@refs/heads/", "@", 1)
+            .replacen("@refs/tags/", "@", 1),
+        None => signer.to_string(),
+    };
+    if let Some((repo, workflow)) = text
+        .strip_prefix("github.com/")
+        .and_then(|rest| rest.split_once("/.github/workflows/"))
+    {
+        text = format!("{repo}/{workflow}");
+    }
+    clip(&crate::core::text::escape(&text), MAX_COLUMN_TEXT)
+}
+
+/// `status.tag`: the distinct tags of the references pods name the image by, sorted and
+/// comma-separated, escaped and cut to [`MAX_COLUMN_TEXT`] characters.
+pub(crate) fn tags_of(references: &[String]) -> Option<String> {
+    let tags: std::collections::BTreeSet<String> = references
+        .iter()
+        .filter_map(|r| crate::core::image::ImageRef::parse(r).ok()?.tag)
+        .collect();
+    if tags.is_empty() {
+        return None;
+    }
+    let joined = tags.into_iter().collect::<Vec<_>>().join(",");
+    Some(clip(&crate::core::text::escape(&joined), MAX_COLUMN_TEXT))
+}
+
+/// At most `max` characters: longer text keeps `max - 1` and ends in `…`. Idempotent.
+fn clip(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        return text.to_string();
+    }
+    let mut out: String = text.chars().take(max.saturating_sub(1)).collect();
+    out.push('…');
+    out
+}
+
 /// A new ImagePosture for an image: deterministic name, identity spec and labels, no status
 /// (status is written separately through the status subresource).
 pub fn new_resource(id: &ImageId) -> ImagePosture {
@@ -340,6 +451,7 @@ pub fn new_resource(id: &ImageId) -> ImagePosture {
             image: id.key(),
             repository: id.repo_path(),
             digest: id.digest.clone(),
+            short_digest: short_digest(&id.digest),
             untied: None,
         },
     );
@@ -362,6 +474,7 @@ pub fn untied_resource(tie: &Tie) -> ImagePosture {
             image: identity,
             repository: repo,
             digest: digest.to_string(),
+            short_digest: short_digest(digest),
             untied: Some(kind),
         },
     );
@@ -574,9 +687,19 @@ mod tests {
                 .find(|c| c.name == n)
                 .unwrap_or_else(|| panic!("{n}"))
         };
+        // The default columns (priority 0) are what a person scans; `-o wide` adds the rest.
+        let default: Vec<&str> = cols
+            .iter()
+            .filter(|c| c.priority.unwrap_or(0) == 0)
+            .map(|c| c.name.as_str())
+            .collect();
+        assert_eq!(default, ["Tag", "Digest", "Posture", "Signer", "Pods"]);
+        assert_eq!(find("Tag").json_path, ".status.tag");
+        assert_eq!(find("Digest").json_path, ".spec.shortDigest");
         assert_eq!(find("Image").json_path, ".spec.image");
+        assert_eq!(find("Image").priority, Some(1));
         assert_eq!(find("Posture").json_path, ".status.posture");
-        assert_eq!(find("Signer").json_path, ".status.signer");
+        assert_eq!(find("Signer").json_path, ".status.shortSigner");
         assert_eq!(find("Issuer").json_path, ".status.issuer");
         assert_eq!(find("Pods").type_, "integer");
         assert_eq!(find("Verified").type_, "date");
@@ -651,5 +774,60 @@ mod tests {
         );
         let back: ImagePostureStatus = serde_json::from_value(j).unwrap();
         assert_eq!(back, s);
+    }
+
+    #[test]
+    fn column_text_is_short_escaped_and_bounded() {
+        assert_eq!(short_digest(D), "0123456789ab");
+        let r = new_resource(&id("ghcr.io/acme/app"));
+        assert_eq!(r.spec.short_digest, "0123456789ab");
+        assert_eq!(
+            short_signer(
+                "https://github.com/acme/app/.github/workflows/release.yml@refs/tags/v1.4.2"
+            ),
+            "acme/app/release.yml@v1.4.2"
+        );
+        assert_eq!(short_signer("dev@example.com"), "dev@example.com");
+        assert_eq!(short_signer("release-key"), "release-key");
+        assert_eq!(
+            short_signer(&format!("sha256:{}", "ab".repeat(32))),
+            "sha256:abababababab"
+        );
+        assert_eq!(
+            short_signer("https://gitlab.com/group/project//.gitlab-ci.yml@refs/heads/main"),
+            "gitlab.com/group/project//.…"
+        );
+        let evil = short_signer("https://evil.example/\u{1b}[2J\u{202e}x");
+        assert!(!evil.chars().any(crate::core::text::hides), "{evil}");
+        assert!(short_signer(&"é".repeat(400)).chars().count() <= MAX_COLUMN_TEXT);
+
+        let refs = |r: &[&str]| r.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let tag = |r: &[&str]| {
+            ImagePostureStatus::inventory_fields(refs(r), ImageUsage::new(1, ["a"])).tag
+        };
+        assert_eq!(tag(&["nginx:1.27"]).as_deref(), Some("1.27"));
+        assert_eq!(tag(&["nginx"]).as_deref(), Some("latest"));
+        assert_eq!(tag(&[&format!("nginx@{D}")]), None);
+        assert_eq!(
+            tag(&["nginx:latest", "docker.io/library/nginx:1.27", "nginx:1.27"]).as_deref(),
+            Some("1.27,latest")
+        );
+        let many: Vec<String> = (0..16).map(|i| format!("app:release-{i:02}")).collect();
+        let long = ImagePostureStatus::inventory_fields(many, ImageUsage::new(1, ["a"])).tag;
+        assert_eq!(
+            long.as_deref().map(|t| t.chars().count()),
+            Some(MAX_COLUMN_TEXT)
+        );
+        // Bounds hold on what comes back from the server (idempotent).
+        let mut s = ImagePostureStatus {
+            tag: Some("x".repeat(100)),
+            short_signer: Some("y".repeat(100)),
+            ..Default::default()
+        };
+        s.enforce_bounds();
+        let once = s.clone();
+        s.enforce_bounds();
+        assert_eq!(s, once);
+        assert_eq!(s.tag.map(|t| t.chars().count()), Some(MAX_COLUMN_TEXT));
     }
 }

@@ -14,18 +14,19 @@ use crate::core::posture::Posture;
 /// `app.kubernetes.io/managed-by` value: lets `kubectl get ipost -l` and GC select our objects.
 pub const MANAGER: &str = "imageposture";
 /// Field manager of the inventory loop: `spec`, the ownership and registry labels,
-/// `status.references` and `status.usage`.
+/// `status.references`, `status.tag` and `status.usage`.
 pub const FIELD_MANAGER_INVENTORY: &str = "imageposture-inventory";
 /// Field manager of the verification controller: the posture label and every verdict field
 /// of the status ([`VERDICT_FIELDS`]).
 pub const FIELD_MANAGER_VERIFIER: &str = "imageposture-verifier";
 
 /// The status fields the inventory owns (JSON names).
-pub const INVENTORY_FIELDS: &[&str] = &["references", "usage"];
+pub const INVENTORY_FIELDS: &[&str] = &["references", "tag", "usage"];
 /// The status fields the verifier owns (JSON names): everything but the inventory's.
 pub const VERDICT_FIELDS: &[&str] = &[
     "posture",
     "signer",
+    "shortSigner",
     "issuer",
     "signerType",
     "reason",

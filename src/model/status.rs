@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 
 use crate::core::posture::{Posture, Reason, Verdict};
 use crate::model::crd::{
-    parse_time, rfc3339, Condition, ImagePostureStatus, ImageUsage, CONDITION_VERIFIED,
+    parse_time, rfc3339, tags_of, Condition, ImagePostureStatus, ImageUsage, CONDITION_VERIFIED,
 };
 
 /// A resting verdict as an image's resource records it.
@@ -89,8 +89,10 @@ impl ImagePostureStatus {
     }
 
     /// The fields the inventory states: who runs the image now (0 pods once the last is gone).
+    /// The tag column is derived from the references.
     pub fn inventory_fields(references: Vec<String>, usage: ImageUsage) -> Self {
         let mut s = ImagePostureStatus {
+            tag: tags_of(&references),
             references,
             usage: Some(usage),
             ..Default::default()
@@ -103,6 +105,7 @@ impl ImagePostureStatus {
     pub fn combined(verdict: Self, inventory: Self) -> Self {
         ImagePostureStatus {
             references: inventory.references,
+            tag: inventory.tag,
             usage: inventory.usage,
             ..verdict
         }

@@ -323,6 +323,7 @@ mod tests {
             image: "r/x@sha256:0".into(),
             repository: "r/x".into(),
             digest: "sha256:0".into(),
+            short_digest: String::new(),
             untied: None,
         };
         let mut cr = ImagePosture::new("x", spec);

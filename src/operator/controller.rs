@@ -116,8 +116,10 @@ pub struct Context<O = Observer> {
     pub settings: Settings,
     /// Images waiting for a slot of their registry.
     pub waiting: Waiting,
-    /// Consecutive failures by resource name, for the per-object backoff.
-    failures: Mutex<HashMap<String, u32>>,
+    /// Consecutive failures by resource name, with the last one's time, for the per-object
+    /// backoff. Bounded: an entry not refreshed for twice the longest backoff is dropped (its
+    /// object was deleted; one still failing is retried, and so refreshed, within it).
+    failures: Mutex<HashMap<String, (u32, std::time::Instant)>>,
     stats: Mutex<Stats>,
 }
 
@@ -319,9 +321,15 @@ impl<O: Verdicts> Context<O> {
 
     /// Per-object backoff after a failed reconcile.
     fn backoff(&self, name: &str) -> Duration {
+        let now = std::time::Instant::now();
+        let stale = self.settings.max_error_backoff.saturating_mul(2);
         let mut failures = self.failures.locked();
-        let n = failures.entry(name.to_string()).or_default();
+        if failures.len() >= 1024 && failures.len().is_power_of_two() {
+            failures.retain(|_, (_, at)| now.saturating_duration_since(*at) < stale);
+        }
+        let (n, at) = failures.entry(name.to_string()).or_insert((0, now));
         *n = n.saturating_add(1);
+        *at = now;
         self.settings
             .error_backoff
             .saturating_mul(1 << (*n - 1).min(16))
@@ -401,7 +409,13 @@ pub fn error_policy<O: Verdicts>(
 pub fn build(api: Api<ImagePosture>, settings: &Settings) -> Controller<ImagePosture> {
     let selector = format!("{}={}", fields::LABEL_MANAGED_BY, fields::MANAGER);
     let config = controller::Config::default().concurrency(settings.concurrency);
-    Controller::new(api, watcher::Config::default().labels(&selector)).with_config(config)
+    use kube::runtime::WatchStreamExt as _;
+    // The cache every loop reads keeps managedFields compacted (see `ownership::compact`).
+    let (reader, writer) = kube::runtime::reflector::store();
+    let objects = watcher(api, watcher::Config::default().labels(&selector))
+        .modify(crate::operator::ownership::compact);
+    let stream = kube::runtime::reflector(writer, objects).applied_objects();
+    Controller::for_stream(stream, reader).with_config(config)
 }
 
 /// Runs the Controller until its stream ends (it is dropped when leadership is lost).

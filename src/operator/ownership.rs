@@ -22,6 +22,13 @@ pub enum Part {
 }
 
 impl Part {
+    fn compact_prefix(self) -> &'static str {
+        match self {
+            Part::Status => "status:",
+            Part::Labels => "labels:",
+        }
+    }
+
     fn path(self) -> [&'static str; 2] {
         match self {
             Part::Status => ["f:status", ""],
@@ -64,20 +71,65 @@ fn fields(cr: &ImagePosture, part: Part, select: impl Fn(&str) -> bool) -> BTree
         let Some(fields) = entry.fields_v1.as_ref().map(|f| &f.0) else {
             continue;
         };
-        let [outer, inner] = part.path();
-        let mut node = fields.get(outer);
-        if !inner.is_empty() {
-            node = node.and_then(|n| n.get(inner));
-        }
-        if let Some(Value::Object(map)) = node {
-            out.extend(
-                map.keys()
-                    .filter_map(|k| k.strip_prefix("f:"))
-                    .map(str::to_string),
-            );
-        }
+        out.extend(owned_in(fields, part));
     }
     out
+}
+
+/// The names directly under `part` in one entry's `fieldsV1`, as the API server writes it or
+/// as [`compact`] keeps it.
+fn owned_in(fields: &Value, part: Part) -> Vec<String> {
+    if let Value::Array(compacted) = fields {
+        let prefix = part.compact_prefix();
+        return compacted
+            .iter()
+            .filter_map(Value::as_str)
+            .filter_map(|f| f.strip_prefix(prefix))
+            .map(str::to_string)
+            .collect();
+    }
+    let [outer, inner] = part.path();
+    let mut node = fields.get(outer);
+    if !inner.is_empty() {
+        node = node.and_then(|n| n.get(inner));
+    }
+    match node {
+        Some(Value::Object(map)) => map
+            .keys()
+            .filter_map(|k| k.strip_prefix("f:"))
+            .map(str::to_string)
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Shrinks a cached object's `managedFields` to what this module reads: per entry, the manager,
+/// operation and subresource, and only the names under `status` and `metadata.labels` its
+/// `fieldsV1` owns (as a list, `status:posture`, `labels:<key>`). The API server's `fieldsV1`
+/// is a tree of JSON objects, several KiB per resource in memory; the operator's caches keep
+/// thousands of resources.
+pub fn compact(cr: &mut ImagePosture) {
+    let Some(entries) = cr.metadata.managed_fields.as_mut() else {
+        return;
+    };
+    for entry in entries.iter_mut() {
+        let Some(fields) = entry.fields_v1.as_mut() else {
+            continue;
+        };
+        if fields.0.is_array() {
+            continue;
+        }
+        let mut kept = Vec::new();
+        for part in [Part::Status, Part::Labels] {
+            for name in owned_in(&fields.0, part) {
+                kept.push(Value::String(format!("{}{name}", part.compact_prefix())));
+            }
+        }
+        fields.0 = Value::Array(kept);
+        entry.api_version = None;
+        entry.fields_type = None;
+        entry.time = None;
+    }
 }
 
 #[cfg(test)]
@@ -103,6 +155,7 @@ mod tests {
                 image: "a".into(),
                 repository: "b".into(),
                 digest: "c".into(),
+                short_digest: String::new(),
                 untied: None,
             },
         );
@@ -137,5 +190,19 @@ mod tests {
             ["team"]
         );
         assert!(owned(&cr, "me", Part::Labels).unwrap().is_empty());
+        // Compacted, every answer stays the same.
+        let mut small = cr.clone();
+        compact(&mut small);
+        assert_ne!(small.metadata.managed_fields, cr.metadata.managed_fields);
+        for part in [Part::Status, Part::Labels] {
+            for who in ["me", "other", "nobody"] {
+                assert_eq!(owned(&small, who, part), owned(&cr, who, part));
+                assert_eq!(foreign(&small, who, part), foreign(&cr, who, part));
+                assert_eq!(
+                    foreign_only(&small, who, part),
+                    foreign_only(&cr, who, part)
+                );
+            }
+        }
     }
 }

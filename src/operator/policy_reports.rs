@@ -16,8 +16,9 @@ use crate::model::crd::ImagePosture;
 use crate::model::fields::{LABEL_MANAGED_BY, MANAGER};
 use crate::model::policy_report::{self, Action, ImageVerdict, Owner, PolicyReport, Use};
 use crate::operator::apply::Writer;
+use crate::operator::inventory::index::{OwnerKey, Target};
 use crate::operator::inventory::tags::TagResolver;
-use crate::operator::inventory::{Inventory, NamespaceFilter, PodView};
+use crate::operator::inventory::{PodIndex, PodView};
 
 /// What one pass wrote.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -37,51 +38,38 @@ pub fn api_resource() -> ApiResource {
 
 /// The controller owner of `pod` (or the pod itself).
 pub fn owner_of<P: PodView + ?Sized>(pod: &P) -> Owner {
-    match pod.controller() {
-        Some(o) => Owner {
+    Owner::from(&OwnerKey::of(pod))
+}
+
+impl From<&OwnerKey> for Owner {
+    fn from(o: &OwnerKey) -> Owner {
+        Owner {
             api_version: o.api_version.to_string(),
             kind: o.kind.to_string(),
             name: o.name.to_string(),
             uid: o.uid.to_string(),
-        },
-        None => Owner {
-            api_version: "v1".into(),
-            kind: "Pod".into(),
-            name: pod.name().unwrap_or_default().to_string(),
-            uid: pod.uid().unwrap_or_default().to_string(),
-        },
+        }
     }
 }
 
-/// One result source per (namespace, pod owner, image) of the admitted, running pods; a tag not
-/// resolved yet is reported by its reference (no verdict: `skip`).
-pub fn uses<P: PodView>(
-    pods: &[Arc<P>],
-    filter: &NamespaceFilter,
-    tags: &Arc<TagResolver>,
-) -> Vec<Use> {
+/// One result source per (namespace, pod owner, image) of the admitted, running pods, from the
+/// pod index; a tag not resolved yet is reported by its reference (no verdict: `skip`).
+pub fn uses(index: &PodIndex, tags: &Arc<TagResolver>) -> Vec<Use> {
     let now = Utc::now();
-    let mut out = Vec::new();
-    for pod in pods {
-        let inv = Inventory::from_pods(std::iter::once(pod.as_ref()), filter);
-        let Some(namespace) = pod.namespace().map(str::to_string) else {
-            continue;
-        };
-        let owner = owner_of(pod.as_ref());
-        let resolved = inv.unresolved.keys().map(|tag| {
-            tags.lookup(tag, now)
-                .map(|id| id.key())
-                .unwrap_or_else(|| tag.to_string())
-        });
-        for image in inv.images.keys().map(|id| id.key()).chain(resolved) {
-            out.push(Use {
-                namespace: namespace.clone(),
-                owner: owner.clone(),
-                image,
-            });
-        }
-    }
-    out
+    index
+        .owners()
+        .map(|(namespace, owner, target)| Use {
+            namespace: namespace.to_string(),
+            owner: Owner::from(owner),
+            image: match target {
+                Target::Image(id) => id.key(),
+                Target::Unresolved(tag) => tags
+                    .lookup(tag, now)
+                    .map(|id| id.key())
+                    .unwrap_or_else(|| tag.to_string()),
+            },
+        })
+        .collect()
 }
 
 /// Verdicts by image identity, from the ImagePosture cache.

@@ -25,7 +25,7 @@ use crate::operator::baseline::Baseliner;
 use crate::operator::controller::{self, Context, Settings};
 use crate::operator::inventory::sweep::{SweepConfig, SweepReport, Sweeper};
 use crate::operator::inventory::tags::TagResolver;
-use crate::operator::inventory::{LeanPod, NamespaceFilter};
+use crate::operator::inventory::{LeanPod, NamespaceFilter, PodIndex};
 use crate::operator::leader::Gate;
 use crate::operator::leader::LeaderElector;
 use crate::operator::pull_secrets::PullSecretSource;
@@ -44,15 +44,26 @@ pub async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
     let mut verifier_config = args.verify.config();
     verifier_config.trust_refresh = args.trust_root_refresh;
     let auth_metrics = metrics.clone();
-    // What pods run: watched by every replica, so a new leader starts with a synced cache.
-    // Lean pods, straight from the watch stream: only what the inventory reads (see
-    // `inventory::pod`), with shared strings.
-    let (pods, pod_writer) = reflector::store::<LeanPod>();
-    let pull_secrets: Option<Arc<dyn PullSecrets>> = args.pull_secrets.then(|| {
+    // What pods run: watched by every replica, so a new leader starts with a synced index.
+    // Lean pods, straight from the watch stream (see `inventory::pod`); each event updates the
+    // pod index by difference. The pods themselves are kept (in a reflector store) only when
+    // pull secrets need them.
+    let filter = NamespaceFilter {
+        include: args.include_namespaces.clone(),
+        exclude: args.exclude_namespaces.clone(),
+    };
+    let index = Arc::new(Mutex::new(PodIndex::new(filter.clone())));
+    let (pod_store, pod_writer) = if args.pull_secrets {
+        let (store, writer) = reflector::store::<LeanPod>();
+        (Some(store), Some(writer))
+    } else {
+        (None, None)
+    };
+    let pull_secrets: Option<Arc<dyn PullSecrets>> = pod_store.clone().map(|pods| {
         tracing::info!(
             "pull secrets: reading the imagePullSecrets pods and their ServiceAccounts name"
         );
-        Arc::new(PullSecretSource::new(client.clone(), pods.clone())) as Arc<dyn PullSecrets>
+        Arc::new(PullSecretSource::new(client.clone(), pods)) as Arc<dyn PullSecrets>
     });
     let verifier = Verifier::with_extras(
         verifier_config,
@@ -98,18 +109,35 @@ pub async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
         Api::<LeanPod>::all(client.clone()),
         watcher::Config::default(),
     )
-    .default_backoff()
-    .reflect(pod_writer);
-    tokio::spawn(drive(pod_events, "pods", Some(changed.clone())));
+    .default_backoff();
+    let pod_events = match pod_writer {
+        Some(writer) => pod_events.reflect(writer).boxed(),
+        None => pod_events.boxed(),
+    };
+    let (synced_tx, synced) = tokio::sync::watch::channel(false);
+    tokio::spawn(index_pods(
+        pod_events,
+        index.clone(),
+        filter,
+        changed.clone(),
+        synced_tx,
+    ));
     // Signer baselines: watched from the first time this replica leads (after the CRDs are
     // installed), and from then on while standing by too. Readiness does not wait for them (a
     // cluster without the SignerBaseline CRD runs everything but signer drift).
     let baselines_changed = Arc::new(Notify::new());
     let (baselines, baseline_writer) = reflector::store::<SignerBaseline>();
     let mut baseline_writer = Some(baseline_writer);
-    pods.wait_until_ready().await?;
-    health.set_ready(true);
-    tracing::info!(pods = pods.len(), "pod cache synced");
+    {
+        // Ready once the first pod list is in; resources are created from its first pages.
+        let (health, index, mut synced) = (health.clone(), index.clone(), synced.clone());
+        tokio::spawn(async move {
+            if synced.wait_for(|s| *s).await.is_ok() {
+                health.set_ready(true);
+                tracing::info!(pods = index.locked().len(), "pod index synced");
+            }
+        });
+    }
 
     let lease_namespace = args.lease_namespace(in_cluster);
     let (elector, gate) = if args.leader_election {
@@ -129,6 +157,7 @@ pub async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
     let tags = TagResolver::new(observer.clone(), args.ttl);
     let reports = args.policy_reports.then(|| Reports {
         client: client.clone(),
+        index: index.clone(),
         writer: writer.clone(),
         tags: tags.clone(),
         written: Mutex::new(None),
@@ -200,7 +229,8 @@ pub async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
             tokio::join!(
                 inventory_loop(
                     &sweeper,
-                    &pods,
+                    &index,
+                    synced.clone(),
                     &postures,
                     &metrics,
                     &changed,
@@ -252,7 +282,8 @@ async fn connect() -> Result<Client, Box<dyn std::error::Error>> {
 /// pod changes, every resolved tag and every resync period.
 async fn inventory_loop(
     sweeper: &Sweeper,
-    pods: &Store<LeanPod>,
+    index: &Mutex<PodIndex>,
+    mut synced: tokio::sync::watch::Receiver<bool>,
     postures: &Store<ImagePosture>,
     metrics: &Metrics,
     changed: &Notify,
@@ -262,11 +293,34 @@ async fn inventory_loop(
     if postures.wait_until_ready().await.is_err() {
         return;
     }
+    // The first pod list still arriving: resources for what its pages name so far.
+    while !*synced.borrow() {
+        let inventory = index.locked().inventory();
+        if !inventory.images.is_empty() {
+            let report = sweeper
+                .create_listed(inventory, &postures.state(), chrono::Utc::now())
+                .await;
+            for _ in 0..report.metadata_writes {
+                metrics.api_write("apply");
+            }
+            for _ in 0..report.status_writes {
+                metrics.api_write("status");
+            }
+            tracing::info!(
+                created = report.created,
+                "resources created from the first pages of the pod list"
+            );
+        }
+        tokio::select! {
+            _ = synced.changed() => {}
+            _ = changed.notified() => {}
+        }
+    }
     let resolved = sweeper.tags().resolved();
     loop {
-        sweep_once(sweeper, pods, postures, metrics).await;
+        sweep_once(sweeper, index, postures, metrics).await;
         if let Some(reports) = reports {
-            write_reports(reports, pods, postures, metrics, args).await;
+            write_reports(reports, postures, metrics).await;
         }
         tokio::select! {
             _ = tokio::time::sleep(args.resync) => {}
@@ -282,6 +336,7 @@ async fn inventory_loop(
 /// What `--policy-reports` writes with.
 struct Reports {
     client: Client,
+    index: Arc<Mutex<PodIndex>>,
     writer: Writer,
     tags: Arc<TagResolver>,
     /// The reports the last clean sync left in place, and when: a pass that wants the same
@@ -300,19 +355,9 @@ const REPORTS_RELIST: Duration = Duration::from_secs(600);
 
 /// One PolicyReport per namespace from the pods and the ImagePosture cache; only changed
 /// reports are written (counted as `policyreport` / `policyreport-delete` API writes).
-async fn write_reports(
-    reports: &Reports,
-    pods: &Store<LeanPod>,
-    postures: &Store<ImagePosture>,
-    metrics: &Metrics,
-    args: &RunArgs,
-) {
+async fn write_reports(reports: &Reports, postures: &Store<ImagePosture>, metrics: &Metrics) {
     use crate::operator::policy_reports as sync;
-    let filter = NamespaceFilter {
-        include: args.include_namespaces.clone(),
-        exclude: args.exclude_namespaces.clone(),
-    };
-    let uses = sync::uses(&pods.state(), &filter, &reports.tags);
+    let uses = sync::uses(&reports.index.locked(), &reports.tags);
     let desired = crate::model::policy_report::reports(&uses, &sync::verdicts(&postures.state()));
     let unchanged = reports
         .written
@@ -426,13 +471,14 @@ async fn count_postures(postures: &Store<ImagePosture>, metrics: &Metrics) {
 
 async fn sweep_once(
     sweeper: &Sweeper,
-    pods: &Store<LeanPod>,
+    index: &Mutex<PodIndex>,
     postures: &Store<ImagePosture>,
     metrics: &Metrics,
 ) {
     let started = std::time::Instant::now();
+    let inventory = index.locked().inventory();
     let report: SweepReport = sweeper
-        .sweep(&pods.state(), &postures.state(), chrono::Utc::now())
+        .sweep_inventory(inventory, &postures.state(), chrono::Utc::now())
         .await;
     metrics.sweep_duration(started.elapsed().as_secs_f64());
     metrics.set_deferred(i64::try_from(report.deferred).unwrap_or(i64::MAX));
@@ -455,6 +501,70 @@ async fn sweep_once(
         seconds = started.elapsed().as_secs_f64(),
         "inventory pass done"
     );
+}
+
+/// Pods per page of the first list (the watcher's default page size).
+const FIRST_PAGE: usize = 500;
+
+/// Feeds the pod index from the pod watch: each event by difference, a re-list (`Init` ..
+/// `InitDone`) into a fresh index swapped in whole. Wakes the inventory loop only when an event
+/// changed what some image's resource says (a pod's readiness flipping changes nothing).
+async fn index_pods<S>(
+    stream: S,
+    index: Arc<Mutex<PodIndex>>,
+    filter: NamespaceFilter,
+    changed: Arc<Notify>,
+    synced: tokio::sync::watch::Sender<bool>,
+) where
+    S: Stream<Item = Result<watcher::Event<LeanPod>, watcher::Error>>,
+{
+    let mut stream = std::pin::pin!(stream);
+    let mut relist: Option<PodIndex> = None;
+    let mut listed = 0usize;
+    while let Some(event) = stream.next().await {
+        let changes = match event {
+            // The first list goes straight into the (empty) index, a page at a time, so the
+            // inventory can create resources before it ends; a re-list builds a fresh index.
+            Ok(watcher::Event::Init) => {
+                if *synced.borrow() {
+                    relist = Some(PodIndex::new(filter.clone()));
+                }
+                continue;
+            }
+            Ok(watcher::Event::InitApply(pod)) => {
+                match relist.as_mut() {
+                    Some(relist) => {
+                        relist.apply(&pod);
+                    }
+                    None => {
+                        index.locked().apply(&pod);
+                        listed += 1;
+                        if listed % FIRST_PAGE == 0 {
+                            changed.notify_one();
+                        }
+                    }
+                }
+                continue;
+            }
+            Ok(watcher::Event::InitDone) => {
+                if let Some(fresh) = relist.take() {
+                    *index.locked() = fresh;
+                }
+                synced.send_replace(true);
+                changed.notify_one();
+                continue;
+            }
+            Ok(watcher::Event::Apply(pod)) => index.locked().apply(&pod),
+            Ok(watcher::Event::Delete(pod)) => index.locked().delete(&pod),
+            Err(error) => {
+                tracing::warn!(what = "pods", %error, "watch error; retrying with backoff");
+                continue;
+            }
+        };
+        if !changes.is_empty() {
+            changed.notify_one();
+        }
+    }
 }
 
 /// Drives a reflector stream, logging watch errors (the stream backs off and recovers).
@@ -493,4 +603,76 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = tokio::signal::ctrl_c().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const D: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    const E: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
+
+    fn pod(name: &str, digest: &str, ready: bool) -> LeanPod {
+        serde_json::from_value(json!({
+            "metadata": {"namespace": "a", "name": name},
+            "spec": {"containers": [{"name": "c", "image": format!("nginx@{digest}")}]},
+            "status": {"phase": "Running", "containerStatuses": [{"name": "c",
+                "image": "nginx", "imageID": format!("docker.io/library/nginx@{digest}"),
+                "ready": ready, "restartCount": 0}]},
+        }))
+        .unwrap()
+    }
+
+    /// Watch events reach the index by difference; a re-list replaces it whole; the inventory
+    /// loop is woken only by events that change an image's users.
+    #[tokio::test]
+    async fn pod_events_feed_the_index() {
+        use watcher::Event::*;
+        let index = Arc::new(Mutex::new(PodIndex::new(NamespaceFilter::default())));
+        let changed = Arc::new(Notify::new());
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let (events, stream) = futures::channel::mpsc::unbounded();
+        let task = tokio::spawn(index_pods(
+            stream,
+            index.clone(),
+            NamespaceFilter::default(),
+            changed.clone(),
+            tx,
+        ));
+        let send = |e| events.unbounded_send(Ok(e)).unwrap();
+        let woken = || async {
+            tokio::time::timeout(Duration::from_millis(200), changed.notified())
+                .await
+                .is_ok()
+        };
+        send(Init);
+        send(InitApply(pod("p1", D, true)));
+        send(InitApply(pod("p2", D, true)));
+        assert!(!*rx.borrow(), "not synced before the list ends");
+        send(InitDone);
+        assert!(woken().await);
+        assert!(*rx.borrow());
+        assert_eq!(index.locked().len(), 2);
+        assert_eq!(index.locked().images(), 1);
+        // Readiness flips: nothing an image's resource says moves.
+        send(Apply(pod("p1", D, false)));
+        assert!(!woken().await, "a readiness flip wakes nobody");
+        send(Apply(pod("p3", E, true)));
+        assert!(woken().await);
+        assert_eq!(index.locked().images(), 2);
+        send(Delete(pod("p3", E, true)));
+        assert!(woken().await);
+        assert_eq!(index.locked().images(), 1);
+        // A re-list without p2: the index is exactly the new list.
+        send(Init);
+        send(InitApply(pod("p1", E, true)));
+        send(InitDone);
+        assert!(woken().await);
+        let inv = index.locked().inventory();
+        assert_eq!(inv.images.len(), 1);
+        assert!(inv.images.keys().all(|id| id.digest == E));
+        drop(events);
+        task.await.unwrap();
+    }
 }

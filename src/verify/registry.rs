@@ -515,7 +515,11 @@ impl RegistryClient {
                     why = w;
                 }
                 Ok(resp) => {
-                    self.preferred.locked().insert(key, cred.key.clone());
+                    let mut preferred = self.preferred.locked();
+                    if preferred.len() >= MAX_REPOSITORIES_REMEMBERED {
+                        preferred.clear();
+                    }
+                    preferred.insert(key, cred.key.clone());
                     return Ok(resp);
                 }
                 Err(e) => return Err(e),
@@ -671,7 +675,11 @@ impl RegistryClient {
             }
         };
         if let Some(h) = &header {
-            self.tokens.locked().insert(key, h.clone());
+            let mut tokens = self.tokens.locked();
+            if tokens.len() >= MAX_REPOSITORIES_REMEMBERED {
+                tokens.clear();
+            }
+            tokens.insert(key, h.clone());
         }
         Ok(header)
     }
@@ -694,15 +702,27 @@ fn refusal(why: &str, refused: &[String], notes: &[String]) -> String {
     bound(&msg, MAX_MESSAGE - 96)
 }
 
-/// Async locks by key, for single-flight work.
+/// Async locks by key, for single-flight work: one per flight key (host, repository,
+/// credential). Bounded: once the map has doubled
+/// since the last sweep, the locks nobody holds are forgotten.
 #[derive(Default)]
-struct Flights(Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>);
+struct Flights(Mutex<(HashMap<String, Arc<tokio::sync::Mutex<()>>>, usize)>);
 
 impl Flights {
     fn get(&self, key: String) -> Arc<tokio::sync::Mutex<()>> {
-        self.0.locked().entry(key).or_default().clone()
+        let mut guard = self.0.locked();
+        let (map, purge_at) = &mut *guard;
+        if map.len() >= (*purge_at).max(256) {
+            map.retain(|_, lock| Arc::strong_count(lock) > 1);
+            *purge_at = map.len() * 2;
+        }
+        map.entry(key).or_default().clone()
     }
 }
+
+/// Repositories whose bearer token and preferred credential are remembered; past it both
+/// are forgotten at once (a token is fetched again, a credential order relearned).
+const MAX_REPOSITORIES_REMEMBERED: usize = 4096;
 
 #[derive(serde::Deserialize)]
 struct TokenResponse {

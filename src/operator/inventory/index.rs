@@ -5,18 +5,22 @@
 //! write). [`PodIndex::inventory`] is the same [`Inventory`] that [`Inventory::from_pods`]
 //! computes from scratch (the seeded random test below compares both after random events).
 
+use std::cell::OnceCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
+use super::pod::intern;
 use super::{Inventory, NamespaceFilter, Parsed, PodView, Unresolved, Usage};
 use crate::core::image::ImageId;
 
-/// One image's users, counted (a pod may run one image in several containers).
+/// One image's users, counted (a pod may run one image in several containers), with the
+/// [`Usage`] materialized once per change: a pass over an unchanged index copies nothing.
 #[derive(Clone, Debug, Default)]
 struct Counted {
     references: BTreeMap<Arc<str>, u32>,
     pods: BTreeMap<Arc<str>, u32>,
     namespaces: BTreeMap<Arc<str>, u32>,
+    usage: OnceCell<Arc<Usage>>,
 }
 
 fn up(map: &mut BTreeMap<Arc<str>, u32>, key: &Arc<str>) {
@@ -37,27 +41,63 @@ impl Counted {
         up(&mut self.references, reference);
         up(&mut self.pods, pod);
         up(&mut self.namespaces, namespace);
+        self.usage = OnceCell::new();
     }
     fn remove(&mut self, reference: &Arc<str>, namespace: &Arc<str>, pod: &Arc<str>) {
         down(&mut self.references, reference);
         down(&mut self.pods, pod);
         down(&mut self.namespaces, namespace);
+        self.usage = OnceCell::new();
     }
-    fn usage(&self) -> Usage {
-        Usage {
-            references: self.references.keys().map(|s| s.to_string()).collect(),
-            pods: self.pods.keys().map(|s| s.to_string()).collect(),
-            namespaces: self.namespaces.keys().map(|s| s.to_string()).collect(),
+    fn usage(&self) -> Arc<Usage> {
+        self.usage
+            .get_or_init(|| {
+                Arc::new(Usage {
+                    references: self.references.keys().map(|s| s.to_string()).collect(),
+                    pods: self.pods.keys().cloned().collect(),
+                    namespaces: self.namespaces.keys().map(|s| s.to_string()).collect(),
+                })
+            })
+            .clone()
+    }
+}
+
+/// A pod's controller owner (the pod itself when it has none), as PolicyReports name it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct OwnerKey {
+    pub api_version: Arc<str>,
+    pub kind: Arc<str>,
+    pub name: Arc<str>,
+    pub uid: Arc<str>,
+}
+
+impl OwnerKey {
+    pub fn of<P: PodView + ?Sized>(pod: &P) -> OwnerKey {
+        match pod.controller() {
+            Some(o) => OwnerKey {
+                api_version: intern(o.api_version),
+                kind: intern(o.kind),
+                name: intern(o.name),
+                uid: intern(o.uid),
+            },
+            None => OwnerKey {
+                api_version: intern("v1"),
+                kind: intern("Pod"),
+                name: Arc::from(pod.name().unwrap_or_default()),
+                uid: Arc::from(pod.uid().unwrap_or_default()),
+            },
         }
     }
 }
 
-/// What one pod contributes: its `namespace/name`, namespace, and (reference, imageID) pairs.
+type UseKey = (Arc<str>, Option<Arc<str>>);
+
+/// What one pod contributes: its namespace, owner, and (reference, imageID) pairs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Contribution {
-    pod: Arc<str>,
     namespace: Arc<str>,
-    uses: Vec<(Arc<str>, Option<Arc<str>>)>,
+    owner: OwnerKey,
+    uses: Vec<UseKey>,
 }
 
 /// Which images one event changed.
@@ -67,25 +107,36 @@ pub struct Changes {
     pub unresolved: BTreeSet<Unresolved>,
     /// An invalid reference appeared or went away.
     pub invalid: bool,
+    /// Who runs what moved without moving an image's usage (a second pod of one owner):
+    /// only the PolicyReports read it.
+    pub owners: bool,
 }
 
 impl Changes {
     pub fn is_empty(&self) -> bool {
-        self.images.is_empty() && self.unresolved.is_empty() && !self.invalid
+        self.images.is_empty() && self.unresolved.is_empty() && !self.invalid && !self.owners
     }
 }
 
-type UseKey = (Arc<str>, Option<Arc<str>>);
+/// What a pod's image is, as the index knows it (for the PolicyReports).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target<'a> {
+    Image(&'a ImageId),
+    Unresolved(&'a Unresolved),
+}
 
 #[derive(Default)]
 pub struct PodIndex {
     filter: NamespaceFilter,
-    pods: HashMap<(String, String), Contribution>,
+    /// Each indexed pod by `namespace/name` (the key the images' pod sets share).
+    pods: HashMap<Arc<str>, Contribution>,
     /// Each distinct (reference, imageID) pair parsed once, with how many uses hold it.
     parsed: HashMap<UseKey, (Parsed, u32)>,
     images: BTreeMap<ImageId, Counted>,
     unresolved: BTreeMap<Unresolved, Counted>,
     invalid: BTreeMap<String, (String, u32)>,
+    /// (namespace, owner, use) → how many containers: what the PolicyReports list.
+    owners: BTreeMap<(Arc<str>, OwnerKey, UseKey), u32>,
 }
 
 impl PodIndex {
@@ -94,6 +145,18 @@ impl PodIndex {
             filter,
             ..PodIndex::default()
         }
+    }
+
+    /// The index of exactly these pods.
+    pub fn of<'a, P: PodView + 'a>(
+        pods: impl IntoIterator<Item = &'a P>,
+        filter: &NamespaceFilter,
+    ) -> Self {
+        let mut index = PodIndex::new(filter.clone());
+        for pod in pods {
+            index.apply(pod);
+        }
+        index
     }
 
     /// Pods indexed (those admitted and running an image).
@@ -105,6 +168,11 @@ impl PodIndex {
         self.pods.is_empty()
     }
 
+    /// Distinct images with a known digest.
+    pub fn images(&self) -> usize {
+        self.images.len()
+    }
+
     fn contribution<P: PodView + ?Sized>(&self, pod: &P) -> Option<Contribution> {
         let namespace = pod.namespace().unwrap_or("default");
         if !self.filter.admits(namespace) || super::is_finished(pod) {
@@ -113,16 +181,15 @@ impl PodIndex {
         let mut uses = Vec::new();
         pod.for_each_container(&mut |_, _, image, image_id| {
             if let Some(image) = image.filter(|i| !i.is_empty()) {
-                uses.push((super::pod::intern(image), image_id.map(super::pod::intern)));
+                uses.push((intern(image), image_id.map(intern)));
             }
         });
         if uses.is_empty() {
             return None;
         }
-        let name = pod.name().unwrap_or("");
         Some(Contribution {
-            pod: Arc::from(format!("{namespace}/{name}")),
-            namespace: super::pod::intern(namespace),
+            namespace: intern(namespace),
+            owner: OwnerKey::of(pod),
             uses,
         })
     }
@@ -136,10 +203,10 @@ impl PodIndex {
         }
         let mut changes = Changes::default();
         if let Some(old) = self.pods.remove(&key) {
-            self.retract(&old, &mut changes);
+            self.retract(&key, &old, &mut changes);
         }
         if let Some(new) = new {
-            self.add(&new, &mut changes);
+            self.add(&key, &new, &mut changes);
             self.pods.insert(key, new);
         }
         changes
@@ -148,8 +215,9 @@ impl PodIndex {
     /// A pod deleted.
     pub fn delete<P: PodView + ?Sized>(&mut self, pod: &P) -> Changes {
         let mut changes = Changes::default();
-        if let Some(old) = self.pods.remove(&key_of(pod)) {
-            self.retract(&old, &mut changes);
+        let key = key_of(pod);
+        if let Some(old) = self.pods.remove(&key) {
+            self.retract(&key, &old, &mut changes);
         }
         changes
     }
@@ -157,17 +225,15 @@ impl PodIndex {
     /// A re-list: the index of exactly these pods.
     pub fn reset<'a, P: PodView + 'a>(&mut self, pods: impl IntoIterator<Item = &'a P>) {
         let filter = std::mem::take(&mut self.filter);
-        *self = PodIndex::new(filter);
-        for pod in pods {
-            self.apply(pod);
-        }
+        *self = PodIndex::of(pods, &filter);
     }
 
-    fn add(&mut self, c: &Contribution, changes: &mut Changes) {
-        for (reference, image_id) in &c.uses {
+    fn add(&mut self, pod: &Arc<str>, c: &Contribution, changes: &mut Changes) {
+        for key in &c.uses {
+            let (reference, image_id) = key;
             let entry = self
                 .parsed
-                .entry((reference.clone(), image_id.clone()))
+                .entry(key.clone())
                 .or_insert_with(|| (Parsed::of(reference, image_id.as_deref()), 0));
             entry.1 += 1;
             match &entry.0 {
@@ -175,15 +241,14 @@ impl PodIndex {
                     self.images
                         .entry(id.clone())
                         .or_default()
-                        .add(reference, &c.namespace, &c.pod);
+                        .add(reference, &c.namespace, pod);
                     changes.images.insert(id.clone());
                 }
                 Parsed::Unresolved(u) => {
-                    self.unresolved.entry(u.clone()).or_default().add(
-                        reference,
-                        &c.namespace,
-                        &c.pod,
-                    );
+                    self.unresolved
+                        .entry(u.clone())
+                        .or_default()
+                        .add(reference, &c.namespace, pod);
                     changes.unresolved.insert(u.clone());
                 }
                 Parsed::Invalid(why) => {
@@ -194,13 +259,26 @@ impl PodIndex {
                     changes.invalid = true;
                 }
             }
+            *self
+                .owners
+                .entry((c.namespace.clone(), c.owner.clone(), key.clone()))
+                .or_default() += 1;
+            changes.owners = true;
         }
     }
 
-    fn retract(&mut self, c: &Contribution, changes: &mut Changes) {
-        for (reference, image_id) in &c.uses {
-            let key = (reference.clone(), image_id.clone());
-            let Some(entry) = self.parsed.get_mut(&key) else {
+    fn retract(&mut self, pod: &Arc<str>, c: &Contribution, changes: &mut Changes) {
+        for key in &c.uses {
+            let reference = &key.0;
+            let owned = (c.namespace.clone(), c.owner.clone(), key.clone());
+            if let Some(n) = self.owners.get_mut(&owned) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    self.owners.remove(&owned);
+                }
+            }
+            changes.owners = true;
+            let Some(entry) = self.parsed.get_mut(key) else {
                 continue;
             };
             entry.1 = entry.1.saturating_sub(1);
@@ -208,7 +286,7 @@ impl PodIndex {
             match &entry.0 {
                 Parsed::Image(id) => {
                     if let Some(counted) = self.images.get_mut(id) {
-                        counted.remove(reference, &c.namespace, &c.pod);
+                        counted.remove(reference, &c.namespace, pod);
                         if counted.pods.is_empty() {
                             self.images.remove(id);
                         }
@@ -217,7 +295,7 @@ impl PodIndex {
                 }
                 Parsed::Unresolved(u) => {
                     if let Some(counted) = self.unresolved.get_mut(u) {
-                        counted.remove(reference, &c.namespace, &c.pod);
+                        counted.remove(reference, &c.namespace, pod);
                         if counted.pods.is_empty() {
                             self.unresolved.remove(u);
                         }
@@ -235,17 +313,19 @@ impl PodIndex {
                 }
             }
             if last {
-                self.parsed.remove(&key);
+                self.parsed.remove(key);
             }
         }
     }
 
     /// One image's usage now.
-    pub fn usage(&self, id: &ImageId) -> Option<Usage> {
+    pub fn usage(&self, id: &ImageId) -> Option<Arc<Usage>> {
         self.images.get(id).map(Counted::usage)
     }
 
-    /// The inventory of the indexed pods: what [`Inventory::from_pods`] computes from them.
+    /// The inventory of the indexed pods: what a fold over every pod computes from them. An
+    /// image whose users did not change since the last call costs a clone of its identity and
+    /// of a shared pointer, not a walk over its pods.
     pub fn inventory(&self) -> Inventory {
         Inventory {
             images: self
@@ -265,13 +345,28 @@ impl PodIndex {
                 .collect(),
         }
     }
+
+    /// Each (namespace, owner, image) the admitted pods run (an owner whose references name
+    /// one image twice is listed twice); invalid references are not listed (no image to
+    /// report).
+    pub fn owners(&self) -> impl Iterator<Item = (&str, &OwnerKey, Target<'_>)> + '_ {
+        self.owners.keys().filter_map(|(namespace, owner, key)| {
+            let target = match self.parsed.get(key).map(|(p, _)| p)? {
+                Parsed::Image(id) => Target::Image(id),
+                Parsed::Unresolved(u) => Target::Unresolved(u),
+                Parsed::Invalid(_) => return None,
+            };
+            Some((&**namespace, owner, target))
+        })
+    }
 }
 
-fn key_of<P: PodView + ?Sized>(pod: &P) -> (String, String) {
-    (
-        pod.namespace().unwrap_or("default").to_string(),
-        pod.name().unwrap_or("").to_string(),
-    )
+fn key_of<P: PodView + ?Sized>(pod: &P) -> Arc<str> {
+    Arc::from(format!(
+        "{}/{}",
+        pod.namespace().unwrap_or("default"),
+        pod.name().unwrap_or("")
+    ))
 }
 
 #[cfg(test)]
@@ -385,7 +480,7 @@ mod tests {
                         Changes::default()
                     }
                 };
-                let full = Inventory::from_pods(live.values(), &filter);
+                let full = Inventory::fold(live.values(), &filter);
                 let now = index.inventory();
                 assert_eq!(now, full, "seed {seed} step {step}");
                 // Every image whose usage moved is named by the event.
@@ -399,6 +494,32 @@ mod tests {
                         assert!(changes.images.contains(id), "seed {seed} step {step}: {id}");
                     }
                 }
+                // Who runs what, for the PolicyReports: the same as per pod from scratch.
+                let listed: BTreeSet<(String, String, String)> = index
+                    .owners()
+                    .map(|(ns, owner, target)| {
+                        let what = match target {
+                            Target::Image(id) => id.key(),
+                            Target::Unresolved(u) => u.to_string(),
+                        };
+                        (ns.to_string(), owner.name.to_string(), what)
+                    })
+                    .collect();
+                let mut expected = BTreeSet::new();
+                for pod in live.values() {
+                    let one = Inventory::fold(std::iter::once(pod), &filter);
+                    let owner = OwnerKey::of(pod).name.to_string();
+                    let ns = pod.namespace().unwrap_or("default").to_string();
+                    for what in one
+                        .images
+                        .keys()
+                        .map(|id| id.key())
+                        .chain(one.unresolved.keys().map(|u| u.to_string()))
+                    {
+                        expected.insert((ns.clone(), owner.clone(), what));
+                    }
+                }
+                assert_eq!(listed, expected, "seed {seed} step {step}");
             }
         }
     }

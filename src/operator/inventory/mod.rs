@@ -15,8 +15,10 @@ pub mod pod;
 pub mod sweep;
 pub mod tags;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
+pub use index::PodIndex;
 pub use pod::{LeanPod, PodView};
 
 pub use crate::core::tie::{Tie, Unresolved, Untied};
@@ -28,27 +30,16 @@ use crate::core::image::{ImageId, ImageRef, RuntimeImage};
 pub struct Usage {
     /// References as pods wrote them (`nginx:1.27`, `ghcr.io/x/y@sha256:…`).
     pub references: BTreeSet<String>,
-    /// `namespace/name` of each pod.
-    pub pods: BTreeSet<String>,
+    /// `namespace/name` of each pod (shared with the index's keys).
+    pub pods: BTreeSet<Arc<str>>,
     pub namespaces: BTreeSet<String>,
 }
 
 impl Usage {
-    fn add(&mut self, reference: &str, namespace: &str, pod: &str) {
-        // Most pods repeat a reference and a namespace already here: no allocation for those.
-        if !self.references.contains(reference) {
-            self.references.insert(reference.to_string());
-        }
-        self.pods.insert(format!("{namespace}/{pod}"));
-        if !self.namespaces.contains(namespace) {
-            self.namespaces.insert(namespace.to_string());
-        }
-    }
-
-    pub fn merge(&mut self, other: Usage) {
-        self.references.extend(other.references);
-        self.pods.extend(other.pods);
-        self.namespaces.extend(other.namespaces);
+    pub fn merge(&mut self, other: &Usage) {
+        self.references.extend(other.references.iter().cloned());
+        self.pods.extend(other.pods.iter().cloned());
+        self.namespaces.extend(other.namespaces.iter().cloned());
     }
 }
 
@@ -64,23 +55,6 @@ impl NamespaceFilter {
         (self.include.is_empty() || self.include.iter().any(|n| n == namespace))
             && !self.exclude.iter().any(|n| n == namespace)
     }
-}
-
-/// Records one use under `key`; the key is cloned only when it is new.
-fn add_use<K: Ord + Clone>(
-    map: &mut BTreeMap<K, Usage>,
-    key: &K,
-    reference: &str,
-    namespace: &str,
-    pod: &str,
-) {
-    if let Some(usage) = map.get_mut(key) {
-        usage.add(reference, namespace, pod);
-        return;
-    }
-    map.entry(key.clone())
-        .or_default()
-        .add(reference, namespace, pod);
 }
 
 /// What one (reference, imageID) pair names.
@@ -134,58 +108,50 @@ impl Parsed {
     }
 }
 
+/// The distinct images a set of pods runs, with who runs them: a snapshot of [`PodIndex`],
+/// the one place pods are folded into images (the operator, the PolicyReports and `scan`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Inventory {
     /// Images with a known digest.
-    pub images: BTreeMap<ImageId, Usage>,
+    pub images: BTreeMap<ImageId, Arc<Usage>>,
     /// Images with no manifest digest of their repository yet (a tag not pulled yet, a bare
     /// config digest, a digest under another name): tied through the registry, or wait.
-    pub unresolved: BTreeMap<Unresolved, Usage>,
+    pub unresolved: BTreeMap<Unresolved, Arc<Usage>>,
     /// References that do not parse, with why (reported, never verified).
     pub invalid: BTreeMap<String, String>,
 }
 
 impl Inventory {
+    /// The inventory of these pods (through a [`PodIndex`] of them).
     pub fn from_pods<'a, P: PodView + 'a>(
         pods: impl IntoIterator<Item = &'a P>,
         filter: &NamespaceFilter,
     ) -> Self {
-        let mut inv = Inventory::default();
-        // Thousands of pods run a few distinct (reference, imageID) pairs: each is parsed once.
-        let mut parsed: HashMap<(&'a str, Option<&'a str>), Parsed> = HashMap::new();
-        for pod in pods {
-            let namespace = pod.namespace().unwrap_or("default");
-            if !filter.admits(namespace) || is_finished(pod) {
-                continue;
-            }
-            let name = pod.name().unwrap_or("");
-            pod.for_each_container(&mut |_, _, image, image_id| {
-                let Some(image) = image.filter(|i| !i.is_empty()) else {
-                    return;
-                };
-                let what = parsed
-                    .entry((image, image_id))
-                    .or_insert_with(|| Parsed::of(image, image_id));
-                inv.add(image, what, namespace, name);
-            });
-        }
-        inv
+        PodIndex::of(pods, filter).inventory()
     }
 
-    fn add(&mut self, reference: &str, what: &Parsed, namespace: &str, pod: &str) {
-        match what {
-            Parsed::Image(id) => add_use(&mut self.images, id, reference, namespace, pod),
-            Parsed::Unresolved(u) => add_use(&mut self.unresolved, u, reference, namespace, pod),
-            Parsed::Invalid(why) => {
-                self.invalid.insert(reference.to_string(), why.clone());
-            }
+    /// Folds resolved tags (and tied running images) into the images they are; `lookup` says
+    /// what each unresolved entry is, when known.
+    pub fn resolve_with(&mut self, mut lookup: impl FnMut(&Unresolved) -> Option<ImageId>) {
+        let known: Vec<(Unresolved, ImageId)> = self
+            .unresolved
+            .keys()
+            .filter_map(|u| lookup(u).map(|id| (u.clone(), id)))
+            .collect();
+        for (u, id) in known {
+            self.resolve(&u, id);
         }
     }
 
     /// Folds a resolved tag (or a tied running image) into the image it is.
     pub fn resolve(&mut self, reference: &Unresolved, id: ImageId) {
         if let Some(usage) = self.unresolved.remove(reference) {
-            self.images.entry(id).or_default().merge(usage);
+            match self.images.get_mut(&id) {
+                Some(known) => Arc::make_mut(known).merge(&usage),
+                None => {
+                    self.images.insert(id, usage);
+                }
+            }
         }
     }
 
@@ -199,6 +165,49 @@ impl Inventory {
                 .then_with(|| a.0.cmp(b.0))
         });
         ids.into_iter().map(|(id, _)| id.clone()).collect()
+    }
+
+    /// The fold over every pod from scratch, without an index: the oracle the index's tests
+    /// compare against.
+    #[cfg(test)]
+    pub(crate) fn fold<'a, P: PodView + 'a>(
+        pods: impl IntoIterator<Item = &'a P>,
+        filter: &NamespaceFilter,
+    ) -> Self {
+        let mut images: BTreeMap<ImageId, Usage> = BTreeMap::new();
+        let mut unresolved: BTreeMap<Unresolved, Usage> = BTreeMap::new();
+        let mut invalid = BTreeMap::new();
+        for pod in pods {
+            let namespace = pod.namespace().unwrap_or("default");
+            if !filter.admits(namespace) || is_finished(pod) {
+                continue;
+            }
+            let name = pod.name().unwrap_or("");
+            pod.for_each_container(&mut |_, _, image, image_id| {
+                let Some(image) = image.filter(|i| !i.is_empty()) else {
+                    return;
+                };
+                let usage = match Parsed::of(image, image_id) {
+                    Parsed::Image(id) => images.entry(id).or_default(),
+                    Parsed::Unresolved(u) => unresolved.entry(u).or_default(),
+                    Parsed::Invalid(why) => {
+                        invalid.insert(image.to_string(), why);
+                        return;
+                    }
+                };
+                usage.references.insert(image.to_string());
+                usage.pods.insert(Arc::from(format!("{namespace}/{name}")));
+                usage.namespaces.insert(namespace.to_string());
+            });
+        }
+        Inventory {
+            images: images.into_iter().map(|(k, u)| (k, Arc::new(u))).collect(),
+            unresolved: unresolved
+                .into_iter()
+                .map(|(k, u)| (k, Arc::new(u)))
+                .collect(),
+            invalid,
+        }
     }
 }
 

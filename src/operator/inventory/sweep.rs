@@ -68,6 +68,13 @@ impl Default for SweepConfig {
     }
 }
 
+/// A pass over everything known, or over the first pages of the pod list only.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Pass {
+    Full,
+    Partial,
+}
+
 /// What one pass did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SweepReport {
@@ -123,19 +130,52 @@ impl Sweeper {
         &self.tags
     }
 
+    /// One pass over the inventory of `pods` (computed from scratch: the tests' entry).
     pub async fn sweep<P: PodView>(
         &self,
         pods: &[Arc<P>],
         existing: &[Arc<ImagePosture>],
         now: DateTime<Utc>,
     ) -> SweepReport {
+        let inv = Inventory::from_pods(pods.iter().map(|p| p.as_ref()), &self.config.namespaces);
+        self.sweep_inventory(inv, existing, now).await
+    }
+
+    /// One pass from an inventory (the operator's: a snapshot of its [`super::PodIndex`]).
+    pub async fn sweep_inventory(
+        &self,
+        inv: Inventory,
+        existing: &[Arc<ImagePosture>],
+        now: DateTime<Utc>,
+    ) -> SweepReport {
+        self.pass(inv, existing, now, Pass::Full).await
+    }
+
+    /// While the first pod list is still arriving: creates the resources of images not
+    /// recorded yet from the pods listed so far, and nothing else (no usage lowered, nothing
+    /// deleted: the rest of the list is unknown). The first full pass corrects the usage.
+    pub async fn create_listed(
+        &self,
+        inv: Inventory,
+        existing: &[Arc<ImagePosture>],
+        now: DateTime<Utc>,
+    ) -> SweepReport {
+        self.pass(inv, existing, now, Pass::Partial).await
+    }
+
+    async fn pass(
+        &self,
+        mut inv: Inventory,
+        existing: &[Arc<ImagePosture>],
+        now: DateTime<Utc>,
+        pass: Pass,
+    ) -> SweepReport {
+        let full = pass == Pass::Full;
         let mut report = SweepReport::default();
         if !self.writer.may_write() {
             report.aborted = true;
             return report;
         }
-        let mut inv =
-            Inventory::from_pods(pods.iter().map(|p| p.as_ref()), &self.config.namespaces);
         report.invalid = inv.invalid.len();
         for (reference, why) in &inv.invalid {
             tracing::warn!(
@@ -145,12 +185,10 @@ impl Sweeper {
             );
         }
         let tags: Vec<_> = inv.unresolved.keys().cloned().collect();
-        self.tags.retain(&tags.iter().collect());
-        for tag in &tags {
-            if let Some(id) = self.tags.lookup(tag, now) {
-                inv.resolve(tag, id);
-            }
+        if full {
+            self.tags.retain(&tags.iter().collect());
         }
+        inv.resolve_with(|tag| self.tags.lookup(tag, now));
         // Running images the registry could not tie to a manifest of their repository: a
         // resource of their own, `checking` / `DigestUnknown`, never verified.
         let mut untied = Vec::new();
@@ -193,13 +231,18 @@ impl Sweeper {
                 continue;
             };
             if let Some(usage) = inv.images.get(id) {
-                if !self.is_clean(current, usage) {
+                let wanted = if full {
+                    !self.is_clean(current, usage)
+                } else {
+                    current.is_none()
+                };
+                if wanted {
                     work.push((id, usage, current));
                 }
             }
         }
         let mut untied_work = Vec::new();
-        for (cr, usage, message) in &untied {
+        for (cr, usage, message) in untied.iter().filter(|_| full) {
             if let Some(current) = admit(cr.name_any(), &mut report) {
                 untied_work.push((cr, usage, message.as_str(), current));
             }
@@ -223,7 +266,9 @@ impl Sweeper {
                 }
             }
         }
-        self.clean.locked().retain(|name, _| live.contains(name));
+        if full {
+            self.clean.locked().retain(|name, _| live.contains(name));
+        }
         // Images are independent: their writes go WRITES_IN_FLIGHT at a time (most-used first),
         // so 2,000 new images do not wait for 6,000 round trips in a row. The first image is
         // written alone: an API server that fails it gets no more writes this pass.
@@ -295,6 +340,9 @@ impl Sweeper {
                 skipped,
                 "the API server is failing: the rest of this pass is left to the next one"
             );
+            return report;
+        }
+        if !full {
             return report;
         }
         self.collect_garbage(&existing, &live, now, &mut report)
