@@ -5,13 +5,17 @@
 //! costs one list and no writes.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use chrono::Utc;
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
 use kube::core::GroupVersionKind;
+use kube::runtime::reflector::Store;
 use kube::Client;
 
+use crate::core::lock::LockExt;
+use crate::metrics::Metrics;
 use crate::model::crd::ImagePosture;
 use crate::model::fields::{LABEL_MANAGED_BY, MANAGER};
 use crate::model::policy_report::{self, Action, ImageVerdict, Owner, PolicyReport, Use};
@@ -154,6 +158,56 @@ pub async fn sync(client: &Client, writer: &Writer, desired: &[PolicyReport]) ->
         }
     }
     report
+}
+
+/// What `--policy-reports` writes with.
+pub struct ReportWriter {
+    pub client: Client,
+    pub index: Arc<Mutex<PodIndex>>,
+    pub writer: Writer,
+    pub tags: Arc<TagResolver>,
+    /// The reports the last clean sync left in place, and when: a pass that wants the same
+    /// reports skips the PolicyReport list (an API call per pass otherwise), except once per
+    /// [`REPORTS_RELIST`] so an edit or deletion by someone else is repaired.
+    pub written: Mutex<Option<(Vec<PolicyReport>, std::time::Instant)>>,
+}
+
+/// How long a clean PolicyReport sync is trusted without listing the reports again.
+const REPORTS_RELIST: Duration = Duration::from_secs(600);
+
+/// One PolicyReport per namespace from the pods and the ImagePosture cache; only changed
+/// reports are written (counted as `policyreport` / `policyreport-delete` API writes).
+pub async fn write_reports(
+    reports: &ReportWriter,
+    postures: &Store<ImagePosture>,
+    metrics: &Metrics,
+) {
+    let uses = uses(&reports.index.locked(), &reports.tags);
+    let desired = policy_report::reports(&uses, &verdicts(&postures.state()));
+    let unchanged = reports
+        .written
+        .locked()
+        .as_ref()
+        .is_some_and(|(last, at)| *last == desired && at.elapsed() < REPORTS_RELIST);
+    if unchanged {
+        return;
+    }
+    let done = sync(&reports.client, &reports.writer, &desired).await;
+    *reports.written.locked() =
+        (done.errors == 0).then(|| (desired.clone(), std::time::Instant::now()));
+    for _ in 0..done.applied {
+        metrics.api_write("policyreport");
+    }
+    for _ in 0..done.deleted {
+        metrics.api_write("policyreport-delete");
+    }
+    tracing::info!(
+        namespaces = desired.len(),
+        applied = done.applied,
+        deleted = done.deleted,
+        errors = done.errors,
+        "policy reports done"
+    );
 }
 
 #[cfg(test)]

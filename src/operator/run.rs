@@ -28,6 +28,8 @@ use crate::operator::inventory::tags::TagResolver;
 use crate::operator::inventory::{LeanPod, NamespaceFilter, PodIndex};
 use crate::operator::leader::Gate;
 use crate::operator::leader::LeaderElector;
+use crate::operator::pod_feed::PodFeed;
+use crate::operator::policy_reports::{write_reports, ReportWriter};
 use crate::operator::pull_secrets::PullSecretSource;
 use crate::operator::server::{self, Health};
 use crate::verify::{AuthEvent, CredSource, Extras, PullSecrets, Verifier};
@@ -115,7 +117,11 @@ pub async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
         None => pod_events.boxed(),
     };
     let (synced_tx, synced) = tokio::sync::watch::channel(false);
-    tokio::spawn(index_pods(
+    let feed = PodFeed {
+        index: index.clone(),
+        synced: synced.clone(),
+    };
+    tokio::spawn(crate::operator::pod_feed::index_pods(
         pod_events,
         index.clone(),
         filter,
@@ -155,7 +161,7 @@ pub async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
     };
     let writer = Writer::new(Api::all(client.clone())).with_gate(gate.clone());
     let tags = TagResolver::new(observer.clone(), args.ttl);
-    let reports = args.policy_reports.then(|| Reports {
+    let reports = args.policy_reports.then(|| ReportWriter {
         client: client.clone(),
         index: index.clone(),
         writer: writer.clone(),
@@ -191,7 +197,7 @@ pub async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
         },
     ));
 
-    let mut shutdown = std::pin::pin!(shutdown_signal());
+    let mut shutdown = std::pin::pin!(crate::operator::signals::shutdown_signal());
     let mut crd_installed = false;
     loop {
         // Standby: wait to lead (or to stop).
@@ -229,8 +235,7 @@ pub async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
             tokio::join!(
                 inventory_loop(
                     &sweeper,
-                    &index,
-                    synced.clone(),
+                    feed.clone(),
                     &postures,
                     &metrics,
                     &changed,
@@ -282,20 +287,19 @@ async fn connect() -> Result<Client, Box<dyn std::error::Error>> {
 /// pod changes, every resolved tag and every resync period.
 async fn inventory_loop(
     sweeper: &Sweeper,
-    index: &Mutex<PodIndex>,
-    mut synced: tokio::sync::watch::Receiver<bool>,
+    mut feed: PodFeed,
     postures: &Store<ImagePosture>,
     metrics: &Metrics,
     changed: &Notify,
     args: &RunArgs,
-    reports: Option<&Reports>,
+    reports: Option<&ReportWriter>,
 ) {
     if postures.wait_until_ready().await.is_err() {
         return;
     }
     // The first pod list still arriving: resources for what its pages name so far.
-    while !*synced.borrow() {
-        let inventory = index.locked().inventory();
+    while !feed.is_synced() {
+        let inventory = feed.inventory();
         if !inventory.images.is_empty() {
             let report = sweeper
                 .create_listed(inventory, &postures.state(), chrono::Utc::now())
@@ -312,13 +316,13 @@ async fn inventory_loop(
             );
         }
         tokio::select! {
-            _ = synced.changed() => {}
+            _ = feed.synced.changed() => {}
             _ = changed.notified() => {}
         }
     }
     let resolved = sweeper.tags().resolved();
     loop {
-        sweep_once(sweeper, index, postures, metrics).await;
+        sweep_once(sweeper, &feed, postures, metrics).await;
         if let Some(reports) = reports {
             write_reports(reports, postures, metrics).await;
         }
@@ -331,58 +335,6 @@ async fn inventory_loop(
             }
         }
     }
-}
-
-/// What `--policy-reports` writes with.
-struct Reports {
-    client: Client,
-    index: Arc<Mutex<PodIndex>>,
-    writer: Writer,
-    tags: Arc<TagResolver>,
-    /// The reports the last clean sync left in place, and when: a pass that wants the same
-    /// reports skips the PolicyReport list (an API call per pass otherwise), except once per
-    /// [`REPORTS_RELIST`] so an edit or deletion by someone else is repaired.
-    written: Mutex<
-        Option<(
-            Vec<crate::model::policy_report::PolicyReport>,
-            std::time::Instant,
-        )>,
-    >,
-}
-
-/// How long a clean PolicyReport sync is trusted without listing the reports again.
-const REPORTS_RELIST: Duration = Duration::from_secs(600);
-
-/// One PolicyReport per namespace from the pods and the ImagePosture cache; only changed
-/// reports are written (counted as `policyreport` / `policyreport-delete` API writes).
-async fn write_reports(reports: &Reports, postures: &Store<ImagePosture>, metrics: &Metrics) {
-    use crate::operator::policy_reports as sync;
-    let uses = sync::uses(&reports.index.locked(), &reports.tags);
-    let desired = crate::model::policy_report::reports(&uses, &sync::verdicts(&postures.state()));
-    let unchanged = reports
-        .written
-        .locked()
-        .as_ref()
-        .is_some_and(|(last, at)| *last == desired && at.elapsed() < REPORTS_RELIST);
-    if unchanged {
-        return;
-    }
-    let done = sync::sync(&reports.client, &reports.writer, &desired).await;
-    *reports.written.locked() =
-        (done.errors == 0).then(|| (desired.clone(), std::time::Instant::now()));
-    for _ in 0..done.applied {
-        metrics.api_write("policyreport");
-    }
-    for _ in 0..done.deleted {
-        metrics.api_write("policyreport-delete");
-    }
-    tracing::info!(
-        namespaces = desired.len(),
-        applied = done.applied,
-        deleted = done.deleted,
-        errors = done.errors,
-        "policy reports done"
-    );
 }
 
 /// How often the baseline loop judges every image when nothing it reads changed.
@@ -471,12 +423,12 @@ async fn count_postures(postures: &Store<ImagePosture>, metrics: &Metrics) {
 
 async fn sweep_once(
     sweeper: &Sweeper,
-    index: &Mutex<PodIndex>,
+    feed: &PodFeed,
     postures: &Store<ImagePosture>,
     metrics: &Metrics,
 ) {
     let started = std::time::Instant::now();
-    let inventory = index.locked().inventory();
+    let inventory = feed.inventory();
     let report: SweepReport = sweeper
         .sweep_inventory(inventory, &postures.state(), chrono::Utc::now())
         .await;
@@ -503,70 +455,6 @@ async fn sweep_once(
     );
 }
 
-/// Pods per page of the first list (the watcher's default page size).
-const FIRST_PAGE: usize = 500;
-
-/// Feeds the pod index from the pod watch: each event by difference, a re-list (`Init` ..
-/// `InitDone`) into a fresh index swapped in whole. Wakes the inventory loop only when an event
-/// changed what some image's resource says (a pod's readiness flipping changes nothing).
-async fn index_pods<S>(
-    stream: S,
-    index: Arc<Mutex<PodIndex>>,
-    filter: NamespaceFilter,
-    changed: Arc<Notify>,
-    synced: tokio::sync::watch::Sender<bool>,
-) where
-    S: Stream<Item = Result<watcher::Event<LeanPod>, watcher::Error>>,
-{
-    let mut stream = std::pin::pin!(stream);
-    let mut relist: Option<PodIndex> = None;
-    let mut listed = 0usize;
-    while let Some(event) = stream.next().await {
-        let changes = match event {
-            // The first list goes straight into the (empty) index, a page at a time, so the
-            // inventory can create resources before it ends; a re-list builds a fresh index.
-            Ok(watcher::Event::Init) => {
-                if *synced.borrow() {
-                    relist = Some(PodIndex::new(filter.clone()));
-                }
-                continue;
-            }
-            Ok(watcher::Event::InitApply(pod)) => {
-                match relist.as_mut() {
-                    Some(relist) => {
-                        relist.apply(&pod);
-                    }
-                    None => {
-                        index.locked().apply(&pod);
-                        listed += 1;
-                        if listed % FIRST_PAGE == 0 {
-                            changed.notify_one();
-                        }
-                    }
-                }
-                continue;
-            }
-            Ok(watcher::Event::InitDone) => {
-                if let Some(fresh) = relist.take() {
-                    *index.locked() = fresh;
-                }
-                synced.send_replace(true);
-                changed.notify_one();
-                continue;
-            }
-            Ok(watcher::Event::Apply(pod)) => index.locked().apply(&pod),
-            Ok(watcher::Event::Delete(pod)) => index.locked().delete(&pod),
-            Err(error) => {
-                tracing::warn!(what = "pods", %error, "watch error; retrying with backoff");
-                continue;
-            }
-        };
-        if !changes.is_empty() {
-            changed.notify_one();
-        }
-    }
-}
-
 /// Drives a reflector stream, logging watch errors (the stream backs off and recovers).
 async fn drive<S, K>(stream: S, what: &'static str, changed: Option<Arc<Notify>>)
 where
@@ -582,97 +470,5 @@ where
             }
             Err(error) => tracing::warn!(%what, %error, "watch error; retrying with backoff"),
         }
-    }
-}
-
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(error) => {
-                tracing::warn!(%error, "cannot handle SIGTERM; stopping on Ctrl-C only");
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = tokio::signal::ctrl_c().await;
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    const D: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
-    const E: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
-
-    fn pod(name: &str, digest: &str, ready: bool) -> LeanPod {
-        serde_json::from_value(json!({
-            "metadata": {"namespace": "a", "name": name},
-            "spec": {"containers": [{"name": "c", "image": format!("nginx@{digest}")}]},
-            "status": {"phase": "Running", "containerStatuses": [{"name": "c",
-                "image": "nginx", "imageID": format!("docker.io/library/nginx@{digest}"),
-                "ready": ready, "restartCount": 0}]},
-        }))
-        .unwrap()
-    }
-
-    /// Watch events reach the index by difference; a re-list replaces it whole; the inventory
-    /// loop is woken only by events that change an image's users.
-    #[tokio::test]
-    async fn pod_events_feed_the_index() {
-        use watcher::Event::*;
-        let index = Arc::new(Mutex::new(PodIndex::new(NamespaceFilter::default())));
-        let changed = Arc::new(Notify::new());
-        let (tx, rx) = tokio::sync::watch::channel(false);
-        let (events, stream) = futures::channel::mpsc::unbounded();
-        let task = tokio::spawn(index_pods(
-            stream,
-            index.clone(),
-            NamespaceFilter::default(),
-            changed.clone(),
-            tx,
-        ));
-        let send = |e| events.unbounded_send(Ok(e)).unwrap();
-        let woken = || async {
-            tokio::time::timeout(Duration::from_millis(200), changed.notified())
-                .await
-                .is_ok()
-        };
-        send(Init);
-        send(InitApply(pod("p1", D, true)));
-        send(InitApply(pod("p2", D, true)));
-        assert!(!*rx.borrow(), "not synced before the list ends");
-        send(InitDone);
-        assert!(woken().await);
-        assert!(*rx.borrow());
-        assert_eq!(index.locked().len(), 2);
-        assert_eq!(index.locked().images(), 1);
-        // Readiness flips: nothing an image's resource says moves.
-        send(Apply(pod("p1", D, false)));
-        assert!(!woken().await, "a readiness flip wakes nobody");
-        send(Apply(pod("p3", E, true)));
-        assert!(woken().await);
-        assert_eq!(index.locked().images(), 2);
-        send(Delete(pod("p3", E, true)));
-        assert!(woken().await);
-        assert_eq!(index.locked().images(), 1);
-        // A re-list without p2: the index is exactly the new list.
-        send(Init);
-        send(InitApply(pod("p1", E, true)));
-        send(InitDone);
-        assert!(woken().await);
-        let inv = index.locked().inventory();
-        assert_eq!(inv.images.len(), 1);
-        assert!(inv.images.keys().all(|id| id.digest == E));
-        drop(events);
-        task.await.unwrap();
     }
 }

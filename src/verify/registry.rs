@@ -706,7 +706,9 @@ fn refusal(why: &str, refused: &[String], notes: &[String]) -> String {
 /// credential). Bounded: once the map has doubled
 /// since the last sweep, the locks nobody holds are forgotten.
 #[derive(Default)]
-struct Flights(Mutex<(HashMap<String, Arc<tokio::sync::Mutex<()>>>, usize)>);
+struct Flights(Mutex<(FlightLocks, usize)>);
+
+type FlightLocks = HashMap<String, Arc<tokio::sync::Mutex<()>>>;
 
 impl Flights {
     fn get(&self, key: String) -> Arc<tokio::sync::Mutex<()>> {
