@@ -168,7 +168,7 @@ pub struct ReportWriter {
     pub tags: Arc<TagResolver>,
     /// The reports the last clean sync left in place, and when: a pass that wants the same
     /// reports skips the PolicyReport list (an API call per pass otherwise), except once per
-    /// [`REPORTS_RELIST`] so an edit or deletion by someone else is repaired.
+    /// `REPORTS_RELIST` (10 minutes) so an edit or deletion by someone else is repaired.
     pub written: Mutex<Option<(Vec<PolicyReport>, std::time::Instant)>>,
 }
 
