@@ -196,7 +196,19 @@ pub async fn run(env: &TestEnv, proxy: &Proxy, hanging_host: &str, spec: &Spec<'
     let port = free_port();
     let config = kubeconfig(env.dir.path(), &double.url());
     let started = Instant::now();
-    let child = Command::new(env!("CARGO_BIN_EXE_imageposture"))
+    // Exploration only: `IMAGEPOSTURE_BENCH_WRAP="heaptrack -o /tmp/op"` runs the operator
+    // under a profiler (the PID measured is then the wrapper's child's parent: RSS is off).
+    let wrap = std::env::var("IMAGEPOSTURE_BENCH_WRAP").unwrap_or_default();
+    let mut wrap = wrap.split_whitespace();
+    let mut command = match wrap.next() {
+        Some(program) => {
+            let mut c = Command::new(program);
+            c.args(wrap).arg(env!("CARGO_BIN_EXE_imageposture"));
+            c
+        }
+        None => Command::new(env!("CARGO_BIN_EXE_imageposture")),
+    };
+    let child = command
         .args(["run", "--install-crd=false", "--resync", "1s"])
         .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
         .args(["--trusted-root", env.trusted_root.to_str().expect("path")])
@@ -226,6 +238,19 @@ pub async fn run(env: &TestEnv, proxy: &Proxy, hanging_host: &str, spec: &Spec<'
         .env("POD_NAMESPACE", "imageposture-system")
         .env("POD_NAME", "bench-0")
         .env("RUST_LOG", "error")
+        // As `config/manager` ships it.
+        .env("MALLOC_ARENA_MAX", "2")
+        .env("MALLOC_TRIM_THRESHOLD_", "65536")
+        .env("MALLOC_MMAP_THRESHOLD_", "65536")
+        // Exploration only: `IMAGEPOSTURE_BENCH_ENV="K=V ..."`, more environment.
+        .envs(
+            std::env::var("IMAGEPOSTURE_BENCH_ENV")
+                .unwrap_or_default()
+                .split_whitespace()
+                .filter_map(|kv| kv.split_once('='))
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<Vec<_>>(),
+        )
         .stdout(Stdio::null())
         .spawn()
         .expect("the operator starts");

@@ -8,7 +8,7 @@ use kube::runtime::watcher;
 use tokio::sync::{watch, Notify};
 
 use crate::core::lock::LockExt;
-use crate::operator::inventory::{Inventory, LeanPod, NamespaceFilter, PodIndex};
+use crate::operator::inventory::{Inventory, LeanPod, PodIndex};
 
 /// The index and whether the first pod list is in.
 #[derive(Clone)]
@@ -37,7 +37,6 @@ const FIRST_PAGE: usize = 500;
 pub async fn index_pods<S>(
     stream: S,
     index: Arc<Mutex<PodIndex>>,
-    filter: NamespaceFilter,
     changed: Arc<Notify>,
     synced: tokio::sync::watch::Sender<bool>,
 ) where
@@ -52,7 +51,7 @@ pub async fn index_pods<S>(
             // inventory can create resources before it ends; a re-list builds a fresh index.
             Ok(watcher::Event::Init) => {
                 if *synced.borrow() {
-                    relist = Some(PodIndex::new(filter.clone()));
+                    relist = Some(index.locked().fresh());
                 }
                 continue;
             }
@@ -117,17 +116,11 @@ mod tests {
     #[tokio::test]
     async fn pod_events_feed_the_index() {
         use watcher::Event::*;
-        let index = Arc::new(Mutex::new(PodIndex::new(NamespaceFilter::default())));
+        let index = Arc::new(Mutex::new(PodIndex::new(Default::default())));
         let changed = Arc::new(Notify::new());
         let (tx, rx) = tokio::sync::watch::channel(false);
         let (events, stream) = futures::channel::mpsc::unbounded();
-        let task = tokio::spawn(index_pods(
-            stream,
-            index.clone(),
-            NamespaceFilter::default(),
-            changed.clone(),
-            tx,
-        ));
+        let task = tokio::spawn(index_pods(stream, index.clone(), changed.clone(), tx));
         let send = |e| events.unbounded_send(Ok(e)).unwrap();
         let woken = || async {
             tokio::time::timeout(Duration::from_millis(200), changed.notified())

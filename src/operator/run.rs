@@ -54,7 +54,12 @@ pub async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
         include: args.include_namespaces.clone(),
         exclude: args.exclude_namespaces.clone(),
     };
-    let index = Arc::new(Mutex::new(PodIndex::new(filter.clone())));
+    // Who runs what per namespace is kept only for the PolicyReports.
+    let index = Arc::new(Mutex::new(if args.policy_reports {
+        PodIndex::with_owners(filter.clone())
+    } else {
+        PodIndex::new(filter.clone())
+    }));
     let (pod_store, pod_writer) = if args.pull_secrets {
         let (store, writer) = reflector::store::<LeanPod>();
         (Some(store), Some(writer))
@@ -124,7 +129,6 @@ pub async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
     tokio::spawn(crate::operator::pod_feed::index_pods(
         pod_events,
         index.clone(),
-        filter,
         changed.clone(),
         synced_tx,
     ));

@@ -96,8 +96,9 @@ type UseKey = (Arc<str>, Option<Arc<str>>);
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Contribution {
     namespace: Arc<str>,
-    owner: OwnerKey,
-    uses: Vec<UseKey>,
+    /// Only when the index tracks owners (for the PolicyReports).
+    owner: Option<OwnerKey>,
+    uses: Box<[UseKey]>,
 }
 
 /// Which images one event changed.
@@ -135,8 +136,10 @@ pub struct PodIndex {
     images: BTreeMap<ImageId, Counted>,
     unresolved: BTreeMap<Unresolved, Counted>,
     invalid: BTreeMap<String, (String, u32)>,
-    /// (namespace, owner, use) → how many containers: what the PolicyReports list.
+    /// (namespace, owner, use) → how many containers: what the PolicyReports list (kept only
+    /// by an index made [`PodIndex::with_owners`]: ~200 bytes per pod otherwise spent).
     owners: BTreeMap<(Arc<str>, OwnerKey, UseKey), u32>,
+    track_owners: bool,
 }
 
 impl PodIndex {
@@ -147,16 +150,36 @@ impl PodIndex {
         }
     }
 
-    /// The index of exactly these pods.
+    /// An index that also keeps who (namespace, controller owner) runs each image.
+    pub fn with_owners(filter: NamespaceFilter) -> Self {
+        PodIndex {
+            track_owners: true,
+            ..PodIndex::new(filter)
+        }
+    }
+
+    /// The index of exactly these pods (without owners).
     pub fn of<'a, P: PodView + 'a>(
         pods: impl IntoIterator<Item = &'a P>,
         filter: &NamespaceFilter,
     ) -> Self {
         let mut index = PodIndex::new(filter.clone());
-        for pod in pods {
-            index.apply(pod);
-        }
+        index.extend(pods);
         index
+    }
+
+    fn extend<'a, P: PodView + 'a>(&mut self, pods: impl IntoIterator<Item = &'a P>) {
+        for pod in pods {
+            self.apply(pod);
+        }
+    }
+
+    /// An empty index of the same kind (filter, owners or not).
+    pub fn fresh(&self) -> Self {
+        PodIndex {
+            track_owners: self.track_owners,
+            ..PodIndex::new(self.filter.clone())
+        }
     }
 
     /// Pods indexed (those admitted and running an image).
@@ -189,8 +212,8 @@ impl PodIndex {
         }
         Some(Contribution {
             namespace: intern(namespace),
-            owner: OwnerKey::of(pod),
-            uses,
+            owner: self.track_owners.then(|| OwnerKey::of(pod)),
+            uses: uses.into_boxed_slice(),
         })
     }
 
@@ -224,8 +247,8 @@ impl PodIndex {
 
     /// A re-list: the index of exactly these pods.
     pub fn reset<'a, P: PodView + 'a>(&mut self, pods: impl IntoIterator<Item = &'a P>) {
-        let filter = std::mem::take(&mut self.filter);
-        *self = PodIndex::of(pods, &filter);
+        *self = self.fresh();
+        self.extend(pods);
     }
 
     fn add(&mut self, pod: &Arc<str>, c: &Contribution, changes: &mut Changes) {
@@ -259,25 +282,29 @@ impl PodIndex {
                     changes.invalid = true;
                 }
             }
-            *self
-                .owners
-                .entry((c.namespace.clone(), c.owner.clone(), key.clone()))
-                .or_default() += 1;
-            changes.owners = true;
+            if let Some(owner) = &c.owner {
+                *self
+                    .owners
+                    .entry((c.namespace.clone(), owner.clone(), key.clone()))
+                    .or_default() += 1;
+                changes.owners = true;
+            }
         }
     }
 
     fn retract(&mut self, pod: &Arc<str>, c: &Contribution, changes: &mut Changes) {
         for key in &c.uses {
             let reference = &key.0;
-            let owned = (c.namespace.clone(), c.owner.clone(), key.clone());
-            if let Some(n) = self.owners.get_mut(&owned) {
-                *n = n.saturating_sub(1);
-                if *n == 0 {
-                    self.owners.remove(&owned);
+            if let Some(owner) = &c.owner {
+                let owned = (c.namespace.clone(), owner.clone(), key.clone());
+                if let Some(n) = self.owners.get_mut(&owned) {
+                    *n = n.saturating_sub(1);
+                    if *n == 0 {
+                        self.owners.remove(&owned);
+                    }
                 }
+                changes.owners = true;
             }
-            changes.owners = true;
             let Some(entry) = self.parsed.get_mut(key) else {
                 continue;
             };
@@ -348,7 +375,7 @@ impl PodIndex {
 
     /// Each (namespace, owner, image) the admitted pods run (an owner whose references name
     /// one image twice is listed twice); invalid references are not listed (no image to
-    /// report).
+    /// report). Empty unless the index was made [`PodIndex::with_owners`].
     pub fn owners(&self) -> impl Iterator<Item = (&str, &OwnerKey, Target<'_>)> + '_ {
         self.owners.keys().filter_map(|(namespace, owner, key)| {
             let target = match self.parsed.get(key).map(|(p, _)| p)? {
@@ -456,7 +483,7 @@ mod tests {
                     vec![]
                 },
             };
-            let mut index = PodIndex::new(filter.clone());
+            let mut index = PodIndex::with_owners(filter.clone());
             let mut live: BTreeMap<usize, LeanPod> = BTreeMap::new();
             for step in 0..300 {
                 let before = index.inventory();
