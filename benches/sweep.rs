@@ -917,15 +917,7 @@ async fn growth_only() {
 
 /// `/proc/meminfo` field in kB.
 fn proc_meminfo_kb(field: &str) -> u64 {
-    std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.split(':').next() == Some(field))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
+    process::kb_field("/proc/meminfo", field)
 }
 
 /// `IMAGEPOSTURE_BENCH_CHURN`: watch events of pod churn over a steady 10k-pod / 2k-image

@@ -117,7 +117,12 @@ fn cpu_of(pid: u32) -> Duration {
 
 /// A `/proc/<pid>/status` field in kB.
 fn status_kb(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
+    kb_field(&format!("/proc/{pid}/status"), field)
+}
+
+/// A `Field:   123 kB` line of a `/proc` file, in kB.
+pub fn kb_field(path: &str, field: &str) -> u64 {
+    std::fs::read_to_string(path)
         .ok()
         .and_then(|s| {
             s.lines()

@@ -296,19 +296,10 @@ pub fn crd_yaml() -> String {
 /// `spec.repository`).
 pub fn baseline_name(repository: &str) -> String {
     let hash = hex::encode(Sha256::digest(repository.as_bytes()));
-    let mut slug = String::new();
-    let mut last_dash = true;
-    for c in repository.chars() {
-        let c = c.to_ascii_lowercase();
-        if c.is_ascii_alphanumeric() {
-            slug.push(c);
-            last_dash = false;
-        } else if !last_dash {
-            slug.push('-');
-            last_dash = true;
-        }
-    }
-    let slug: String = slug.chars().take(52).collect();
+    let slug: String = crate::model::naming::slug(repository)
+        .chars()
+        .take(52)
+        .collect();
     let slug = slug.trim_end_matches('-');
     let short: String = hash.chars().take(10).collect();
     if slug.is_empty() {

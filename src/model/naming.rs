@@ -21,18 +21,7 @@ impl ResourceName for ImageId {
 /// repository path and the first 10 hex characters of the SHA-256 of `identity`.
 pub fn resource_name_of(repo_path: &str, identity: &str) -> String {
     let hash = hex::encode(Sha256::digest(identity.as_bytes()));
-    let mut slug = String::new();
-    let mut last_dash = true;
-    for c in repo_path.chars() {
-        let c = c.to_ascii_lowercase();
-        if c.is_ascii_alphanumeric() {
-            slug.push(c);
-            last_dash = false;
-        } else if !last_dash {
-            slug.push('-');
-            last_dash = true;
-        }
-    }
+    let slug = slug(repo_path);
     let slug = slug.trim_matches('-');
     let max_slug = 63 - 11;
     // Keep the end: the image name is more telling than the registry host. The slug is
@@ -46,6 +35,23 @@ pub fn resource_name_of(repo_path: &str, identity: &str) -> String {
     } else {
         format!("{slug}-{short}")
     }
+}
+
+/// Lower-case ASCII letters and digits of `text`, every other run of characters one `-`.
+pub fn slug(text: &str) -> String {
+    let mut slug = String::new();
+    let mut last_dash = true;
+    for c in text.chars() {
+        let c = c.to_ascii_lowercase();
+        if c.is_ascii_alphanumeric() {
+            slug.push(c);
+            last_dash = false;
+        } else if !last_dash {
+            slug.push('-');
+            last_dash = true;
+        }
+    }
+    slug
 }
 
 #[cfg(test)]
