@@ -38,14 +38,6 @@ use crate::model::naming::ResourceName as _;
 use crate::operator::apply::Writer;
 use crate::operator::ownership::{self, Part};
 
-/// A usage's fingerprint (SipHash with fixed keys: the same in every pass).
-fn fingerprint(usage: &Usage) -> u64 {
-    use std::hash::{Hash as _, Hasher as _};
-    let mut h = std::hash::DefaultHasher::new();
-    usage.hash(&mut h);
-    h.finish()
-}
-
 /// Images whose resources are written at once within a pass.
 const WRITES_IN_FLIGHT: usize = 16;
 
@@ -110,9 +102,9 @@ pub struct Sweeper {
     /// Resources found in agreement at a resourceVersion, with the usage they agreed with: an
     /// unchanged resource with unchanged usage needs no comparison (a warm pass is the
     /// inventory of the pods and nothing else).
-    /// The usage is kept as a 64-bit fingerprint, not a copy: a copy would hold every pod's
-    /// name a second time.
-    clean: Mutex<HashMap<String, (String, u64)>>,
+    /// The usage is the index's own shared copy: an unchanged image's usage is the very same
+    /// allocation in the next snapshot (one pointer comparison), a changed one compares by value.
+    clean: Mutex<HashMap<String, (String, Arc<Usage>)>>,
 }
 
 impl Sweeper {
@@ -204,17 +196,17 @@ impl Sweeper {
         report.unresolved = inv.unresolved.len();
         report.images = inv.images.len();
 
-        let existing: HashMap<String, &ImagePosture> = existing
+        let existing: HashMap<&str, &ImagePosture> = existing
             .iter()
             .filter(|cr| cr.is_managed())
-            .map(|cr| (cr.name_any(), cr.as_ref()))
+            .filter_map(|cr| Some((cr.metadata.name.as_deref()?, cr.as_ref())))
             .collect();
         let order = inv.by_usage();
         let mut room = self.config.max_images.saturating_sub(existing.len());
         let mut live = HashSet::new();
         // A resource to keep: an existing one, or a new one while the cap leaves room.
         let mut admit = |name: String, report: &mut SweepReport| {
-            let current = existing.get(&name).copied();
+            let current = existing.get(name.as_str()).copied();
             if current.is_none() {
                 if room == 0 {
                     report.deferred += 1;
@@ -261,8 +253,8 @@ impl Sweeper {
                     .status
                     .as_ref()
                     .is_some_and(|s| s.references.iter().any(|r| pending.contains(r.as_str())));
-                if named && !live.contains(name) {
-                    live.insert(name.clone());
+                if named && !live.contains(*name) {
+                    live.insert(name.to_string());
                 }
             }
         }
@@ -354,7 +346,7 @@ impl Sweeper {
     async fn write_one<'a>(
         &self,
         id: &'a ImageId,
-        usage: &Usage,
+        usage: &Arc<Usage>,
         current: Option<&ImagePosture>,
         now: DateTime<Utc>,
     ) -> (&'a ImageId, SweepReport, Option<Result<()>>) {
@@ -370,20 +362,22 @@ impl Sweeper {
             if one.api_writes() == 0 {
                 self.clean
                     .locked()
-                    .insert(c.name_any(), (rv, fingerprint(usage)));
+                    .insert(c.name_any(), (rv, usage.clone()));
             }
         }
         (id, one, result)
     }
 
     /// Whether `current` is unchanged since it was found in agreement with this very usage.
-    fn is_clean(&self, current: Option<&ImagePosture>, usage: &Usage) -> bool {
+    fn is_clean(&self, current: Option<&ImagePosture>, usage: &Arc<Usage>) -> bool {
         let Some(c) = current else { return false };
         let rv = c.metadata.resource_version.as_deref();
         self.clean
             .locked()
             .get(c.metadata.name.as_deref().unwrap_or_default())
-            .is_some_and(|(at, agreed)| Some(at.as_str()) == rv && *agreed == fingerprint(usage))
+            .is_some_and(|(at, agreed)| {
+                Some(at.as_str()) == rv && (Arc::ptr_eq(agreed, usage) || **agreed == **usage)
+            })
     }
 
     /// Writes what the inventory owns of one image's resource, where it differs.
@@ -519,16 +513,20 @@ impl Sweeper {
 
     async fn collect_garbage(
         &self,
-        existing: &HashMap<String, &ImagePosture>,
+        existing: &HashMap<&str, &ImagePosture>,
         live: &HashSet<String>,
         now: DateTime<Utc>,
         report: &mut SweepReport,
     ) {
         let grace = chrono::Duration::from_std(self.config.grace).unwrap_or(chrono::Duration::MAX);
-        let unused: BTreeSet<&String> = existing.keys().filter(|n| !live.contains(*n)).collect();
-        let due: Vec<String> = {
+        let unused: BTreeSet<&str> = existing
+            .keys()
+            .copied()
+            .filter(|n| !live.contains(*n))
+            .collect();
+        let due: HashSet<String> = {
             let mut since = self.unused_since.locked();
-            since.retain(|name, _| unused.contains(name));
+            since.retain(|name, _| unused.contains(name.as_str()));
             unused
                 .iter()
                 .filter(|name| {
