@@ -42,6 +42,24 @@ pub struct PodAccess {
 }
 
 type Index = HashMap<String, BTreeSet<PodAccess>>;
+
+/// Secrets and ServiceAccounts remembered before expired entries are dropped (an entry is only
+/// read within its TTL; a deleted secret's entry would otherwise stay).
+const REMEMBERED: usize = 1024;
+
+/// Caches `value` under `key`; past [`REMEMBERED`] entries, the expired ones go first.
+fn remember<V>(
+    cache: &Mutex<HashMap<NamespacedName, (V, Instant)>>,
+    key: NamespacedName,
+    value: V,
+    ttl: Duration,
+) {
+    let mut cache = cache.locked();
+    if cache.len() >= REMEMBERED {
+        cache.retain(|_, (_, at)| at.elapsed() < ttl);
+    }
+    cache.insert(key, (value, Instant::now()));
+}
 type NamespacedName = (String, String);
 
 /// A read Secret: its keyring, or why it gives none (names only).
@@ -113,9 +131,7 @@ where
             Ok(None) => Vec::new(),
             Err(e) => return Err(api_error(&e)),
         };
-        self.accounts
-            .locked()
-            .insert(key, (names.clone(), Instant::now()));
+        remember(&self.accounts, key, names.clone(), self.ttl);
         Ok(names)
     }
 
@@ -133,9 +149,7 @@ where
             // Not cached: a permission or API failure is tried again next time.
             Err(e) => return Read::Unusable(api_error(&e)),
         };
-        self.secrets
-            .locked()
-            .insert(key, (read.clone(), Instant::now()));
+        remember(&self.secrets, key, read.clone(), self.ttl);
         read
     }
 
