@@ -12,10 +12,10 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-#[path = "../tests/apidouble/mod.rs"]
+#[path = "../tests/support/apidouble/mod.rs"]
 mod apidouble;
 
-#[path = "../tests/harness/mod.rs"]
+#[path = "../tests/support/harness/mod.rs"]
 mod harness;
 
 #[path = "sweep/cosign_side.rs"]

@@ -1,5 +1,6 @@
 //! The API double behaves like an API server for the calls the operator makes.
 
+#[path = "support/apidouble/mod.rs"]
 mod apidouble;
 
 use apidouble::ApiDouble;

@@ -1,6 +1,6 @@
 //! `kubectl get ipost` as a person sees it: a few realistic ImagePostures, written by the real
 //! inventory (`Sweeper`: spec, `shortDigest`, `status.tag`) and by the verifier's status
-//! mapping (`verdict_fields`: `shortSigner`), in the real kube-apiserver of tests/kube; the table
+//! mapping (`verdict_fields`: `shortSigner`), in the real kube-apiserver of tests/support/kube; the table
 //! is asked of the server as kubectl asks it (`Accept: application/json;as=Table;v=v1;
 //! g=meta.k8s.io`) and printed as kubectl prints it (headers upper-case, the columns of its
 //! tabwriter: at least 6 wide, 3 spaces of padding, `<none>` for an empty cell; the server
@@ -10,6 +10,7 @@
 //! `cargo test --test columns -- --nocapture` prints both tables: the README's sample is this
 //! output.
 
+#[path = "support/kube/mod.rs"]
 mod kube;
 mod support;
 

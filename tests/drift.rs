@@ -1,11 +1,13 @@
-//! Signer drift against the real kube-apiserver (tests/kube): the SignerBaseline CRD installed
+//! Signer drift against the real kube-apiserver (tests/support/kube): the SignerBaseline CRD installed
 //! from `crds/`, the operator's client bound to `config/rbac`, both operator loops driven with
-//! a test clock (tests/harness) and then the baseline loop ([`Baseliner::pass`]) over the
+//! a test clock (tests/support/harness) and then the baseline loop ([`Baseliner::pass`]) over the
 //! ImagePostures and SignerBaselines as the API server holds them. Images live in a real
 //! registry behind a counting proxy; keyless signatures come from the test Fulcio-style CA,
 //! whose CI certificates carry Fulcio's extensions (tests/support/pki.rs `Ci`).
 
+#[path = "support/harness/mod.rs"]
 mod harness;
+#[path = "support/kube/mod.rs"]
 mod kube;
 mod support;
 

@@ -1,5 +1,5 @@
 //! Faults under the operator: the registry (through the fault proxy in front of a real
-//! Distribution 2.8) and the Kubernetes API (the real kube-apiserver of tests/kube, behind its
+//! Distribution 2.8) and the Kubernetes API (the real kube-apiserver of tests/support/kube, behind its
 //! counting, fault-injecting proxy) misbehave, and the sweep must never delete or downgrade an
 //! ImagePosture because of it.
 //!
@@ -9,7 +9,7 @@
 //! registry proxies, the API proxy, and the verifier's request hook).
 //!
 //! The in-process tests drive both loops through the same seams as `tests/sweep.rs`
-//! (tests/harness: a kube reflector store fed with the real Pods as the operator's
+//! (tests/support/harness: a kube reflector store fed with the real Pods as the operator's
 //! ServiceAccount lists them, a real `kube::Client` with the RBAC of config/rbac, through the
 //! API proxy) with the clock passed in, so TTLs and backoffs cost no wall time. API faults
 //! (500, 409, 504, unanswered writes, cut watches, 410 Gone) are the proxy's: the real server
@@ -22,7 +22,9 @@
 //! `cargo test --test faults -- --nocapture` prints the counts behind the
 //! Reliability table of docs/reliability.md.
 
+#[path = "support/harness/mod.rs"]
 mod harness;
+#[path = "support/kube/mod.rs"]
 mod kube;
 mod support;
 

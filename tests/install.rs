@@ -1,18 +1,20 @@
-//! `install::install_crd` against the real kube-apiserver (tests/kube): the CRD goes in by
+//! `install::install_crd` against the real kube-apiserver (tests/support/kube): the CRD goes in by
 //! server-side apply (field manager `imageposture`, forced), and the call returns only once the
 //! API server reports it Established (set by the server's own naming and establishing
 //! controllers). The installer talks through a counting, fault-injecting proxy; it runs as the
 //! cluster admin (a CRD is cluster-admin territory, as for a person on a laptop), except where
 //! the operator's ServiceAccount (`config/rbac`, no CRD rights) is the point.
 //!
-//! One test stays on the API double (tests/apidouble):
+//! One test stays on the API double (tests/support/apidouble):
 //! `a_crd_accepted_but_never_established_is_a_bounded_clear_error` needs a CRD whose names are
 //! accepted but which never becomes Established, a state a healthy real server leaves within
 //! milliseconds and a proxy cannot produce (it cannot rewrite the CRD's status in an answer).
 //! Its real-server neighbour, `unreadable_crd_is_a_bounded_clear_error`, fails the reads at the
 //! proxy instead.
 
+#[path = "support/apidouble/mod.rs"]
 mod apidouble;
+#[path = "support/kube/mod.rs"]
 mod kube;
 
 use std::time::{Duration, Instant};

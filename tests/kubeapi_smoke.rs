@@ -1,6 +1,7 @@
-//! The real kube-apiserver harness (tests/kube): pods whose status a test sets, the operator's
+//! The real kube-apiserver harness (tests/support/kube): pods whose status a test sets, the operator's
 //! ServiceAccount bound to config/rbac and judged by the real RBAC authorizer.
 
+#[path = "support/kube/mod.rs"]
 mod kube;
 
 use std::time::Duration;

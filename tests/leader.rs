@@ -1,4 +1,4 @@
-//! Leader election against the real kube-apiserver (tests/kube): real `coordination.k8s.io/v1`
+//! Leader election against the real kube-apiserver (tests/support/kube): real `coordination.k8s.io/v1`
 //! Leases, the real `resourceVersion` preconditions and the real 409s (AlreadyExists on a
 //! create, Conflict on a stale update) that `decide`'s unit tests cannot reach. The electors
 //! are the operator's ServiceAccount, bound to `config/rbac` (a Role on Leases in
@@ -6,6 +6,7 @@
 //! by holding one request at the proxy while another writer lands first; only a 500 is
 //! injected (the real server does not fail on demand).
 
+#[path = "support/kube/mod.rs"]
 mod kube;
 
 use std::time::Duration;

@@ -1,9 +1,10 @@
-//! Pull secrets (issue 16) against the real kube-apiserver (tests/kube): real Pods, Secrets and
+//! Pull secrets (issue 16) against the real kube-apiserver (tests/support/kube): real Pods, Secrets and
 //! ServiceAccounts, read by the operator's ServiceAccount with exactly `config/rbac` plus the
 //! `config/pull-secrets` Component, through the counting proxy; images in a real Distribution
 //! registry with htpasswd auth. The verifier is the operator's (`Verifier::with_extras` with a
 //! [`PullSecretSource`] over a real pod reflector), as `run --pull-secrets=true` builds it.
 
+#[path = "support/kube/mod.rs"]
 mod kube;
 mod support;
 

@@ -3,7 +3,7 @@
 //! 1. RBAC: the real `imageposture run` process (with `--policy-reports`) goes through every
 //!    path that talks to the API server (reflectors, server-side apply create/update, status,
 //!    Events incl. a series patch, PolicyReports created, patched and deleted, garbage
-//!    collection, leader election and release) against the real kube-apiserver (tests/kube),
+//!    collection, leader election and release) against the real kube-apiserver (tests/support/kube),
 //!    authenticated as its ServiceAccount bound to `config/rbac` and `config/policy-reports`,
 //!    with RBAC on. The real authorizer must refuse nothing (no request answered 403: every
 //!    grant the operator needs is there). Every request the proxy in front of the server saw is
@@ -16,6 +16,7 @@
 //! 3. The Deployment runs non-root on a read-only root filesystem without capabilities, and
 //!    the Dockerfile's final stage runs as a numeric non-root user.
 
+#[path = "support/kube/mod.rs"]
 mod kube;
 mod support;
 

@@ -1,5 +1,5 @@
 //! The operator process itself (`imageposture run`) against the real kube-apiserver
-//! (tests/kube) and the real registry: reflectors, leader election on a real Lease, the
+//! (tests/support/kube) and the real registry: reflectors, leader election on a real Lease, the
 //! inventory loop and the verification controller, `/metrics`, `/healthz`, `/readyz`, a clean
 //! shutdown on SIGTERM that releases the Lease, `--install-crd` and `--policy-reports`.
 //!
@@ -11,6 +11,7 @@
 //! CRD rights (cluster-admin territory): those runs use the admin's token, as a person on a
 //! laptop does with their own kubeconfig.
 
+#[path = "support/kube/mod.rs"]
 mod kube;
 mod support;
 

@@ -1,8 +1,9 @@
 //! `imageposture summary` as a person runs it: over the output of `imageposture scan` (made by
 //! the real binary against the real registry and test PKI), and over the ImagePostures in a
-//! cluster (the real kube-apiserver of tests/kube, through a kubeconfig as a person has one),
+//! cluster (the real kube-apiserver of tests/support/kube, through a kubeconfig as a person has one),
 //! which must summarize the same.
 
+#[path = "support/kube/mod.rs"]
 mod kube;
 mod support;
 

@@ -1,5 +1,5 @@
 //! Both loops (the inventory pass and the verification controller's reconciles, see
-//! tests/harness) driven through kube's seams against the real kube-apiserver (tests/kube):
+//! tests/support/harness) driven through kube's seams against the real kube-apiserver (tests/support/kube):
 //! pods are real Pod objects, listed by the operator's ServiceAccount (RBAC from config/rbac)
 //! into a real kube-runtime reflector store; ImagePosture writes and Events go through a real
 //! `kube::Client` and a counting, fault-injecting proxy in front of the server, which applies
@@ -7,7 +7,9 @@
 //! live in a real registry behind a counting, fault-injecting proxy. Time is passed in as
 //! `now`; nothing sleeps to wait for a TTL or a grace period.
 
+#[path = "support/harness/mod.rs"]
 mod harness;
+#[path = "support/kube/mod.rs"]
 mod kube;
 mod support;
 
