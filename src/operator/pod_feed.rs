@@ -49,8 +49,10 @@ pub async fn index_pods<S>(
         let changes = match event {
             // The first list goes straight into the (empty) index, a page at a time, so the
             // inventory can create resources before it ends; a re-list builds a fresh index.
+            // (A first list that restarts part-way is a re-list too: pods deleted in between
+            // must not stay in the index.)
             Ok(watcher::Event::Init) => {
-                if *synced.borrow() {
+                if *synced.borrow() || listed > 0 {
                     relist = Some(index.locked().fresh());
                 }
                 continue;
@@ -127,6 +129,9 @@ mod tests {
                 .await
                 .is_ok()
         };
+        // A first list that restarts part-way (p0 deleted in between): p0 does not stay.
+        send(Init);
+        send(InitApply(pod("p0", E, true)));
         send(Init);
         send(InitApply(pod("p1", D, true)));
         send(InitApply(pod("p2", D, true)));
